@@ -1,0 +1,1 @@
+"""Benchmark harness used by `fastpeft demo`, `fastpeft bench` and benchmarks/."""

@@ -1,0 +1,20 @@
+"""The one place fastpeft reads environment variables.
+
+- ``TRITON_INTERPRET=1``: Triton kernels run on CPU tensors through Triton's interpreter (slow;
+  meant for tests on machines without a GPU).
+- ``FASTPEFT_BACKEND``: overrides ``backend="auto"`` (``triton`` or ``torch``), e.g. to compare
+  paths without editing code.
+"""
+
+import os
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run under the CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def backend_override() -> str | None:
+    """The backend forced by FASTPEFT_BACKEND, or None."""
+    value = os.environ.get("FASTPEFT_BACKEND", "").strip().lower()
+    return value or None

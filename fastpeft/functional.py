@@ -1,0 +1,101 @@
+"""Public functional API: the fused ops with full argument checking."""
+
+import math
+
+import torch
+
+from .ops import _dispatch
+from .ops import lora as lora_ops
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _require_tensor(value, name: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {value.dtype}")
+    return value
+
+
+def _check_lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p) -> None:
+    for name, value in (("x", x), ("weight", weight), ("lora_a", lora_a), ("lora_b", lora_b)):
+        _require_tensor(value, name)
+    if bias is not None:
+        _require_tensor(bias, "bias")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
+    N, K = weight.shape
+    if x.dim() < 1 or x.shape[-1] != K:
+        raise ValueError(
+            f"x must have shape [..., K] with K = weight.shape[1] = {K}, got {tuple(x.shape)}"
+        )
+    if lora_a.dim() != 2 or lora_a.shape[1] != K:
+        raise ValueError(f"lora_a must have shape [R, K={K}], got {tuple(lora_a.shape)}")
+    R = lora_a.shape[0]
+    if R == 0:
+        raise ValueError("lora_a must have rank R >= 1, got shape (0, K)")
+    if lora_b.dim() != 2 or tuple(lora_b.shape) != (N, R):
+        raise ValueError(f"lora_b must have shape [N={N}, R={R}], got {tuple(lora_b.shape)}")
+    if bias is not None and tuple(bias.shape) != (N,):
+        raise ValueError(f"bias must have shape [N={N}], got {tuple(bias.shape)}")
+    if x.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
+        raise TypeError(
+            f"x, weight and bias must share one dtype, got x {x.dtype}, weight {weight.dtype}"
+            + (f", bias {bias.dtype}" if bias is not None else "")
+        )
+    if lora_a.dtype != lora_b.dtype:
+        raise TypeError(
+            f"lora_a and lora_b must share one dtype, got {lora_a.dtype} and {lora_b.dtype}"
+        )
+    tensors = {"x": x, "weight": weight, "lora_a": lora_a, "lora_b": lora_b}
+    if bias is not None:
+        tensors["bias"] = bias
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"all tensors must be on one device, got {devices}")
+    if not isinstance(scaling, (int, float)) or not math.isfinite(scaling):
+        raise ValueError(f"scaling must be a finite number, got {scaling!r}")
+    if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+
+
+def lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    dropout_p: float = 0.0,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fused LoRA linear: ``x Wᵀ + b + scaling · (drop(x) lora_aᵀ) lora_bᵀ``.
+
+    x [..., K] and the frozen base weight [N, K] / bias [N] share a dtype (fp32, fp16, bf16);
+    lora_a [R, K] and lora_b [N, R] share the adapter dtype, which may differ (PEFT keeps fp32
+    adapters on a bf16 base: x is cast to the adapter dtype for the low-rank branch and the sum
+    is rounded once to x's dtype). ``dropout_p`` is inverted dropout on the low-rank branch's input
+    (pass 0 in eval mode); its mask comes from counter-based random numbers drawn from torch's
+    global generator and is regenerated, not stored, for the backward pass. Gradients flow to x,
+    lora_a and lora_b; weight and bias must not require grad. Returns y [..., N] in x's dtype.
+    ``backend``: "auto" (Triton on CUDA, PyTorch elsewhere), "triton" or "torch".
+    """
+    _check_lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p)
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
+        raise ValueError(
+            "weight and bias must be frozen (requires_grad=False) for the fused LoRA path"
+        )
+    resolved = _dispatch.resolve(backend, x.device)
+    if resolved == "triton" and lora_a.shape[0] > 256:
+        raise ValueError(f"backend='triton' supports LoRA rank <= 256, got {lora_a.shape[0]}")
+    leading, K = x.shape[:-1], x.shape[-1]
+    x2d = x.reshape(-1, K)
+    seed = None
+    if dropout_p > 0:
+        seed = torch.randint(0, 2**31 - 1, (1,), device=x.device, dtype=torch.int64)
+    y, _, _ = lora_ops.lora_linear_fwd(
+        x2d, weight, bias, lora_a, lora_b, seed, float(scaling), float(dropout_p), resolved
+    )
+    return y.reshape(*leading, weight.shape[0])

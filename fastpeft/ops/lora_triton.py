@@ -1,0 +1,118 @@
+"""Host side of the Triton LoRA kernels: block sizes, allocation and launches (2-D inputs)."""
+
+import torch
+import triton
+
+from .. import _triton
+from ..kernels import lora as kernels
+
+# NOTE: untuned starting points (no GPU was available when these were written); the interpreter
+# gets small blocks because each program runs serially in numpy.
+_GPU_GEMM = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+_GPU_SKINNY = dict(BLOCK_M=64, BLOCK_INNER=64, num_warps=4, num_stages=3)
+_CPU_GEMM = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
+_CPU_SKINNY = dict(BLOCK_M=32, BLOCK_INNER=32)
+
+MAX_RANK = 256  # the whole rank lives in registers
+
+
+def _rank_block(rank: int) -> int:
+    return max(16, triton.next_power_of_2(rank))
+
+
+def _gemm_config(device: torch.device) -> dict:
+    return dict(_GPU_GEMM) if device.type == "cuda" else dict(_CPU_GEMM)
+
+
+def _skinny_config(device: torch.device) -> dict:
+    return dict(_GPU_SKINNY) if device.type == "cuda" else dict(_CPU_SKINNY)
+
+
+def _flags(device: torch.device) -> dict:
+    return dict(UPCAST=_triton.upcast_dots(device), PRECISION=_triton.dot_precision(device))
+
+
+def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
+    """y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ and t = drop(x) Aᵀ (adapter dtype) for 2-D x."""
+    M, K = x.shape
+    N, R = lora_b.shape
+    flags = _flags(x.device)
+    block_r = _rank_block(R)
+    t = torch.empty((M, R), device=x.device, dtype=lora_a.dtype)
+    skinny = _skinny_config(x.device)
+    block_m, block_k = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
+    kernels.lora_down_kernel[(triton.cdiv(M, block_m),)](
+        x, lora_a, t, seed if seed is not None else t,
+        M, K, R, p,
+        x.stride(0), x.stride(1), lora_a.stride(0), lora_a.stride(1), t.stride(0), t.stride(1),
+        HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_R=block_r, **flags, **skinny,
+    )  # fmt: skip
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    cfg = _gemm_config(x.device)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    kernels.lora_fwd_kernel[grid](
+        x, weight, bias if bias is not None else weight, t, lora_b, y,
+        M, N, K, R, scaling,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), t.stride(0), t.stride(1),
+        lora_b.stride(0), lora_b.stride(1), y.stride(0), y.stride(1),
+        HAS_BIAS=bias is not None, BLOCK_R=block_r, **flags, **cfg,
+    )  # fmt: skip
+    return y, t
+
+
+def backward(dy, x, weight, lora_a, lora_b, t, seed, scaling: float, p: float, need_dx: bool):
+    """(dx or None, dA, dB) for 2-D dy/x; dB is reduced from per-block partials in fixed order."""
+    M, K = x.shape
+    N, R = lora_b.shape
+    flags = _flags(x.device)
+    block_r = _rank_block(R)
+    seed_arg = seed if seed is not None else t
+    skinny = _skinny_config(x.device)
+    block_m, block_inner = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
+
+    num_m_blocks = triton.cdiv(M, block_m)
+    u = torch.empty((M, R), device=x.device, dtype=lora_b.dtype)
+    db_partials = torch.empty((num_m_blocks, N, R), device=x.device, dtype=torch.float32)
+    kernels.lora_dy_b_kernel[(num_m_blocks,)](
+        dy, lora_b, t, u, db_partials,
+        M, N, R, scaling,
+        dy.stride(0), dy.stride(1), lora_b.stride(0), lora_b.stride(1), t.stride(0), t.stride(1),
+        u.stride(0), u.stride(1), db_partials.stride(0), db_partials.stride(1),
+        db_partials.stride(2),
+        BLOCK_M=block_m, BLOCK_N=block_inner, BLOCK_R=block_r, **flags, **skinny,
+    )  # fmt: skip
+    d_lora_b = db_partials.sum(dim=0).mul_(scaling).to(lora_b.dtype)
+
+    d_lora_a = torch.empty_like(lora_a)
+    kernels.lora_da_kernel[(triton.cdiv(K, block_inner),)](
+        x, u, seed_arg, d_lora_a,
+        M, K, R, p,
+        x.stride(0), x.stride(1), u.stride(0), u.stride(1),
+        d_lora_a.stride(0), d_lora_a.stride(1),
+        HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_K=block_inner, BLOCK_R=block_r,
+        **flags, **skinny,
+    )  # fmt: skip
+
+    dx = None
+    if need_dx:
+        dx = torch.empty((M, K), device=x.device, dtype=x.dtype)
+        cfg = _gemm_config(x.device)
+        grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(K, cfg["BLOCK_K"]),)
+        kernels.lora_dx_kernel[grid](
+            dy, weight, u, lora_a, seed_arg, dx,
+            M, N, K, R, p,
+            dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1),
+            u.stride(0), u.stride(1), lora_a.stride(0), lora_a.stride(1),
+            dx.stride(0), dx.stride(1),
+            HAS_DROPOUT=p > 0, BLOCK_R=block_r, **flags, **cfg,
+        )  # fmt: skip
+    return dx, d_lora_a, d_lora_b
+
+
+def dropout_keep_mask(seed: torch.Tensor, M: int, K: int, p: float) -> torch.Tensor:
+    """The [M, K] bool keep-mask the kernels derive from `seed` (tests and debugging only)."""
+    out = torch.empty((M, K), device=seed.device, dtype=torch.int8)
+    block = 32
+    grid = (triton.cdiv(M, block), triton.cdiv(K, block))
+    kernels.dropout_keep_mask_kernel[grid](seed, out, M, K, p, BLOCK_M=block, BLOCK_K=block)
+    return out.bool()

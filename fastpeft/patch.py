@@ -1,0 +1,85 @@
+"""`fastpeft.patch(model)` and `fastpeft.unpatch(model)`: fused paths behind one call."""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .ops import _dispatch
+from .patching import base
+from .patching import lora as lora_patching
+
+
+@dataclass
+class PatchReport:
+    """What `patch` did: `.patched` module names, `.skipped` name → reasons, `.backend`."""
+
+    patched: list[str] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    backend: str = "torch"
+
+    def __str__(self) -> str:
+        line = f"fastpeft: patched {len(self.patched)} LoRA modules (backend: {self.backend})"
+        line += f"; skipped {len(self.skipped)}"
+        if self.skipped:
+            reasons = sorted({r for rs in self.skipped.values() for r in rs})
+            line += f" ({'; '.join(reasons)})"
+        return line
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def _report_backend(backend: str, device: torch.device) -> str:
+    # The backend the model's current device resolves to; "auto" is re-resolved per call, so a
+    # model patched on the CPU and moved to a GPU switches to Triton by itself.
+    return _dispatch.resolve(backend, device)
+
+
+def patch(model: nn.Module, backend: str = "auto", strict: bool = False) -> PatchReport:
+    """Route every eligible PEFT LoRA `Linear` in `model` through fastpeft's fused LoRA, in place.
+
+    `model` is a `PeftModel` or any module containing PEFT LoRA layers. `backend`: "auto" (Triton
+    on CUDA, the PyTorch path elsewhere), "triton" (a CUDA GPU, or TRITON_INTERPRET=1 on a CPU) or
+    "torch". Ineligible layers keep PEFT's forward and are listed in the report with reasons;
+    `strict=True` raises instead, listing every reason. Patching twice is harmless (the backend is
+    updated); parameters, names and state_dict are untouched. Returns a `PatchReport`.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _dispatch.check_backend_name(backend)
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    report = PatchReport(backend=_report_backend(backend, _model_device(model)))
+    lora_layer, _ = lora_patching.lora_layer_types()
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, lora_layer)]
+    for name, module in candidates:
+        reasons = lora_patching.ineligibility_reasons(module)
+        if reasons:
+            report.skipped[name] = reasons
+        else:
+            report.patched.append(name)
+    if strict and (report.skipped or not candidates):
+        details = [f"  {n}: {'; '.join(rs)}" for n, rs in report.skipped.items()]
+        if not candidates:
+            details = ["  the model contains no PEFT LoRA layers"]
+        raise ValueError("fastpeft.patch(strict=True) cannot patch:\n" + "\n".join(details))
+    modules = dict(candidates)
+    for name in report.patched:
+        base.install(modules[name], lora_patching.fused_forward, backend)
+    return report
+
+
+def unpatch(model: nn.Module) -> int:
+    """Restore the original forward of every module `patch` changed; returns how many."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return sum(base.uninstall(module) for module in model.modules())
+
+
+def is_patched(module: nn.Module) -> bool:
+    """True when `module` itself currently runs a fastpeft forward."""
+    return base.is_patched(module)

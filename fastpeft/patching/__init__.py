@@ -1,0 +1,1 @@
+"""Patchers: per-module-type fused forwards installed per instance."""

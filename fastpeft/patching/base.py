@@ -1,0 +1,73 @@
+"""Per-instance forward replacement shared by the patchers.
+
+A patched module gets a `forward` bound on the instance (the class is never touched), and a
+`PatchState` that remembers what to restore. Modules wrapped by accelerate hooks keep their hook:
+the hook's `_old_forward` is what gets replaced.
+"""
+
+import types
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+STATE_ATTR = "_fastpeft_state"
+
+
+@dataclass
+class PatchState:
+    """What a patched module needs: its backend request, the forward to restore, call counts."""
+
+    backend: str
+    forward_attr: str
+    previous_instance_forward: Callable | None
+    fallbacks: Counter = field(default_factory=Counter)
+    fused_calls: int = 0
+
+
+def _forward_attr(module: nn.Module) -> str:
+    # accelerate's add_hook_to_module moves the real forward to `_old_forward` and installs a
+    # wrapper as `forward`; replacing `_old_forward` keeps its device-placement hook working.
+    if hasattr(module, "_hf_hook") and "_old_forward" in module.__dict__:
+        return "_old_forward"
+    return "forward"
+
+
+def is_patched(module: nn.Module) -> bool:
+    return isinstance(module.__dict__.get(STATE_ATTR), PatchState)
+
+
+def state_of(module: nn.Module) -> PatchState:
+    return module.__dict__[STATE_ATTR]
+
+
+def original_forward(module: nn.Module) -> Callable:
+    """The forward that was in place before patching (bound to the module)."""
+    state = state_of(module)
+    if state.previous_instance_forward is not None:
+        return state.previous_instance_forward
+    return types.MethodType(type(module).forward, module)
+
+
+def install(module: nn.Module, fused_forward: Callable, backend: str) -> None:
+    """Bind `fused_forward(module, *args, **kwargs)` as the module's forward; idempotent."""
+    if is_patched(module):
+        state_of(module).backend = backend
+        return
+    attr = _forward_attr(module)
+    previous = module.__dict__.get(attr)
+    module.__dict__[STATE_ATTR] = PatchState(backend, attr, previous)
+    setattr(module, attr, types.MethodType(fused_forward, module))
+
+
+def uninstall(module: nn.Module) -> bool:
+    """Restore the module's original forward; False if it was not patched."""
+    if not is_patched(module):
+        return False
+    state = module.__dict__.pop(STATE_ATTR)
+    if state.previous_instance_forward is None:
+        module.__dict__.pop(state.forward_attr, None)
+    else:
+        setattr(module, state.forward_attr, state.previous_instance_forward)
+    return True

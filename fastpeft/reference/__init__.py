@@ -1,0 +1,1 @@
+"""Ground-truth PyTorch implementations, written for clarity and mirroring PEFT's numerics."""

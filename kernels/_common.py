@@ -1,0 +1,30 @@
+"""Device helpers shared by the Triton kernels: tensor-core dots and counter-based dropout."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + a @ b with an fp32 accumulator.
+
+    UPCAST is set by the host under the Triton interpreter, whose 16-bit dot is unreliable; on a GPU
+    16-bit tiles go straight to the tensor cores. PRECISION ("ieee" or "tf32") only affects fp32
+    operands and follows torch's allow_tf32 setting, so fp32 results match torch.
+    """
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def dropout_keep(seed, offs_m, offs_k, K, p):
+    """Keep-mask of inverted dropout for the [BLOCK_M, BLOCK_K] tile at (offs_m, offs_k).
+
+    The Philox counter is the element's flat index m*K + k (int64: M*K can pass 2**31), so the
+    backward pass regenerates exactly the forward's mask from the same seed and nothing is stored.
+    An element is kept with probability 1 - p, as in nn.Dropout.
+    """
+    offsets = offs_m.to(tl.int64)[:, None] * K + offs_k.to(tl.int64)[None, :]
+    return tl.rand(seed, offsets) >= p

@@ -1,0 +1,31 @@
+"""Test tiers: the CPU tier always runs (Triton through its interpreter); `gpu` tests need CUDA."""
+
+import os
+
+import pytest
+import torch
+
+# Triton decides at kernel-definition time whether to interpret, so this must happen before any
+# fastpeft kernel module is imported. On a GPU machine the real kernels run.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="GPU tier: needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where kernel tests run: the GPU when there is one, else the CPU (Triton interpreted)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

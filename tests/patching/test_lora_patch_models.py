@@ -1,0 +1,97 @@
+"""Patched vs unpatched PEFT LoRA on tiny real HF models: logits, loss and every LoRA gradient."""
+
+import pytest
+import torch
+
+import fastpeft
+from fastpeft import testing
+from fastpeft.ops import _counters
+from fastpeft.testing import assert_close_fp32
+
+FAMILIES = {
+    "llama": (testing.tiny_llama, testing.causal_lm_batch),
+    "llava": (testing.tiny_llava, testing.llava_batch),
+    "qwen2_vl": (testing.tiny_qwen2_vl, testing.qwen2_vl_batch),
+}
+
+
+def _forward_backward(model, batch):
+    model.zero_grad(set_to_none=True)
+    out = model(**batch)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.logits.detach(), out.loss.detach(), grads
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patched_equals_unpatched_fp32(family, backend):
+    build, make_batch = FAMILIES[family]
+    model = testing.make_lora_model(build(), r=8, alpha=16, dropout=0.0)
+    batch = make_batch(model)
+    want = _forward_backward(model, batch)
+
+    report = fastpeft.patch(model, backend=backend)
+    expected = testing.language_model_linear_names(model)
+    assert sorted(report.patched) == sorted(expected) and not report.skipped
+    assert str(report) == (
+        f"fastpeft: patched {len(expected)} LoRA modules (backend: {backend}); skipped 0"
+    )
+    _counters.reset()
+    got = _forward_backward(model, batch)
+    # Proof the fused path ran: one forward and one backward launch per LoRA module.
+    assert _counters.launches[f"lora_fwd:{backend}"] == len(expected)
+    assert _counters.launches[f"lora_bwd:{backend}"] == len(expected)
+
+    assert_close_fp32(got[0], want[0], rtol=1e-5, name="logits")
+    assert_close_fp32(got[1], want[1], rtol=1e-5, name="loss")
+    assert got[2].keys() == want[2].keys() and len(got[2]) == 2 * len(expected)
+    for name in want[2]:
+        assert_close_fp32(got[2][name], want[2][name], rtol=1e-5, name=name)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("autocast_adapter_dtype", [True, False], ids=["fp32-lora", "fp16-lora"])
+def test_fp16_base_matches_peft_within_budget(backend, autocast_adapter_dtype):
+    # PEFT's default on a 16-bit base keeps fp32 adapters; the other regime has 16-bit adapters.
+    # (bf16 is the GPU tier's job: the interpreter has no bf16 arithmetic.)
+    model = testing.make_lora_model(
+        testing.tiny_llama(dtype=torch.float16), autocast_adapter_dtype=autocast_adapter_dtype
+    )
+    lora_dtype = torch.float32 if autocast_adapter_dtype else torch.float16
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.lora_A.default.weight.dtype == (
+        lora_dtype
+    )
+    batch = testing.causal_lm_batch(model)
+    peft16 = _forward_backward(model, batch)
+    fastpeft.patch(model, backend=backend)
+    fused = _forward_backward(model, batch)
+    fastpeft.unpatch(model)
+    model32 = testing.make_lora_model(testing.tiny_llama(dtype=torch.float32))
+    model32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    ref32 = _forward_backward(model32, batch)
+    testing.assert_within_dtype_budget(fused[0], ref32[0], peft16[0], name="logits")
+    for name in peft16[2]:
+        testing.assert_within_dtype_budget(
+            fused[2][name].float(), ref32[2][name], peft16[2][name].float(), floor=2e-3, name=name
+        )
+
+
+def test_dropout_is_active_and_seeded():
+    model = testing.make_lora_model(testing.tiny_llama(), dropout=0.3)
+    batch = testing.causal_lm_batch(model)
+    fastpeft.patch(model, backend="torch")
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = model(**batch).logits
+        torch.manual_seed(1)
+        b = model(**batch).logits
+        torch.manual_seed(2)
+        c = model(**batch).logits
+        model.eval()
+        d = model(**batch).logits
+    assert torch.equal(a, b), "dropout must be reproducible under torch.manual_seed"
+    assert not torch.allclose(a, c), "dropout must draw a new mask per step"
+    fastpeft.unpatch(model)
+    with torch.no_grad():
+        assert_close_fp32(d, model(**batch).logits, name="eval mode: dropout off, equals PEFT")
