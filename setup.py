@@ -21,7 +21,7 @@ def _want_cuda() -> bool:
 
 
 def _extension():
-    sources = ["csrc/bindings.cpp", "csrc/cpu/abs_moments.cpp"]
+    sources = ["csrc/bindings.cpp", "csrc/cpu/abs_moments.cpp", "csrc/cpu/dropout.cpp"]
     # torch picks the C++ standard (c++20 for recent torch); passing our own -std would clash.
     cxx = ["-O3"]
     ldflags = []

@@ -52,7 +52,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     rows = []
     for rank in args.ranks:
-        row = measure(rank, args.steps, args.hidden_size, args.layers, args.seq_len, args.batch_size)
+        shape = (args.hidden_size, args.layers, args.seq_len, args.batch_size)
+        row = measure(rank, args.steps, *shape)
         print(json.dumps(row))
         rows.append(row)
     result = {

@@ -12,6 +12,8 @@
 namespace fastpeft {
 
 at::Tensor abs_moments_cpu(const std::vector<at::Tensor>& tensors);
+at::Tensor dropout_inplace_cpu(at::Tensor t, int64_t seed, double p);
+at::Tensor dropout_keep_mask_cpu(int64_t seed, int64_t rows, int64_t cols, double p);
 #ifdef FASTPEFT_WITH_CUDA
 at::Tensor abs_moments_cuda(const std::vector<at::Tensor>& tensors);
 #endif
@@ -53,6 +55,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "reduction order (bitwise deterministic for a given device). Tensors must be contiguous,\n"
         "floating point and on one device; the result is on that device ([0, 3] on CPU for an\n"
         "empty list).");
+  m.def("dropout_", &fastpeft::dropout_inplace_cpu, pybind11::arg("t"), pybind11::arg("seed"),
+        pybind11::arg("p"), pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "dropout_(t: Tensor[M, K], seed: int, p: float) -> t\n\n"
+        "In place on a contiguous 2-D CPU float tensor: t[m, k] *= keep(seed, m, k) / (1 - p),\n"
+        "with counter-based keep decisions (probability 1 - p) recomputable from the seed.");
+  m.def("dropout_keep_mask", &fastpeft::dropout_keep_mask_cpu, pybind11::arg("seed"),
+        pybind11::arg("rows"), pybind11::arg("cols"), pybind11::arg("p"),
+        "dropout_keep_mask(seed, rows, cols, p) -> bool Tensor: the mask dropout_ applies.");
   m.def("has_cuda", [] { return fastpeft::kHasCuda; },
         "True if this build of fastpeft._C includes the CUDA kernels.");
 }

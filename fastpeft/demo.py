@@ -26,7 +26,7 @@ def run_demo(
     seed: int = 0,
     out: Callable[[str], None] = print,
 ) -> dict:
-    """Train the same LoRA-wrapped tiny LLaVA with and without fastpeft; print and return figures."""
+    """Train one LoRA-wrapped tiny LLaVA with and without fastpeft; print and return figures."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     base = testing.tiny_llava(
@@ -47,7 +47,8 @@ def run_demo(
     out(f"eval-mode logits, max |patched - unpatched| = {diff:.2e}")
 
     times = time_interleaved({"peft": peft_model, "fastpeft": patched}, batches, steps)
-    out(f"{'step':>4}  {'loss peft':>10}  {'loss fastpeft':>13}  {'ms peft':>8}  {'ms fastpeft':>11}")
+    header = ("step", "loss peft", "loss fastpeft", "ms peft", "ms fastpeft")
+    out("{:>4}  {:>10}  {:>13}  {:>8}  {:>11}".format(*header))
     for i in range(steps):
         row = [times[k].losses[i] for k in times] + [1e3 * times[k].seconds[i] for k in times]
         out(f"{i:>4}  {row[0]:>10.4f}  {row[1]:>13.4f}  {row[2]:>8.1f}  {row[3]:>11.1f}")

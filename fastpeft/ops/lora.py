@@ -12,8 +12,9 @@ Backward (W and b frozen, so no dW or db):
     dA = uᵀ drop(x)                 [R, K]   (same dropout mask as the forward)
     dx = dy W + drop'(u A)          [M, K]   drop' multiplies by the mask and 1 / (1 - p)
 
-`lora_linear_fwd` returns (y, t, keep): t is saved for the backward; keep is the PyTorch path's
-1-byte dropout mask (empty for Triton, which regenerates its mask from `seed`). One custom-op
+`lora_linear_fwd` returns (y, t, keep): t is saved for the backward; keep is the dropout mask
+where one must be stored (the PyTorch path off the CPU); it is empty wherever the mask is
+regenerated from `seed` (Triton, and the CPU path through fastpeft._C). One custom-op
 boundary per patched module call, with explicit fake and autograd rules so the ops pass
 torch.library.opcheck and compile with fullgraph=True.
 """
@@ -56,7 +57,9 @@ def _(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p, backend):
     M, N, R = x.shape[0], weight.shape[0], lora_a.shape[0]
     y = x.new_empty((M, N))
     t = x.new_empty((M, R), dtype=lora_a.dtype)
-    keep_shape = tuple(x.shape) if backend == "torch" and dropout_p > 0 else _EMPTY
+    keep_shape = _EMPTY
+    if backend == "torch" and dropout_p > 0 and not lora_torch.counter_based(x.device):
+        keep_shape = tuple(x.shape)
     return y, t, x.new_empty(keep_shape, dtype=torch.bool)
 
 
@@ -83,7 +86,7 @@ def lora_linear_bwd(
         )
     else:
         dx, da, db = lora_torch.backward(
-            dy, x, weight, lora_a, lora_b, t, keep, scaling, dropout_p, need_dx
+            dy, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, need_dx
         )
     return (dx if dx is not None else x.new_empty(_EMPTY)), da, db
 
