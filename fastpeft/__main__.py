@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import warnings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
+
+        # transformers warns about its own deprecated API when PEFT wraps a model: noise here.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
         run_demo(
             steps=args.steps,

@@ -34,8 +34,9 @@ def _skipped_reasons(report):
     [
         ({"use_dora": True}, "LoRA variant"),
         ({"lora_bias": True}, "lora_bias=True"),
+        ({"r": 300}, "rank 300 > 256"),
     ],
-    ids=["dora", "lora_bias"],
+    ids=["dora", "lora_bias", "rank"],
 )
 def test_adapter_configs_that_keep_peft_forward(lora_kwargs, expected):
     model = _lora_llama(**lora_kwargs)
@@ -140,6 +141,25 @@ def test_per_call_fallbacks_give_peft_numbers():
     fused_before = state.fused_calls
     assert_close_fp32(_logits(model, batch), want, name="fused again")
     assert state.fused_calls == fused_before + 1
+
+
+def test_autocast_and_dtype_mismatch_fall_back_to_peft():
+    model = _lora_llama()
+    batch = testing.causal_lm_batch(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = _logits(model, batch)
+    fastpeft.patch(model, backend="torch")
+    state = base.state_of(_first_lora(model))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _logits(model, batch)
+    assert state.fallbacks["autocast enabled"] == 1
+    assert torch.equal(got, want)
+
+    layer = _first_lora(model)
+    x16 = torch.randn(3, layer.in_features, dtype=torch.float16)
+    with pytest.raises(RuntimeError):  # the same dtype error PEFT itself raises
+        layer(x16)
+    assert state.fallbacks["input dtype differs from the base weight dtype"] == 1
 
 
 def test_patch_is_idempotent_and_unpatch_restores():

@@ -1,0 +1,137 @@
+"""Test tolerances from SPEC §7, shared by tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+#: Absolute floors of the same-dtype error budget (SPEC §7); fp32 has a small one for convenience.
+DTYPE_FLOORS: dict[torch.dtype, float] = {
+    torch.float16: 1e-3,
+    torch.bfloat16: 1e-2,
+    torch.float32: 1e-5,
+}
+
+
+@contextlib.contextmanager
+def tf32_disabled() -> Iterator[None]:
+    """Run the block with TF32 matmuls/convolutions off (for fp32 references on Ampere+ GPUs)."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    cudnn = torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def _label(name: str) -> str:
+    return f"{name}: " if name else ""
+
+
+def _check_shapes(name: str, *tensors: torch.Tensor) -> None:
+    shapes = [tuple(t.shape) for t in tensors]
+    if len(set(shapes)) != 1:
+        raise AssertionError(f"{_label(name)}shape mismatch {shapes}")
+
+
+def _check_finite(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
+    fa, fe = torch.isfinite(actual), torch.isfinite(expected)
+    if not torch.equal(fa, fe):
+        bad = int((fa != fe).sum())
+        raise AssertionError(
+            f"{_label(name)}{bad} element(s) differ in finiteness "
+            f"(actual non-finite: {int((~fa).sum())}, expected non-finite: {int((~fe).sum())})"
+        )
+    nf = ~fe
+    an, en = actual[nf], expected[nf]
+    if not bool(((an == en) | (an.isnan() & en.isnan())).all()):
+        raise AssertionError(f"{_label(name)}non-finite values differ (inf sign or nan vs inf)")
+
+
+def assert_close_fp32(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    rtol: float = 1e-5,
+    atol: float | None = None,
+    name: str = "",
+) -> None:
+    """Assert ``|actual - expected| <= atol + rtol·|expected|`` elementwise (computed in fp64).
+
+    ``atol`` defaults to ``rtol · max|expected|``, i.e. errors are judged relative to the tensor's
+    scale, so near-zero elements of a GEMM output do not fail on rounding noise. Use rtol 1e-5 for
+    elementwise results and 1e-4 for GEMM-like outputs and reductions (SPEC §7). Shapes must match;
+    non-finite values must sit at the same places. The message gives max abs/rel errors and where.
+    """
+    _check_shapes(name, actual, expected)
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    _check_finite(name, a, e)
+    fin = torch.isfinite(e)
+    a, e = a[fin], e[fin]
+    if e.numel() == 0:
+        return
+    scale = float(e.abs().max())
+    tol_abs = rtol * scale if atol is None else atol
+    err = (a - e).abs()
+    allowed = tol_abs + rtol * e.abs()
+    if bool((err <= allowed).all()):
+        return
+    worst = int(torch.argmax(err - allowed))
+    n_bad = int((err > allowed).sum())
+    rel = err / e.abs().clamp_min(1e-30)
+    raise AssertionError(
+        f"{_label(name)}{n_bad}/{e.numel()} elements out of tolerance "
+        f"(rtol={rtol:g}, atol={tol_abs:.3g}); max abs err {float(err.max()):.3e}, "
+        f"max rel err {float(rel.max()):.3e}, max abs err / max|expected| "
+        f"{float(err.max()) / max(scale, 1e-30):.3e}; worst at flat index {worst}: "
+        f"actual {float(a[worst]):.8g} vs expected {float(e[worst]):.8g} "
+        f"(shape {tuple(actual.shape)}, dtypes {actual.dtype}/{expected.dtype})"
+    )
+
+
+def assert_within_dtype_budget(
+    out: torch.Tensor,
+    ref_fp32: torch.Tensor,
+    ref_same_dtype: torch.Tensor,
+    floor: float | None = None,
+    name: str = "",
+) -> None:
+    """Assert ``max|out − ref_fp32| ≤ 2·max|ref_same_dtype − ref_fp32| + floor`` (SPEC §7).
+
+    ``out`` is the low-precision result under test, ``ref_fp32`` the reference computed in fp32
+    (from the same inputs upcast), ``ref_same_dtype`` PyTorch's own result in ``out``'s dtype.
+    ``floor`` defaults to ``DTYPE_FLOORS[out.dtype]`` (fp16 1e-3, bf16 1e-2, fp32 1e-5). The
+    message gives both max errors, the budget and where the worst element is.
+    """
+    _check_shapes(name, out, ref_fp32, ref_same_dtype)
+    if floor is None:
+        if out.dtype not in DTYPE_FLOORS:
+            raise ValueError(f"no default floor for {out.dtype}; pass floor=")
+        floor = DTYPE_FLOORS[out.dtype]
+    o = out.detach().to("cpu", torch.float64)
+    r32 = ref_fp32.detach().to("cpu", torch.float64)
+    rsd = ref_same_dtype.detach().to("cpu", torch.float64)
+    _check_finite(name, o, r32)
+    if o.numel() == 0:
+        return
+    fin = torch.isfinite(r32)
+    err = (o - r32).abs().masked_fill(~fin, 0)
+    torch_err = (rsd - r32).abs().masked_fill(~fin, 0)
+    if not bool(torch.isfinite(torch_err).all()):
+        raise AssertionError(f"{_label(name)}ref_same_dtype is non-finite where ref_fp32 is finite")
+    max_err, max_torch = float(err.max()), float(torch_err.max())
+    budget = 2.0 * max_torch + floor
+    if max_err <= budget:
+        return
+    worst = int(torch.argmax(err))
+    raise AssertionError(
+        f"{_label(name)}max|out - ref_fp32| = {max_err:.3e} exceeds budget {budget:.3e} "
+        f"(= 2 x max|ref_{out.dtype} - ref_fp32| {max_torch:.3e} + floor {floor:g}); "
+        f"worst at flat index {worst}: out {float(o.flatten()[worst]):.6g} vs ref_fp32 "
+        f"{float(r32.flatten()[worst]):.6g} (shape {tuple(out.shape)})"
+    )
