@@ -56,26 +56,19 @@ def main() -> None:
         row = measure(rank, args.steps, *shape)
         print(json.dumps(row))
         rows.append(row)
-    result = {
-        "benchmark": "cpu_train_step",
-        "device": environment.device_name(torch.device("cpu")),
-        "git_sha": environment.git_sha(),
-        "versions": environment.versions(),
-        "settings": {
-            "model": "LlavaForConditionalGeneration (tiny CLIP + Llama), random weights",
-            "hidden_size": args.hidden_size,
-            "layers": args.layers,
-            "tokens": f"{args.batch_size}x{args.seq_len}",
-            "lora": "all LLM linears, alpha=2r, dropout 0.05, fp32",
-            "optimizer": "AdamW (foreach)",
-            "steps": args.steps,
-            "backend": "torch",
-        },
-        "rows": rows,
+    settings = {
+        "model": "LlavaForConditionalGeneration (tiny CLIP + Llama), random weights",
+        "hidden_size": args.hidden_size,
+        "layers": args.layers,
+        "tokens": f"{args.batch_size}x{args.seq_len}",
+        "lora": "all LLM linears, alpha=2r, dropout 0.05, fp32",
+        "optimizer": "AdamW (foreach)",
+        "steps": args.steps,
+        "backend": "torch",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    environment.write_result(
+        args.out, "cpu_train_step", torch.device("cpu"), rows, settings=settings
+    )
 
 
 if __name__ == "__main__":

@@ -32,16 +32,7 @@ def main() -> None:
         row = bench_lora_layer(**case)
         print(json.dumps(row))
         rows.append(row)
-    result = {
-        "benchmark": "gpu_lora_layer",
-        "device": environment.device_name(torch.device("cuda")),
-        "git_sha": environment.git_sha(),
-        "versions": environment.versions(),
-        "rows": rows,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    environment.write_result(RESULTS, "gpu_lora_layer", torch.device("cuda"), rows)
 
 
 if __name__ == "__main__":

@@ -28,3 +28,20 @@ def dropout_keep(seed, offs_m, offs_k, K, p):
     """
     offsets = offs_m.to(tl.int64)[:, None] * K + offs_k.to(tl.int64)[None, :]
     return tl.rand(seed, offsets) >= p
+
+
+@triton.jit
+def load_tile(ptr, rows, cols, stride_row, stride_col, n_rows, n_cols):
+    """The [len(rows), len(cols)] tile at (rows, cols) of a strided 2-D tensor; 0 outside it."""
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    return tl.load(
+        ptr + rows[:, None] * stride_row + cols[None, :] * stride_col, mask=mask, other=0.0
+    )
+
+
+@triton.jit
+def store_tile(ptr, value, rows, cols, stride_row, stride_col, n_rows, n_cols):
+    """Store `value` (cast to the tensor's dtype) at (rows, cols), masking the tails."""
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    offsets = rows[:, None] * stride_row + cols[None, :] * stride_col
+    tl.store(ptr + offsets, value.to(ptr.dtype.element_ty), mask=mask)

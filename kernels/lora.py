@@ -14,7 +14,7 @@ fp32. Five kernels:
 import triton
 import triton.language as tl
 
-from ._common import dropout_keep, mma
+from ._common import dropout_keep, load_tile, mma, store_tile
 
 
 @triton.jit
@@ -39,37 +39,21 @@ def lora_down_kernel(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     # Grid: one program per BLOCK_M rows of x; the whole rank (BLOCK_R >= R) stays in registers.
-    pid_m = tl.program_id(0)
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·K may pass 2**31
+    offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·K > 2**31
     offs_r = tl.arange(0, BLOCK_R)
-    mask_m = offs_m < M
-    mask_r = offs_r < R
     adapter_dtype = a_ptr.dtype.element_ty
     if HAS_DROPOUT:
         seed = tl.load(seed_ptr)
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :],
-            other=0.0,
-        ).to(adapter_dtype)
+        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K).to(adapter_dtype)
         if HAS_DROPOUT:
             keep = dropout_keep(seed, offs_m, offs_k, K, p)
             x = tl.where(keep, x.to(tl.float32) / (1.0 - p), 0.0).to(adapter_dtype)
-        a_t = tl.load(
-            a_ptr + offs_r[None, :] * stride_ar + offs_k[:, None] * stride_ak,
-            mask=mask_k[:, None] & mask_r[None, :],
-            other=0.0,
-        )
+        a_t = load_tile(a_ptr, offs_k, offs_r, stride_ak, stride_ar, K, R)
         acc = mma(x, a_t, acc, UPCAST, PRECISION)
-    tl.store(
-        t_ptr + offs_m[:, None] * stride_tm + offs_r[None, :] * stride_tr,
-        acc.to(t_ptr.dtype.element_ty),
-        mask=mask_m[:, None] & mask_r[None, :],
-    )
+    store_tile(t_ptr, acc, offs_m, offs_r, stride_tm, stride_tr, M, R)
 
 
 @triton.jit
@@ -85,49 +69,25 @@ def lora_fwd_kernel(
     # Grid: one program per [BLOCK_M, BLOCK_N] tile of y (grouped order). The base GEMM and the
     # rank-r update s · t Bᵀ share one fp32 accumulator, so y is written once and no [M, N]
     # temporary exists.
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), num_m, num_n, GROUP_M)
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·K may pass 2**31
+    pid_m, pid_n = _grouped_tile(
+        tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M
+    )
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    mask_r = offs_r < R
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :],
-            other=0.0,
-        )
-        w_t = tl.load(
-            w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk,
-            mask=mask_k[:, None] & mask_n[None, :],
-            other=0.0,
-        )
+        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
+        w_t = load_tile(w_ptr, offs_k, offs_n, stride_wk, stride_wn, K, N)
         acc = mma(x, w_t, acc, UPCAST, PRECISION)
-    t = tl.load(
-        t_ptr + offs_m[:, None] * stride_tm + offs_r[None, :] * stride_tr,
-        mask=mask_m[:, None] & mask_r[None, :],
-        other=0.0,
-    )
-    b_t = tl.load(
-        b_ptr + offs_n[None, :] * stride_bn + offs_r[:, None] * stride_br,
-        mask=mask_r[:, None] & mask_n[None, :],
-        other=0.0,
-    )
+    t = load_tile(t_ptr, offs_m, offs_r, stride_tm, stride_tr, M, R)
+    b_t = load_tile(b_ptr, offs_r, offs_n, stride_br, stride_bn, R, N)
     low_rank = mma(t, b_t, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), UPCAST, PRECISION)
     acc += scaling * low_rank
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    tl.store(
-        y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
-        acc.to(y_ptr.dtype.element_ty),
-        mask=mask_m[:, None] & mask_n[None, :],
-    )
+        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    store_tile(y_ptr, acc, offs_m, offs_n, stride_ym, stride_yn, M, N)
 
 
 @triton.jit
@@ -143,46 +103,21 @@ def lora_dy_b_kernel(
     # u = s · dy B and this block's partial dB_p = dyᵀ t, written to db_part[pid] in fp32; the host
     # sums the partials in a fixed order (deterministic, no atomics).
     pid_m = tl.program_id(0)
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·K may pass 2**31
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_r = tl.arange(0, BLOCK_R)
-    mask_m = offs_m < M
-    mask_r = offs_r < R
     adapter_dtype = b_ptr.dtype.element_ty
-    t = tl.load(
-        t_ptr + offs_m[:, None] * stride_tm + offs_r[None, :] * stride_tr,
-        mask=mask_m[:, None] & mask_r[None, :],
-        other=0.0,
-    )
+    t = load_tile(t_ptr, offs_m, offs_r, stride_tm, stride_tr, M, R)
     acc_u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        dy = tl.load(
-            dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyn,
-            mask=mask_m[:, None] & mask_n[None, :],
-            other=0.0,
-        ).to(adapter_dtype)
-        b = tl.load(
-            b_ptr + offs_n[:, None] * stride_bn + offs_r[None, :] * stride_br,
-            mask=mask_n[:, None] & mask_r[None, :],
-            other=0.0,
-        )
+        dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N).to(adapter_dtype)
+        b = load_tile(b_ptr, offs_n, offs_r, stride_bn, stride_br, N, R)
         acc_u = mma(dy, b, acc_u, UPCAST, PRECISION)
         zeros = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
         db_partial = mma(tl.trans(dy), t, zeros, UPCAST, PRECISION)
-        tl.store(
-            db_part_ptr
-            + pid_m * stride_pp
-            + offs_n[:, None] * stride_pn
-            + offs_r[None, :] * stride_pr,
-            db_partial,
-            mask=mask_n[:, None] & mask_r[None, :],
-        )
-    tl.store(
-        u_ptr + offs_m[:, None] * stride_um + offs_r[None, :] * stride_ur,
-        (scaling * acc_u).to(u_ptr.dtype.element_ty),
-        mask=mask_m[:, None] & mask_r[None, :],
-    )
+        part_ptr = db_part_ptr + pid_m * stride_pp
+        store_tile(part_ptr, db_partial, offs_n, offs_r, stride_pn, stride_pr, N, R)
+    store_tile(u_ptr, scaling * acc_u, offs_m, offs_r, stride_um, stride_ur, M, R)
 
 
 @triton.jit
@@ -195,37 +130,21 @@ def lora_da_kernel(
 ):  # fmt: skip
     # Grid: one program per BLOCK_K columns of dA; it walks all of M in order, so the reduction
     # over tokens is deterministic. The dropout mask is regenerated from the forward's seed.
-    pid_k = tl.program_id(0)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_r = tl.arange(0, BLOCK_R)
-    mask_k = offs_k < K
-    mask_r = offs_r < R
     adapter_dtype = u_ptr.dtype.element_ty
     if HAS_DROPOUT:
         seed = tl.load(seed_ptr)
     acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
     for m0 in range(0, M, BLOCK_M):
         offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
-        mask_m = offs_m < M
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :],
-            other=0.0,
-        ).to(adapter_dtype)
+        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K).to(adapter_dtype)
         if HAS_DROPOUT:
             keep = dropout_keep(seed, offs_m, offs_k, K, p)
             x = tl.where(keep, x.to(tl.float32) / (1.0 - p), 0.0).to(adapter_dtype)
-        u = tl.load(
-            u_ptr + offs_m[:, None] * stride_um + offs_r[None, :] * stride_ur,
-            mask=mask_m[:, None] & mask_r[None, :],
-            other=0.0,
-        )
-        acc = mma(tl.trans(u), x, acc, UPCAST, PRECISION)
-    tl.store(
-        da_ptr + offs_r[:, None] * stride_dar + offs_k[None, :] * stride_dak,
-        acc.to(da_ptr.dtype.element_ty),
-        mask=mask_r[:, None] & mask_k[None, :],
-    )
+        u_t = load_tile(u_ptr, offs_r, offs_m, stride_ur, stride_um, R, M)
+        acc = mma(u_t, x, acc, UPCAST, PRECISION)
+    store_tile(da_ptr, acc, offs_r, offs_k, stride_dar, stride_dak, R, K)
 
 
 @triton.jit
@@ -240,50 +159,25 @@ def lora_dx_kernel(
 ):  # fmt: skip
     # Grid: one program per [BLOCK_M, BLOCK_K] tile of dx (grouped order). dy W and the rank-r
     # term u A (through the regenerated dropout mask) meet in one fp32 accumulator.
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_k = tl.cdiv(K, BLOCK_K)
-    pid_m, pid_k = _grouped_tile(tl.program_id(0), num_m, num_k, GROUP_M)
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·K may pass 2**31
+    pid_m, pid_k = _grouped_tile(
+        tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M
+    )
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_r = tl.arange(0, BLOCK_R)
-    mask_m = offs_m < M
-    mask_k = offs_k < K
-    mask_r = offs_r < R
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        dy = tl.load(
-            dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyn,
-            mask=mask_m[:, None] & mask_n[None, :],
-            other=0.0,
-        )
-        w = tl.load(
-            w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
-            mask=mask_n[:, None] & mask_k[None, :],
-            other=0.0,
-        )
+        dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N)
+        w = load_tile(w_ptr, offs_n, offs_k, stride_wn, stride_wk, N, K)
         acc = mma(dy, w, acc, UPCAST, PRECISION)
-    u = tl.load(
-        u_ptr + offs_m[:, None] * stride_um + offs_r[None, :] * stride_ur,
-        mask=mask_m[:, None] & mask_r[None, :],
-        other=0.0,
-    )
-    a = tl.load(
-        a_ptr + offs_r[:, None] * stride_ar + offs_k[None, :] * stride_ak,
-        mask=mask_r[:, None] & mask_k[None, :],
-        other=0.0,
-    )
+    u = load_tile(u_ptr, offs_m, offs_r, stride_um, stride_ur, M, R)
+    a = load_tile(a_ptr, offs_r, offs_k, stride_ar, stride_ak, R, K)
     low_rank = mma(u, a, tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32), UPCAST, PRECISION)
     if HAS_DROPOUT:
         keep = dropout_keep(tl.load(seed_ptr), offs_m, offs_k, K, p)
         low_rank = tl.where(keep, low_rank / (1.0 - p), 0.0)
-    acc += low_rank
-    tl.store(
-        dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
-        acc.to(dx_ptr.dtype.element_ty),
-        mask=mask_m[:, None] & mask_k[None, :],
-    )
+    store_tile(dx_ptr, acc + low_rank, offs_m, offs_k, stride_dxm, stride_dxk, M, K)
 
 
 @triton.jit
@@ -293,9 +187,7 @@ def dropout_keep_mask_kernel(
 ):  # fmt: skip
     # Writes the keep-mask the LoRA kernels use for an [M, K] input (for tests and debugging only;
     # the training path never materialises it).
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     keep = dropout_keep(tl.load(seed_ptr), offs_m, offs_k, K, p)
-    mask = (offs_m < M)[:, None] & (offs_k < K)[None, :]
-    out_offsets = offs_m.to(tl.int64)[:, None] * K + offs_k[None, :]
-    tl.store(out_ptr + out_offsets, keep.to(tl.int8), mask=mask)
+    store_tile(out_ptr, keep.to(tl.int8), offs_m, offs_k, K, 1, M, K)

@@ -44,3 +44,20 @@ def versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
     }
+
+
+def write_result(path: Path, benchmark: str, device: torch.device, rows: list, **extra) -> None:
+    """Write rows as JSON with the device name, git sha and package versions."""
+    import json
+
+    result = {
+        "benchmark": benchmark,
+        "device": device_name(device),
+        "git_sha": git_sha(),
+        "versions": versions(),
+        **extra,
+        "rows": rows,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
