@@ -9,6 +9,10 @@ from .ops import _dispatch
 from .patching import base
 from .patching import lora as lora_patching
 
+# Each patcher module provides KIND (a label for the report), candidates(model) -> [(name,
+# module)], ineligibility_reasons(module) -> [str] and fused_forward(module, *args, **kwargs).
+PATCHERS = (lora_patching,)
+
 
 @dataclass
 class PatchReport:
@@ -17,9 +21,14 @@ class PatchReport:
     patched: list[str] = field(default_factory=list)
     skipped: dict[str, list[str]] = field(default_factory=dict)
     backend: str = "torch"
+    kinds: dict[str, str] = field(default_factory=dict)  # module name -> "LoRA", "IA3", ...
 
     def __str__(self) -> str:
-        line = f"fastpeft: patched {len(self.patched)} LoRA modules (backend: {self.backend})"
+        counts = {}
+        for name in self.patched:
+            counts[self.kinds[name]] = counts.get(self.kinds[name], 0) + 1
+        what = " + ".join(f"{n} {kind}" for kind, n in counts.items()) or "0 PEFT"
+        line = f"fastpeft: patched {what} modules (backend: {self.backend})"
         line += f"; skipped {len(self.skipped)}"
         if self.skipped:
             reasons = sorted({r for rs in self.skipped.values() for r in rs})
@@ -40,7 +49,7 @@ def _report_backend(backend: str, device: torch.device) -> str:
 
 
 def patch(model: nn.Module, backend: str = "auto", strict: bool = False) -> PatchReport:
-    """Route every eligible PEFT LoRA `Linear` in `model` through fastpeft's fused LoRA, in place.
+    """Route every eligible PEFT layer in `model` (LoRA `Linear`, ...) through fastpeft's fused ops.
 
     `model` is a `PeftModel` or any module containing PEFT LoRA layers. `backend`: "auto" (Triton
     on CUDA, the PyTorch path elsewhere), "triton" (a CUDA GPU, or TRITON_INTERPRET=1 on a CPU) or
@@ -54,22 +63,23 @@ def patch(model: nn.Module, backend: str = "auto", strict: bool = False) -> Patc
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
     report = PatchReport(backend=_report_backend(backend, _model_device(model)))
-    lora_layer, _ = lora_patching.lora_layer_types()
-    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, lora_layer)]
-    for name, module in candidates:
-        reasons = lora_patching.ineligibility_reasons(module)
-        if reasons:
-            report.skipped[name] = reasons
-        else:
-            report.patched.append(name)
-    if strict and (report.skipped or not candidates):
+    plan = []
+    for patcher in PATCHERS:
+        for name, module in patcher.candidates(model):
+            report.kinds[name] = patcher.KIND
+            reasons = patcher.ineligibility_reasons(module)
+            if reasons:
+                report.skipped[name] = reasons
+            else:
+                report.patched.append(name)
+                plan.append((module, patcher.fused_forward))
+    if strict and (report.skipped or not report.kinds):
         details = [f"  {n}: {'; '.join(rs)}" for n, rs in report.skipped.items()]
-        if not candidates:
-            details = ["  the model contains no PEFT LoRA layers"]
+        if not report.kinds:
+            details = ["  the model contains no layers fastpeft can patch (PEFT LoRA, ...)"]
         raise ValueError("fastpeft.patch(strict=True) cannot patch:\n" + "\n".join(details))
-    modules = dict(candidates)
-    for name in report.patched:
-        base.install(modules[name], lora_patching.fused_forward, backend)
+    for module, fused_forward in plan:
+        base.install(module, fused_forward, backend)
     return report
 
 

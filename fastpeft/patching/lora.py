@@ -12,6 +12,7 @@ import torch.nn as nn
 from .. import functional
 from . import base
 
+KIND = "LoRA"
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -20,6 +21,12 @@ def lora_layer_types() -> tuple[type, type]:
     from peft.tuners.lora.layer import Linear, LoraLayer
 
     return LoraLayer, Linear
+
+
+def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every PEFT LoRA layer in `model` (eligible or not), with its name."""
+    lora_layer, _ = lora_layer_types()
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, lora_layer)]
 
 
 def _adapter_reasons(module: nn.Module) -> list[str]:

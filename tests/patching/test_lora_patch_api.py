@@ -183,8 +183,8 @@ def test_model_without_lora():
     model = testing.tiny_llama(num_layers=1)
     report = fastpeft.patch(model)
     assert report.patched == [] and report.skipped == {}
-    assert str(report) == "fastpeft: patched 0 LoRA modules (backend: torch); skipped 0"
-    with pytest.raises(ValueError, match="no PEFT LoRA layers"):
+    assert str(report) == "fastpeft: patched 0 PEFT modules (backend: torch); skipped 0"
+    with pytest.raises(ValueError, match="no layers fastpeft can patch"):
         fastpeft.patch(model, strict=True)
 
 
