@@ -5,9 +5,23 @@ report = fastpeft.patch(peft_model)   # same numbers as PEFT, faster, less memor
 fastpeft.unpatch(peft_model)
 """
 
-from .functional import lora_linear
+from .adapters import AdapterConfig, add_adapters, load_adapters, remove_adapters, save_adapters
+from .functional import ia3_linear, lora_linear
 from .patch import PatchReport, is_patched, patch, unpatch
 
 __version__ = "0.1.0"
 
-__all__ = ["PatchReport", "is_patched", "lora_linear", "patch", "unpatch", "__version__"]
+__all__ = [
+    "AdapterConfig",
+    "PatchReport",
+    "add_adapters",
+    "ia3_linear",
+    "is_patched",
+    "load_adapters",
+    "lora_linear",
+    "patch",
+    "remove_adapters",
+    "save_adapters",
+    "unpatch",
+    "__version__",
+]

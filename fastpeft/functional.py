@@ -5,7 +5,9 @@ import math
 import torch
 
 from .ops import _dispatch
+from .ops import ia3 as ia3_ops
 from .ops import lora as lora_ops
+from .ops.adapter import adapter, adapter_pair  # noqa: F401  (public; checks live with the op)
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -18,11 +20,13 @@ def _require_tensor(value, name: str) -> torch.Tensor:
     return value
 
 
-def _check_lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p) -> None:
-    for name, value in (("x", x), ("weight", weight), ("lora_a", lora_a), ("lora_b", lora_b)):
+def _check_base_linear(x, weight, bias, extra: dict) -> tuple[int, int]:
+    """Checks shared by the fused linears: x [..., K], weight [N, K], bias [N], one device."""
+    named = {"x": x, "weight": weight, **extra}
+    for name, value in named.items():
         _require_tensor(value, name)
     if bias is not None:
-        _require_tensor(bias, "bias")
+        named["bias"] = _require_tensor(bias, "bias")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
     N, K = weight.shape
@@ -30,13 +34,6 @@ def _check_lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p) -> Non
         raise ValueError(
             f"x must have shape [..., K] with K = weight.shape[1] = {K}, got {tuple(x.shape)}"
         )
-    if lora_a.dim() != 2 or lora_a.shape[1] != K:
-        raise ValueError(f"lora_a must have shape [R, K={K}], got {tuple(lora_a.shape)}")
-    R = lora_a.shape[0]
-    if R == 0:
-        raise ValueError("lora_a must have rank R >= 1, got shape (0, K)")
-    if lora_b.dim() != 2 or tuple(lora_b.shape) != (N, R):
-        raise ValueError(f"lora_b must have shape [N={N}, R={R}], got {tuple(lora_b.shape)}")
     if bias is not None and tuple(bias.shape) != (N,):
         raise ValueError(f"bias must have shape [N={N}], got {tuple(bias.shape)}")
     if x.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
@@ -44,16 +41,27 @@ def _check_lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p) -> Non
             f"x, weight and bias must share one dtype, got x {x.dtype}, weight {weight.dtype}"
             + (f", bias {bias.dtype}" if bias is not None else "")
         )
+    devices = {name: t.device for name, t in named.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"all tensors must be on one device, got {devices}")
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
+        raise ValueError("weight and bias must be frozen (requires_grad=False) for the fused path")
+    return N, K
+
+
+def _check_lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p) -> None:
+    N, K = _check_base_linear(x, weight, bias, {"lora_a": lora_a, "lora_b": lora_b})
+    if lora_a.dim() != 2 or lora_a.shape[1] != K:
+        raise ValueError(f"lora_a must have shape [R, K={K}], got {tuple(lora_a.shape)}")
+    R = lora_a.shape[0]
+    if R == 0:
+        raise ValueError("lora_a must have rank R >= 1, got shape (0, K)")
+    if lora_b.dim() != 2 or tuple(lora_b.shape) != (N, R):
+        raise ValueError(f"lora_b must have shape [N={N}, R={R}], got {tuple(lora_b.shape)}")
     if lora_a.dtype != lora_b.dtype:
         raise TypeError(
             f"lora_a and lora_b must share one dtype, got {lora_a.dtype} and {lora_b.dtype}"
         )
-    tensors = {"x": x, "weight": weight, "lora_a": lora_a, "lora_b": lora_b}
-    if bias is not None:
-        tensors["bias"] = bias
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"all tensors must be on one device, got {devices}")
     if not isinstance(scaling, (int, float)) or not math.isfinite(scaling):
         raise ValueError(f"scaling must be a finite number, got {scaling!r}")
     if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
@@ -83,10 +91,6 @@ def lora_linear(
     ``backend``: "auto" (Triton on CUDA, PyTorch elsewhere), "triton" or "torch".
     """
     _check_lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p)
-    if weight.requires_grad or (bias is not None and bias.requires_grad):
-        raise ValueError(
-            "weight and bias must be frozen (requires_grad=False) for the fused LoRA path"
-        )
     resolved = _dispatch.resolve(backend, x.device)
     if resolved == "triton" and lora_a.shape[0] > 256:
         raise ValueError(f"backend='triton' supports LoRA rank <= 256, got {lora_a.shape[0]}")
@@ -97,5 +101,54 @@ def lora_linear(
         seed = torch.randint(0, 2**31 - 1, (1,), device=x.device, dtype=torch.int64)
     y, _, _ = lora_ops.lora_linear_fwd(
         x2d, weight, bias, lora_a, lora_b, seed, float(scaling), float(dropout_p), resolved
+    )
+    return y.reshape(*leading, weight.shape[0])
+
+
+def _check_ia3_args(x, weight, bias, ia3_l, feedforward) -> None:
+    if not isinstance(feedforward, bool):
+        raise TypeError(f"feedforward must be a bool, got {type(feedforward).__name__}")
+    N, K = _check_base_linear(x, weight, bias, {"ia3_l": ia3_l})
+    if feedforward:
+        want, what = (K,), f"[K={K}] (feedforward=True: input scaling)"
+    else:
+        want, what = (N,), f"[N={N}] (feedforward=False: output scaling)"
+    if tuple(ia3_l.shape) != want:
+        raise ValueError(
+            f"ia3_l must have shape {what}, got {tuple(ia3_l.shape)} "
+            "(PEFT stores it as [N, 1] or [1, K]: pass ia3_l.flatten())"
+        )
+    if ia3_l.dtype not in (torch.float32, weight.dtype):
+        raise TypeError(
+            f"ia3_l must be float32 or weight's dtype {weight.dtype}, got {ia3_l.dtype}"
+        )
+
+
+def ia3_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    ia3_l: torch.Tensor,
+    feedforward: bool,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fused IA3 linear: ``(x Wᵀ + b) ⊙ ia3_l``, or ``(x ⊙ ia3_l) Wᵀ + b`` when ``feedforward``.
+
+    x [..., K] and the frozen base weight [N, K] / bias [N] share a dtype (fp32, fp16, bf16);
+    ia3_l is 1-D, [N] (output scaling, PEFT's attention targets) or [K] (``feedforward=True``,
+    input scaling), in fp32 (PEFT's default, also on a 16-bit base) or the base dtype. Numerics
+    are PEFT's: on a 16-bit base, the base output (output case) or x ⊙ ia3_l (input case) is
+    rounded to the base dtype where PEFT rounds it. Gradients flow to ia3_l and x; weight and bias
+    must not require grad. Returns y [..., N] in x's dtype. ``backend``: "auto" (Triton on CUDA,
+    PyTorch elsewhere), "triton" or "torch".
+    """
+    _check_ia3_args(x, weight, bias, ia3_l, feedforward)
+    resolved = _dispatch.resolve(backend, x.device)
+    leading, K = x.shape[:-1], x.shape[-1]
+    # z (the base output) is stored for dl only when ia3_l will get a gradient.
+    save_z = not feedforward and ia3_l.requires_grad and torch.is_grad_enabled()
+    y, _ = ia3_ops.ia3_linear_fwd(
+        x.reshape(-1, K), weight, bias, ia3_l, feedforward, save_z, resolved
     )
     return y.reshape(*leading, weight.shape[0])

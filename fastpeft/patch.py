@@ -6,12 +6,18 @@ import torch
 import torch.nn as nn
 
 from .ops import _dispatch
+from .patching import adapter as adapter_patching
+from .patching import adapter_pair as adapter_pair_patching
 from .patching import base
+from .patching import ia3 as ia3_patching
 from .patching import lora as lora_patching
 
 # Each patcher module provides KIND (a label for the report), candidates(model) -> [(name,
 # module)], ineligibility_reasons(module) -> [str] and fused_forward(module, *args, **kwargs).
-PATCHERS = (lora_patching,)
+PATCHERS = (lora_patching, ia3_patching)
+
+# fastpeft's own adapters; the gate/up pair (an MLP-level fusion) is listed before single adapters.
+ADAPTER_PATCHERS = (adapter_pair_patching, adapter_patching)
 
 
 @dataclass
@@ -49,14 +55,25 @@ def _report_backend(backend: str, device: torch.device) -> str:
 
 
 def patch(model: nn.Module, backend: str = "auto", strict: bool = False) -> PatchReport:
-    """Route every eligible PEFT layer in `model` (LoRA `Linear`, ...) through fastpeft's fused ops.
+    """Route every eligible layer of `model` through fastpeft's fused ops, in place.
 
-    `model` is a `PeftModel` or any module containing PEFT LoRA layers. `backend`: "auto" (Triton
-    on CUDA, the PyTorch path elsewhere), "triton" (a CUDA GPU, or TRITON_INTERPRET=1 on a CPU) or
-    "torch". Ineligible layers keep PEFT's forward and are listed in the report with reasons;
-    `strict=True` raises instead, listing every reason. Patching twice is harmless (the backend is
-    updated); parameters, names and state_dict are untouched. Returns a `PatchReport`.
+    Covers PEFT LoRA `Linear` layers and fastpeft's bottleneck adapters (a gate/up pre-adapter pair
+    is fused into one op that reads x once). `model` is a `PeftModel` or any module containing
+    such layers. `backend`: "auto" (Triton on CUDA, the PyTorch path elsewhere), "triton" (a CUDA
+    GPU, or TRITON_INTERPRET=1 on a CPU) or "torch". Ineligible layers keep their own forward and
+    are listed in the report with reasons; `strict=True` raises instead, listing every reason.
+    Patching twice is harmless (the backend is updated); parameters, names and state_dict are
+    untouched. Returns a `PatchReport`.
     """
+    return _patch(model, backend, strict, PATCHERS + ADAPTER_PATCHERS)
+
+
+def patch_adapters(model: nn.Module, backend: str = "auto") -> PatchReport:
+    """Patch only fastpeft's own adapters in `model` (what add_adapters(fused=True) does)."""
+    return _patch(model, backend, False, ADAPTER_PATCHERS)
+
+
+def _patch(model, backend, strict, patchers) -> PatchReport:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _dispatch.check_backend_name(backend)
@@ -64,7 +81,7 @@ def patch(model: nn.Module, backend: str = "auto", strict: bool = False) -> Patc
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
     report = PatchReport(backend=_report_backend(backend, _model_device(model)))
     plan = []
-    for patcher in PATCHERS:
+    for patcher in patchers:
         for name, module in patcher.candidates(model):
             report.kinds[name] = patcher.KIND
             reasons = patcher.ineligibility_reasons(module)

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .model_structure import find_language_model
+from .model_structure import unwrap_peft as _unwrap_peft
 from .tolerance import (  # re-exported (see __all__): tests import them from here
     DTYPE_FLOORS,
     assert_close_fp32,
@@ -408,29 +410,6 @@ def qwen2_vl_batch(
 # --------------------------------------------------------------------------------------------
 # Target selection
 # --------------------------------------------------------------------------------------------
-
-
-def _unwrap_peft(model: nn.Module) -> nn.Module:
-    get_base = getattr(model, "get_base_model", None)  # PeftModel
-    return get_base() if callable(get_base) else model
-
-
-def find_language_model(model: nn.Module) -> nn.Module:
-    """The decoder stack (the module with ``layers``) of the language model inside ``model``.
-
-    LLaVA / Qwen2-VL (transformers 5.x): ``model.model.language_model``; Llama: ``model.model``;
-    older layouts (``model.language_model``) are tried too. A PeftModel is unwrapped first.
-    """
-    base = _unwrap_peft(model)
-    for path in ("model.language_model", "language_model", "model", "language_model.model"):
-        mod: Any = base
-        for attr in path.split("."):
-            mod = getattr(mod, attr, None)
-            if not isinstance(mod, nn.Module):
-                break
-        if isinstance(mod, nn.Module) and isinstance(getattr(mod, "layers", None), nn.ModuleList):
-            return mod
-    raise ValueError(f"cannot find the language model decoder in {type(base).__name__}")
 
 
 def _linear_like(module: nn.Module) -> bool:

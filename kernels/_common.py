@@ -45,3 +45,16 @@ def store_tile(ptr, value, rows, cols, stride_row, stride_col, n_rows, n_cols):
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
     offsets = rows[:, None] * stride_row + cols[None, :] * stride_col
     tl.store(ptr + offsets, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def grouped_tile(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    # Walk GROUP_M row-tiles down a column of tiles before moving right, so the W tiles a group
+    # shares stay in L2 (the usual grouped GEMM ordering).
+    per_group = GROUP_M * num_n
+    group = pid // per_group
+    first_m = group * GROUP_M
+    rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % rows
+    pid_n = (pid % per_group) // rows
+    return pid_m, pid_n

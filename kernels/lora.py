@@ -14,20 +14,7 @@ fp32. Five kernels:
 import triton
 import triton.language as tl
 
-from ._common import dropout_keep, load_tile, mma, store_tile
-
-
-@triton.jit
-def _grouped_tile(pid, num_m, num_n, GROUP_M: tl.constexpr):
-    # Walk GROUP_M row-tiles down a column of tiles before moving right, so the W tiles a group
-    # shares stay in L2 (the usual grouped GEMM ordering).
-    per_group = GROUP_M * num_n
-    group = pid // per_group
-    first_m = group * GROUP_M
-    rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % rows
-    pid_n = (pid % per_group) // rows
-    return pid_m, pid_n
+from ._common import dropout_keep, grouped_tile, load_tile, mma, store_tile
 
 
 @triton.jit
@@ -69,9 +56,7 @@ def lora_fwd_kernel(
     # Grid: one program per [BLOCK_M, BLOCK_N] tile of y (grouped order). The base GEMM and the
     # rank-r update s · t Bᵀ share one fp32 accumulator, so y is written once and no [M, N]
     # temporary exists.
-    pid_m, pid_n = _grouped_tile(
-        tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M
-    )
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)
@@ -159,9 +144,7 @@ def lora_dx_kernel(
 ):  # fmt: skip
     # Grid: one program per [BLOCK_M, BLOCK_K] tile of dx (grouped order). dy W and the rank-r
     # term u A (through the regenerated dropout mask) meet in one fp32 accumulator.
-    pid_m, pid_k = _grouped_tile(
-        tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M
-    )
+    pid_m, pid_k = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_r = tl.arange(0, BLOCK_R)

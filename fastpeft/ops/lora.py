@@ -21,7 +21,7 @@ torch.library.opcheck and compile with fullgraph=True.
 
 import torch
 
-from . import _counters, lora_torch
+from . import _counters, _dropout_torch, lora_torch
 
 _EMPTY = (0,)
 
@@ -58,7 +58,7 @@ def _(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p, backend):
     y = x.new_empty((M, N))
     t = x.new_empty((M, R), dtype=lora_a.dtype)
     keep_shape = _EMPTY
-    if backend == "torch" and dropout_p > 0 and not lora_torch.counter_based(x.device):
+    if backend == "torch" and dropout_p > 0 and not _dropout_torch.counter_based(x.device):
         keep_shape = tuple(x.shape)
     return y, t, x.new_empty(keep_shape, dtype=torch.bool)
 
@@ -134,4 +134,4 @@ def dropout_keep_mask(seed: torch.Tensor, shape: tuple[int, int], p: float, back
     """The bool keep-mask `backend` derives from `seed` for an input of `shape` (for tests)."""
     if backend == "triton":
         return _triton_impl().dropout_keep_mask(seed, shape[0], shape[1], p)
-    return lora_torch.keep_mask(torch.empty(shape, device=seed.device), p, seed)
+    return _dropout_torch.keep_mask(torch.empty(shape, device=seed.device), p, seed)

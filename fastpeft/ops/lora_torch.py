@@ -11,41 +11,9 @@ exactly where PEFT rounds.
 import torch
 import torch.nn.functional as F
 
-from .. import _ext
+from ._dropout_torch import apply_dropout_, counter_based, dropped, keep_mask
 
 _EMPTY = (0,)
-
-
-def counter_based(device: torch.device) -> bool:
-    # NOTE: measured on the 2-core CI CPU, [512, 1536] fp32: _C.dropout_ 1.0 ms vs
-    # aten::bernoulli_ into a bool mask 5.1 ms; bernoulli was 18% of a LoRA training step.
-    return device.type == "cpu" and _ext.available()
-
-
-def keep_mask(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
-    """The bool keep-mask this path applies to x (kept with probability 1 - p)."""
-    if counter_based(x.device):
-        return _ext.require().dropout_keep_mask(int(seed.item()), x.shape[0], x.shape[1], p)
-    generator = torch.Generator(device=x.device)
-    generator.manual_seed(int(seed.item()))
-    keep = torch.empty(x.shape, dtype=torch.bool, device=x.device)
-    return keep.bernoulli_(1.0 - p, generator=generator)
-
-
-def _apply_dropout_(t: torch.Tensor, keep: torch.Tensor, seed: torch.Tensor, p: float):
-    """t ⊙ keep / (1 - p) in place, with `keep` stored or recomputed from `seed`."""
-    if keep.numel() == 0:
-        return _ext.require().dropout_(t, int(seed.item()), p)
-    return t.mul_(keep).mul_(1.0 / (1.0 - p))
-
-
-def _dropped(x, dtype, keep, seed, p: float) -> torch.Tensor:
-    """drop(x) in the adapter dtype, as nn.Dropout computes it (x · keep / (1 - p))."""
-    if p == 0:
-        return x.to(dtype)
-    return _apply_dropout_(
-        torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x), keep, seed, p
-    )
 
 
 def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
@@ -53,7 +21,7 @@ def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
     keep = x.new_empty(_EMPTY, dtype=torch.bool)
     if p > 0 and not counter_based(x.device):
         keep = keep_mask(x, p, seed)
-    t = _dropped(x, lora_a.dtype, keep, seed, p) @ lora_a.t()
+    t = dropped(x, lora_a.dtype, keep, seed, p) @ lora_a.t()
     y = F.linear(x, weight, bias)
     if lora_b.dtype == y.dtype:
         return y.addmm_(t, lora_b.t(), alpha=scaling), t, keep
@@ -67,7 +35,7 @@ def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: fl
     dy_adapter = dy.to(lora_b.dtype)
     u = (dy_adapter @ lora_b).mul_(scaling)  # s · dy B, [M, R]
     d_lora_b = (dy_adapter.t() @ t).mul_(scaling)
-    d_lora_a = u.t() @ _dropped(x, lora_a.dtype, keep, seed, p)
+    d_lora_a = u.t() @ dropped(x, lora_a.dtype, keep, seed, p)
     if not need_dx:
         return None, d_lora_a, d_lora_b
     dx = dy @ weight
@@ -75,6 +43,6 @@ def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: fl
         return dx.addmm_(u, lora_a), d_lora_a, d_lora_b
     low_rank = u @ lora_a
     if p > 0:
-        _apply_dropout_(low_rank, keep, seed, p)
+        apply_dropout_(low_rank, keep, seed, p)
     # PEFT's autograd rounds the adapter branch's dx to x's dtype before summing with the base's.
     return dx.add_(low_rank.to(dx.dtype)), d_lora_a, d_lora_b

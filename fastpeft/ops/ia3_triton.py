@@ -1,0 +1,128 @@
+"""Host side of the Triton IA3 kernels: block sizes, allocation and launches (2-D inputs)."""
+
+import torch
+import triton
+
+from .. import _triton
+from ..kernels import ia3 as kernels
+
+# NOTE: untuned starting points (no GPU was available when these were written), the same GEMM
+# tiles as the LoRA kernels; the interpreter gets small blocks because each program runs serially
+# in numpy.
+_GPU_GEMM = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+_CPU_GEMM = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
+_GPU_REDUCE = dict(BLOCK_M=64, BLOCK_N=128, num_warps=4)
+_CPU_REDUCE = dict(BLOCK_M=32, BLOCK_N=32)
+
+
+def _gemm_config(device: torch.device) -> dict:
+    return dict(_GPU_GEMM) if device.type == "cuda" else dict(_CPU_GEMM)
+
+
+def _flags(device: torch.device) -> dict:
+    return dict(UPCAST=_triton.upcast_dots(device), PRECISION=_triton.dot_precision(device))
+
+
+def _reduce_partials(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # A sum over dim 0 of a dense fp32 tensor: a fixed reduction order, so dl is deterministic.
+    return partials.sum(dim=0).to(dtype)
+
+
+def forward(x, weight, bias, ia3_l, feedforward: bool, save_z: bool):
+    """(y, z) for 2-D x; z = x Wᵀ + b (base dtype) in the output case with save_z, else None."""
+    M, K = x.shape
+    N = weight.shape[0]
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    cfg = _gemm_config(x.device)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    bias_arg = bias if bias is not None else weight
+    if feedforward:
+        kernels.ia3_in_fwd_kernel[grid](
+            x, weight, bias_arg, ia3_l, y,
+            M, N, K,
+            x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
+            HAS_BIAS=bias is not None, **_flags(x.device), **cfg,
+        )  # fmt: skip
+        return y, None
+    z = torch.empty((M, N), device=x.device, dtype=x.dtype) if save_z else None
+    z_arg = z if z is not None else y
+    kernels.ia3_out_fwd_kernel[grid](
+        x, weight, bias_arg, ia3_l, y, z_arg,
+        M, N, K,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
+        z_arg.stride(0), z_arg.stride(1),
+        HAS_BIAS=bias is not None, STORE_Z=save_z, **_flags(x.device), **cfg,
+    )  # fmt: skip
+    return y, z
+
+
+def _reduce_config(device: torch.device) -> dict:
+    return dict(_GPU_REDUCE) if device.type == "cuda" else dict(_CPU_REDUCE)
+
+
+def _backward_output(dy, z, weight, ia3_l, need_dx: bool, need_dl: bool):
+    M, N = dy.shape
+    K = weight.shape[1]
+    if not need_dx:  # no dx GEMM to carry the dl partials: a plain two-stage column reduction
+        red = _reduce_config(dy.device)
+        partials = torch.empty(
+            (triton.cdiv(M, red["BLOCK_M"]), N), device=dy.device, dtype=torch.float32
+        )
+        grid = (partials.shape[0], triton.cdiv(N, red["BLOCK_N"]))
+        kernels.ia3_out_dl_kernel[grid](
+            dy, z, partials,
+            M, N,
+            dy.stride(0), dy.stride(1), z.stride(0), z.stride(1),
+            partials.stride(0), partials.stride(1),
+            **red,
+        )  # fmt: skip
+        return None, _reduce_partials(partials, ia3_l.dtype)
+    cfg = _gemm_config(dy.device)
+    num_m_blocks = triton.cdiv(M, cfg["BLOCK_M"])
+    dx = torch.empty((M, K), device=dy.device, dtype=dy.dtype)
+    partials = dx  # placeholder pointer; never touched when NEED_DL is False
+    if need_dl:
+        partials = torch.empty((num_m_blocks, N), device=dy.device, dtype=torch.float32)
+    z_arg = z if need_dl else dy
+    grid = (num_m_blocks * triton.cdiv(K, cfg["BLOCK_K"]),)
+    kernels.ia3_out_bwd_kernel[grid](
+        dy, weight, ia3_l, z_arg, dx, partials,
+        M, N, K,
+        dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1),
+        z_arg.stride(0), z_arg.stride(1), dx.stride(0), dx.stride(1),
+        partials.stride(0), partials.stride(1),
+        NEED_DL=need_dl, **_flags(dy.device), **cfg,
+    )  # fmt: skip
+    return dx, (_reduce_partials(partials, ia3_l.dtype) if need_dl else None)
+
+
+def _backward_input(dy, x, weight, ia3_l, need_dx: bool, need_dl: bool):
+    M, N = dy.shape
+    K = weight.shape[1]
+    cfg = _gemm_config(dy.device)
+    dx = torch.empty((M, K), device=dy.device, dtype=dy.dtype) if need_dx else None
+    num_m_blocks = triton.cdiv(M, cfg["BLOCK_M"])
+    partials = None
+    if need_dl:
+        partials = torch.empty((num_m_blocks, K), device=dy.device, dtype=torch.float32)
+    dx_arg = dx if dx is not None else dy
+    part_arg = partials if partials is not None else dx_arg
+    grid = (num_m_blocks * triton.cdiv(K, cfg["BLOCK_K"]),)
+    kernels.ia3_in_bwd_kernel[grid](
+        dy, weight, x, ia3_l, dx_arg, part_arg,
+        M, N, K,
+        dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1), x.stride(0), x.stride(1),
+        dx_arg.stride(0), dx_arg.stride(1), part_arg.stride(0), part_arg.stride(1),
+        NEED_DX=need_dx, NEED_DL=need_dl, **_flags(dy.device), **cfg,
+    )  # fmt: skip
+    dl = _reduce_partials(partials, ia3_l.dtype) if need_dl else None
+    return dx, dl
+
+
+def backward(dy, saved, weight, ia3_l, feedforward: bool, need_dx: bool, need_dl: bool):
+    """(dx or None, dl or None) for 2-D dy; `saved` is x (input case) or z (output case)."""
+    if not (need_dx or need_dl):
+        return None, None
+    if feedforward:
+        return _backward_input(dy, saved, weight, ia3_l, need_dx, need_dl)
+    return _backward_output(dy, saved, weight, ia3_l, need_dx, need_dl)

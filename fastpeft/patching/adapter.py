@@ -1,0 +1,67 @@
+"""Patcher for fastpeft's own bottleneck adapters: the fused op replaces the eager module."""
+
+import torch
+import torch.nn as nn
+
+from . import base
+
+KIND = "adapter"
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_BOTTLENECK = 1024
+
+
+def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from ..adapters.modules import BottleneckAdapter
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BottleneckAdapter)]
+
+
+def ineligibility_reasons(module: nn.Module) -> list[str]:
+    reasons = []
+    dtypes = {module.down.weight.dtype, module.up.weight.dtype}
+    if len(dtypes) != 1 or not dtypes <= set(_FLOAT_DTYPES):
+        reasons.append(f"adapter weight dtypes {sorted(map(str, dtypes))} not one fp32/fp16/bf16")
+    if module.down.weight.shape[0] > MAX_BOTTLENECK:
+        reasons.append(f"bottleneck {module.down.weight.shape[0]} > {MAX_BOTTLENECK}")
+    if type(module.dropout) is not nn.Dropout:
+        reasons.append(f"dropout is {type(module.dropout).__name__}, not nn.Dropout")
+    return reasons
+
+
+def dropout_p(module: nn.Module) -> float:
+    return module.dropout.p if module.dropout.training else 0.0
+
+
+def call_fallback_reason(module: nn.Module, z: torch.Tensor, residual) -> str | None:
+    if z.dtype not in _FLOAT_DTYPES:
+        return "input dtype is not fp32/fp16/bf16"
+    if torch.is_autocast_enabled(z.device.type):
+        return "autocast enabled"
+    if module.up.weight.shape[0] != module.down.weight.shape[1]:
+        return "parallel adapter with in_features != out_features (the fused op is square)"
+    if residual is not None and residual.shape != z.shape:
+        return "residual shape differs from the input's"
+    reasons = ineligibility_reasons(module)
+    return reasons[0] if reasons else None
+
+
+def fused_forward(self: nn.Module, z: torch.Tensor, residual: torch.Tensor | None = None):
+    """Replacement for BottleneckAdapter.forward (bound per instance)."""
+    from ..ops import adapter as adapter_ops
+
+    state = base.state_of(self)
+    reason = call_fallback_reason(self, z, residual)
+    if reason is not None:
+        state.fallbacks[reason] += 1
+        return base.original_forward(self)(z, residual)
+    state.fused_calls += 1
+    return adapter_ops.adapter(
+        z,
+        self.down.weight,
+        self.up.weight,
+        self.scaling,
+        self.non_linearity,
+        dropout_p(self),
+        residual,
+        backend=state.backend,
+    )

@@ -1,0 +1,110 @@
+"""Patcher for PEFT IA3 `Linear` layers: eligibility, and the fused forward that replaces PEFT's.
+
+Static properties (layer type, base layer class, fan_in_fan_out, trainable base) are checked once
+at patch time. Adapter state can change after patching (set_adapter, disable_adapter, merge), so
+`call_fallback_reason` re-checks it on every call and routes that call to PEFT's own forward.
+"""
+
+import torch
+import torch.nn as nn
+
+from .. import functional
+from . import base
+
+KIND = "IA3"
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def ia3_layer_types() -> tuple[type, type]:
+    """(peft IA3Layer, peft ia3 Linear); imported lazily so `import fastpeft` stays light."""
+    from peft.tuners.ia3.layer import IA3Layer, Linear
+
+    return IA3Layer, Linear
+
+
+def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every PEFT IA3 layer in `model` (eligible or not), with its name."""
+    ia3_layer, _ = ia3_layer_types()
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, ia3_layer)]
+
+
+def _adapter_reasons(module: nn.Module) -> list[str]:
+    """Reasons tied to the active adapter's configuration (also re-checked per call)."""
+    active = list(module.active_adapters)
+    if len(active) != 1:
+        # PEFT multiplies the vectors of all active adapters; the fused path takes one vector.
+        return [f"{len(active)} active adapters ({', '.join(active)}); the fused path takes one"]
+    name = active[0]
+    if name not in module.ia3_l:
+        return [f"active adapter {name!r} has no IA3 vector in this layer"]
+    vector = module.ia3_l[name]
+    base_dtype = module.get_base_layer().weight.dtype
+    if vector.dtype not in (torch.float32, base_dtype):
+        # Elsewhere PEFT's casts differ (a bf16 vector on an fp16 base rounds x to bf16 first).
+        return [f"IA3 vector dtype {vector.dtype} is neither fp32 nor the base dtype {base_dtype}"]
+    features = module.in_features if module.is_feedforward else module.out_features
+    if vector.numel() != features:
+        return [f"IA3 vector has {vector.numel()} elements, expected {features}"]
+    return []
+
+
+def ineligibility_reasons(module: nn.Module) -> list[str]:
+    """Every reason `module` (a PEFT IA3 layer) cannot take the fused path; [] if it can."""
+    _, ia3_linear = ia3_layer_types()
+    if not isinstance(module, ia3_linear):
+        return [f"IA3 layer type {type(module).__name__} is not supported (only Linear)"]
+    reasons = []
+    base_layer = module.get_base_layer()
+    if type(base_layer) is not nn.Linear:
+        reasons.append(
+            f"base layer is {type(base_layer).__name__}, not torch.nn.Linear (quantised or custom)"
+        )
+    elif base_layer.weight.dtype not in _FLOAT_DTYPES:
+        reasons.append(f"base weight dtype {base_layer.weight.dtype} is not fp32, fp16 or bf16")
+    if getattr(module, "fan_in_fan_out", False):
+        reasons.append("fan_in_fan_out=True (Conv1D-style weight)")
+    if any(p.requires_grad for p in base_layer.parameters()):
+        reasons.append("base layer weight or bias is trainable (the fused path needs it frozen)")
+    if reasons:  # the adapter checks below assume a plain linear base
+        return reasons
+    return _adapter_reasons(module)
+
+
+def call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) -> str | None:
+    """Why this call must use PEFT's forward, or None for the fused path."""
+    if module.disable_adapters:
+        return "adapters disabled"
+    if module.merged:
+        return "adapters merged"
+    if args or kwargs:
+        return "extra forward arguments"
+    base_layer = module.get_base_layer()
+    if x.dtype != base_layer.weight.dtype:
+        return "input dtype differs from the base weight dtype"
+    if torch.is_autocast_enabled(x.device.type):
+        return "autocast enabled"
+    if base_layer.weight.requires_grad or (
+        base_layer.bias is not None and base_layer.bias.requires_grad
+    ):
+        return "base layer trainable"
+    reasons = _adapter_reasons(module)
+    return reasons[0] if reasons else None
+
+
+def fused_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """Replacement for peft.tuners.ia3.layer.Linear.forward (bound per instance)."""
+    state = base.state_of(self)
+    reason = call_fallback_reason(self, x, args, kwargs)
+    if reason is not None:
+        state.fallbacks[reason] += 1
+        return base.original_forward(self)(x, *args, **kwargs)
+    state.fused_calls += 1
+    base_layer = self.get_base_layer()
+    return functional.ia3_linear(
+        x,
+        base_layer.weight,
+        base_layer.bias,
+        self.ia3_l[self.active_adapters[0]].flatten(),  # PEFT's [N, 1] / [1, K] as 1-D
+        self.is_feedforward,
+        backend=state.backend,
+    )

@@ -1,0 +1,308 @@
+"""Fused bottleneck adapters: out = residual + s · act(drop(z) W_downᵀ) W_upᵀ.
+
+Shapes: z [M, D], W_down [H, D], W_up [D, H], pre = drop(z) W_downᵀ [M, H] (the only tensor kept
+for the backward), g = s · (dy W_up) ⊙ act'(pre) [M, H]. The bottleneck runs in the adapter dtype
+(z is cast to it, as PEFT does for fp32 adapters); every product accumulates in fp32. A pair is two
+adapters on one input (LLaVA's gate/up pre-adapters), each with its own dropout mask drawn from
+seed[0] and seed[1]. Six kernels:
+
+    adapter_down_kernel     pre = drop(z) W_downᵀ                one z tile feeds both of a pair
+    adapter_up_kernel       out = residual + s · act(pre) W_upᵀ  act applied to pre tiles on load
+    adapter_dpre_kernel     g = s · (dy W_up) ⊙ act'(pre), a = act(pre)      one pass over dy
+    adapter_dw_up_kernel    dW_up = s · dyᵀ a                    walks M in order (deterministic)
+    adapter_dw_down_kernel  dW_down = gᵀ drop(z)                 mask regenerated from the seed
+    adapter_dz_kernel       dz = drop'(g W_down) (+ dy, + dy2)   the residual's grad in the epilogue
+"""
+
+import triton
+import triton.language as tl
+
+from ._common import dropout_keep, grouped_tile, load_tile, mma, store_tile
+
+# NOTE: globals must be tl.constexpr instances: the GPU compiler rejects a `: tl.constexpr`
+# annotation that the interpreter accepts (triton 3.9, caught by an sm_90 compile without a GPU).
+# Taylor coefficients of tanh (x³ ... x¹¹): -1/3, 2/15, -17/315, 62/2835, -1382/155925.
+_T3 = tl.constexpr(-0.3333333333333333)
+_T5 = tl.constexpr(0.13333333333333333)
+_T7 = tl.constexpr(-0.05396825396825397)
+_T9 = tl.constexpr(0.021869488536155203)
+_T11 = tl.constexpr(-0.008863235529902197)
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+
+@triton.jit
+def _tanh(x):
+    # tl has no tanh that the interpreter runs (libdevice is GPU-only), and one formula everywhere
+    # keeps the GPU kernels what the CPU tier tests. Below |x| = 0.4 the odd Taylor series (next
+    # term < 1e-7 relative) avoids the cancellation of 1 - exp(-2|x|); above it the exp form is
+    # within a few ulp. exp(-2|x|) never overflows.
+    x2 = x * x
+    series = x * (1.0 + x2 * (_T3 + x2 * (_T5 + x2 * (_T7 + x2 * (_T9 + x2 * _T11)))))
+    e = tl.exp(-2.0 * tl.abs(x))
+    tail = (1.0 - e) / (1.0 + e)
+    tail = tl.where(x < 0, -tail, tail)
+    return tl.where(tl.abs(x) < 0.4, series, tail)
+
+
+@triton.jit
+def activation(x, ACTIVATION: tl.constexpr):
+    """act(x) elementwise on an fp32 tile; act(0) = 0 for every choice, so masked tails stay 0."""
+    if ACTIVATION == "tanh":
+        y = _tanh(x)
+    elif ACTIVATION == "relu":
+        y = tl.maximum(x, 0.0)
+    elif ACTIVATION == "gelu":  # exact erf form, F.gelu's default
+        y = x * 0.5 * (1.0 + tl.erf(x * _SQRT1_2))
+    else:
+        tl.static_assert(ACTIVATION == "silu")
+        y = x * tl.sigmoid(x)
+    return y
+
+
+@triton.jit
+def activation_grad(x, ACTIVATION: tl.constexpr):
+    """act'(x) elementwise on an fp32 tile (relu' is 0 at 0, as torch's threshold_backward)."""
+    if ACTIVATION == "tanh":
+        t = _tanh(x)
+        y = 1.0 - t * t
+    elif ACTIVATION == "relu":
+        y = tl.where(x > 0, 1.0, 0.0)
+    elif ACTIVATION == "gelu":
+        cdf = 0.5 * (1.0 + tl.erf(x * _SQRT1_2))
+        y = cdf + x * _INV_SQRT_2PI * tl.exp(-0.5 * x * x)
+    else:
+        tl.static_assert(ACTIVATION == "silu")
+        s = tl.sigmoid(x)
+        y = s * (1.0 + x * (1.0 - s))
+    return y
+
+
+@triton.jit
+def _drop(x, seed, offs_m, offs_k, K, p, HAS_DROPOUT: tl.constexpr):
+    # x is already in the adapter dtype; nn.Dropout scales there and rounds back to it.
+    y = x
+    if HAS_DROPOUT:
+        keep = dropout_keep(seed, offs_m, offs_k, K, p)
+        y = tl.where(keep, x.to(tl.float32) / (1.0 - p), 0.0).to(x.dtype)
+    return y
+
+
+@triton.jit
+def _seeds(seed_ptr, PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+    seed1 = 0
+    seed2 = 0
+    if HAS_DROPOUT:
+        seed1 = tl.load(seed_ptr)
+        if PAIR:
+            seed2 = tl.load(seed_ptr + 1)
+    return seed1, seed2
+
+
+@triton.jit
+def adapter_down_kernel(
+    z_ptr, wd_ptr, wd2_ptr, pre_ptr, pre2_ptr, seed_ptr,
+    M, D, H, p,
+    stride_zm, stride_zd, stride_wh, stride_wd, stride_pm, stride_ph,
+    PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    # Grid: one program per (row block, H block), H blocks adjacent so that a row block's z tiles
+    # come from L2 after the first read. Each z tile loaded feeds one fp32 accumulator, or two for
+    # a pair (each through its own mask); the two weights share strides, as do the two pres.
+    num_h = tl.cdiv(H, BLOCK_H)
+    pid_m, pid_h = tl.program_id(0) // num_h, tl.program_id(0) % num_h
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·D > 2**31
+    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    w_dtype = wd_ptr.dtype.element_ty
+    seed1, seed2 = _seeds(seed_ptr, PAIR, HAS_DROPOUT)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        z = load_tile(z_ptr, offs_m, offs_d, stride_zm, stride_zd, M, D).to(w_dtype)
+        w_t = load_tile(wd_ptr, offs_d, offs_h, stride_wd, stride_wh, D, H)
+        acc1 = mma(_drop(z, seed1, offs_m, offs_d, D, p, HAS_DROPOUT), w_t, acc1, UPCAST, PRECISION)
+        if PAIR:
+            w2_t = load_tile(wd2_ptr, offs_d, offs_h, stride_wd, stride_wh, D, H)
+            z2 = _drop(z, seed2, offs_m, offs_d, D, p, HAS_DROPOUT)
+            acc2 = mma(z2, w2_t, acc2, UPCAST, PRECISION)
+    store_tile(pre_ptr, acc1, offs_m, offs_h, stride_pm, stride_ph, M, H)
+    if PAIR:
+        store_tile(pre2_ptr, acc2, offs_m, offs_h, stride_pm, stride_ph, M, H)
+
+
+@triton.jit
+def adapter_up_kernel(
+    pre_ptr, wu_ptr, res_ptr, out_ptr,
+    M, D, H, scaling,
+    stride_pm, stride_ph, stride_wd, stride_wh, stride_rm, stride_rd, stride_om, stride_od,
+    ACTIVATION: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    # Grid: one program per [BLOCK_M, BLOCK_D] tile of out (grouped order). act is applied to each
+    # pre tile as it loads, so act(pre) never touches memory; the residual is added to the fp32
+    # accumulator and the sum rounded once to out's dtype.
+    pid_m, pid_d = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(D, BLOCK_D), GROUP_M)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    w_dtype = wu_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        pre = load_tile(pre_ptr, offs_m, offs_h, stride_pm, stride_ph, M, H).to(tl.float32)
+        a = activation(pre, ACTIVATION).to(w_dtype)  # rounded where the reference rounds act(pre)
+        w_t = load_tile(wu_ptr, offs_h, offs_d, stride_wh, stride_wd, H, D)
+        acc = mma(a, w_t, acc, UPCAST, PRECISION)
+    res = load_tile(res_ptr, offs_m, offs_d, stride_rm, stride_rd, M, D).to(tl.float32)
+    store_tile(out_ptr, res + scaling * acc, offs_m, offs_d, stride_om, stride_od, M, D)
+
+
+@triton.jit
+def adapter_dpre_kernel(
+    dy_ptr, wu_ptr, pre_ptr, g_ptr, a_ptr,
+    M, D, H, scaling,
+    stride_dym, stride_dyd, stride_wd, stride_wh, stride_pm, stride_ph, stride_gm, stride_gh,
+    ACTIVATION: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    # Grid: one program per (row block, H block), H blocks adjacent (dy tiles shared through L2).
+    # dy W_up accumulates over D in fp32; the epilogue reads the pre tile once for both
+    # g = s · (dy W_up) ⊙ act'(pre) and a = act(pre) (g and a share strides), so dW_up is a plain
+    # GEMM and no kernel re-evaluates act per output column block.
+    num_h = tl.cdiv(H, BLOCK_H)
+    pid_m, pid_h = tl.program_id(0) // num_h, tl.program_id(0) % num_h
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    w_dtype = wu_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        dy = load_tile(dy_ptr, offs_m, offs_d, stride_dym, stride_dyd, M, D).to(w_dtype)
+        w = load_tile(wu_ptr, offs_d, offs_h, stride_wd, stride_wh, D, H)
+        acc = mma(dy, w, acc, UPCAST, PRECISION)
+    pre = load_tile(pre_ptr, offs_m, offs_h, stride_pm, stride_ph, M, H).to(tl.float32)
+    g = scaling * acc * activation_grad(pre, ACTIVATION)
+    store_tile(g_ptr, g, offs_m, offs_h, stride_gm, stride_gh, M, H)
+    store_tile(a_ptr, activation(pre, ACTIVATION), offs_m, offs_h, stride_gm, stride_gh, M, H)
+
+
+@triton.jit
+def adapter_dw_up_kernel(
+    dy_ptr, a_ptr, dwu_ptr,
+    M, D, H, scaling,
+    stride_dym, stride_dyd, stride_am, stride_ah, stride_wd, stride_wh,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    # Grid: (D blocks, H blocks) of dW_up; each program walks all of M in order, so the reduction
+    # over tokens is deterministic (no atomics, no partials).
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    w_dtype = a_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_D, BLOCK_H), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+        dy_t = load_tile(dy_ptr, offs_d, offs_m, stride_dyd, stride_dym, D, M).to(w_dtype)
+        a = load_tile(a_ptr, offs_m, offs_h, stride_am, stride_ah, M, H)
+        acc = mma(dy_t, a, acc, UPCAST, PRECISION)
+    store_tile(dwu_ptr, scaling * acc, offs_d, offs_h, stride_wd, stride_wh, D, H)
+
+
+@triton.jit
+def adapter_dw_down_kernel(
+    z_ptr, g_ptr, g2_ptr, seed_ptr, dwd_ptr, dwd2_ptr,
+    M, D, H, p,
+    stride_zm, stride_zd, stride_gm, stride_gh, stride_wh, stride_wd,
+    PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    # Grid: (H blocks, D blocks) of dW_down, walking M in order (deterministic). The dropout masks
+    # are regenerated from the forward's seeds; a pair reads each z tile once for both gradients.
+    offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    w_dtype = g_ptr.dtype.element_ty
+    seed1, seed2 = _seeds(seed_ptr, PAIR, HAS_DROPOUT)
+    acc1 = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+        z = load_tile(z_ptr, offs_m, offs_d, stride_zm, stride_zd, M, D).to(w_dtype)
+        g_t = load_tile(g_ptr, offs_h, offs_m, stride_gh, stride_gm, H, M)
+        acc1 = mma(g_t, _drop(z, seed1, offs_m, offs_d, D, p, HAS_DROPOUT), acc1, UPCAST, PRECISION)
+        if PAIR:
+            g2_t = load_tile(g2_ptr, offs_h, offs_m, stride_gh, stride_gm, H, M)
+            z2 = _drop(z, seed2, offs_m, offs_d, D, p, HAS_DROPOUT)
+            acc2 = mma(g2_t, z2, acc2, UPCAST, PRECISION)
+    store_tile(dwd_ptr, acc1, offs_h, offs_d, stride_wh, stride_wd, H, D)
+    if PAIR:
+        store_tile(dwd2_ptr, acc2, offs_h, offs_d, stride_wh, stride_wd, H, D)
+
+
+@triton.jit
+def adapter_dz_kernel(
+    g_ptr, g2_ptr, wd_ptr, wd2_ptr, dy_ptr, dy2_ptr, seed_ptr, dz_ptr,
+    M, D, H, p,
+    stride_gm, stride_gh, stride_wh, stride_wd, stride_dym, stride_dyd, stride_dy2m, stride_dy2d,
+    stride_dzm, stride_dzd,
+    PAIR: tl.constexpr, NUM_DY: tl.constexpr, HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):  # fmt: skip
+    # Grid: one program per [BLOCK_M, BLOCK_D] tile of dz (grouped order), K = H (2H for a pair).
+    # Without dropout a pair's two products share one accumulator; with it each needs its own
+    # mask, so a second accumulator. The residual grads (dy when the residual is z; du + dv for a
+    # pair) are added in the epilogue and the sum is rounded once to z's dtype.
+    pid_m, pid_d = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(D, BLOCK_D), GROUP_M)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    seed1, seed2 = _seeds(seed_ptr, PAIR, HAS_DROPOUT)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        g = load_tile(g_ptr, offs_m, offs_h, stride_gm, stride_gh, M, H)
+        w = load_tile(wd_ptr, offs_h, offs_d, stride_wh, stride_wd, H, D)
+        acc1 = mma(g, w, acc1, UPCAST, PRECISION)
+        if PAIR:
+            g2 = load_tile(g2_ptr, offs_m, offs_h, stride_gm, stride_gh, M, H)
+            w2 = load_tile(wd2_ptr, offs_h, offs_d, stride_wh, stride_wd, H, D)
+            if HAS_DROPOUT:
+                acc2 = mma(g2, w2, acc2, UPCAST, PRECISION)
+            else:
+                acc1 = mma(g2, w2, acc1, UPCAST, PRECISION)
+    if HAS_DROPOUT:
+        acc1 = tl.where(dropout_keep(seed1, offs_m, offs_d, D, p), acc1 / (1.0 - p), 0.0)
+        if PAIR:
+            acc1 += tl.where(dropout_keep(seed2, offs_m, offs_d, D, p), acc2 / (1.0 - p), 0.0)
+    if NUM_DY >= 1:
+        acc1 += load_tile(dy_ptr, offs_m, offs_d, stride_dym, stride_dyd, M, D).to(tl.float32)
+    if NUM_DY == 2:
+        acc1 += load_tile(dy2_ptr, offs_m, offs_d, stride_dy2m, stride_dy2d, M, D).to(tl.float32)
+    store_tile(dz_ptr, acc1, offs_m, offs_d, stride_dzm, stride_dzd, M, D)
+
+
+@triton.jit
+def adapter_keep_mask_kernel(
+    seed_ptr, out_ptr, M, K, p,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # Writes the keep-mask the adapter kernels use for an [M, K] input and the seed at seed_ptr
+    # (tests and debugging only; the training path never materialises it).
+    offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    keep = dropout_keep(tl.load(seed_ptr), offs_m, offs_k, K, p)
+    store_tile(out_ptr, keep.to(tl.int8), offs_m, offs_k, K, 1, M, K)
+
+
+@triton.jit
+def adapter_activation_kernel(
+    x_ptr, y_ptr, dydx_ptr, N,
+    ACTIVATION: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    # act(x) and act'(x) of a flat fp32 tensor, to check the device formulas against torch at the
+    # ulp level (tests only; GEMM-level tests cannot see a few-ulp error in a tanh coefficient).
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < N, other=0.0)
+    tl.store(y_ptr + offs, activation(x, ACTIVATION), mask=offs < N)
+    tl.store(dydx_ptr + offs, activation_grad(x, ACTIVATION), mask=offs < N)

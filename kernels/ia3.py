@@ -1,0 +1,170 @@
+"""Fused IA3 for a frozen base linear: the learned vector l scales the output or the input.
+
+Shapes: x [M, K], W [N, K], b [N], y [M, N]; l [N] (output scaling) or l [K] (input scaling).
+Every product accumulates in fp32. BASE below is the base dtype (W's): where PEFT rounds an
+intermediate to it on a 16-bit base with an fp32 l, these kernels round at the same point. Five
+kernels:
+
+    ia3_out_fwd_kernel   z = x Wᵀ + b, y = z ⊙ l        scale and bias in the epilogue; z stored
+    ia3_out_bwd_kernel   dx = (dy ⊙ l) W                 l applied to dy tiles as they load;
+                         dl partials Σ_m dy ⊙ z          by the programs with pid_k == 0
+    ia3_out_dl_kernel    dl partials Σ_m dy ⊙ z          alone, when x needs no gradient
+    ia3_in_fwd_kernel    y = (x ⊙ l) Wᵀ + b              l applied to x tiles along K
+    ia3_in_bwd_kernel    g = dy W, dx = g ⊙ l,           both in the epilogue of one GEMM
+                         dl partials Σ_m x ⊙ g
+
+dl partials are fp32 [num_m_blocks, N or K], one row per BLOCK_M rows of tokens, each element
+written by exactly one program; the host sums them in a fixed order (deterministic, no atomics).
+"""
+
+import triton
+import triton.language as tl
+
+from ._common import grouped_tile, load_tile, mma, store_tile
+
+
+@triton.jit
+def _load_vector(ptr, offs, n):
+    return tl.load(ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_partial(part_ptr, value, pid_m, offs, n, stride_pp, stride_pc):
+    tl.store(part_ptr + pid_m * stride_pp + offs * stride_pc, value, mask=offs < n)
+
+
+@triton.jit
+def ia3_out_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, l_ptr, y_ptr, z_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn, stride_zm, stride_zn,
+    HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    # Grid: one program per [BLOCK_M, BLOCK_N] tile of y (grouped order). z is rounded to BASE
+    # before the scale (PEFT scales the base layer's BASE output); it is stored only when the
+    # backward needs it for dl.
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·K > 2**31
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
+        w_t = load_tile(w_ptr, offs_k, offs_n, stride_wk, stride_wn, K, N)
+        acc = mma(x, w_t, acc, UPCAST, PRECISION)
+    if HAS_BIAS:
+        acc += _load_vector(bias_ptr, offs_n, N)[None, :]
+    z = acc.to(w_ptr.dtype.element_ty)
+    if STORE_Z:
+        store_tile(z_ptr, z, offs_m, offs_n, stride_zm, stride_zn, M, N)
+    y = z.to(tl.float32) * _load_vector(l_ptr, offs_n, N)[None, :]
+    store_tile(y_ptr, y, offs_m, offs_n, stride_ym, stride_yn, M, N)
+
+
+@triton.jit
+def ia3_out_bwd_kernel(
+    dy_ptr, w_ptr, l_ptr, z_ptr, dx_ptr, part_ptr,
+    M, N, K,
+    stride_dym, stride_dyn, stride_wn, stride_wk, stride_zm, stride_zn, stride_dxm, stride_dxk,
+    stride_pp, stride_pn,
+    NEED_DL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    # Grid: one program per [BLOCK_M, BLOCK_K] tile of dx (grouped order). Each dy tile is scaled
+    # by l in fp32 and rounded to BASE (PEFT's autograd hands the base GEMM a BASE dy ⊙ l), so no
+    # scaled copy of dy exists. The programs with pid_k == 0 stream dy[m-block, all N] anyway:
+    # they also read z there and write this block's dl partial, so dy is read once for both.
+    pid_m, pid_k = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    base_dtype = w_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N).to(tl.float32)
+        scaled = (dy * _load_vector(l_ptr, offs_n, N)[None, :]).to(base_dtype)
+        w = load_tile(w_ptr, offs_n, offs_k, stride_wn, stride_wk, N, K)
+        acc = mma(scaled, w, acc, UPCAST, PRECISION)
+        if NEED_DL:
+            if pid_k == 0:
+                z = load_tile(z_ptr, offs_m, offs_n, stride_zm, stride_zn, M, N).to(tl.float32)
+                _store_partial(
+                    part_ptr, tl.sum(dy * z, axis=0), pid_m, offs_n, N, stride_pp, stride_pn
+                )
+    store_tile(dx_ptr, acc, offs_m, offs_k, stride_dxm, stride_dxk, M, K)
+
+
+@triton.jit
+def ia3_out_dl_kernel(
+    dy_ptr, z_ptr, part_ptr,
+    M, N,
+    stride_dym, stride_dyn, stride_zm, stride_zn, stride_pp, stride_pn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # Grid: (m-blocks, n-blocks). The dl partials of the output case when no dx GEMM runs to carry
+    # them: part[pid_m, n-block] = Σ over this block's rows of dy ⊙ z, in fp32.
+    pid_m = tl.program_id(0)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N).to(tl.float32)
+    z = load_tile(z_ptr, offs_m, offs_n, stride_zm, stride_zn, M, N).to(tl.float32)
+    _store_partial(part_ptr, tl.sum(dy * z, axis=0), pid_m, offs_n, N, stride_pp, stride_pn)
+
+
+@triton.jit
+def ia3_in_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, l_ptr, y_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
+    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    # Grid: one program per [BLOCK_M, BLOCK_N] tile of y (grouped order). Each x tile is scaled by
+    # l[k-block] in fp32 and rounded to BASE before the dot: PEFT rounds x ⊙ l to BASE before its
+    # GEMM, and the tensor cores keep 16-bit operands. No scaled copy of x exists.
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    base_dtype = w_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K).to(tl.float32)
+        scaled = (x * _load_vector(l_ptr, offs_k, K)[None, :]).to(base_dtype)
+        w_t = load_tile(w_ptr, offs_k, offs_n, stride_wk, stride_wn, K, N)
+        acc = mma(scaled, w_t, acc, UPCAST, PRECISION)
+    if HAS_BIAS:
+        acc += _load_vector(bias_ptr, offs_n, N)[None, :]
+    store_tile(y_ptr, acc, offs_m, offs_n, stride_ym, stride_yn, M, N)
+
+
+@triton.jit
+def ia3_in_bwd_kernel(
+    dy_ptr, w_ptr, x_ptr, l_ptr, dx_ptr, part_ptr,
+    M, N, K,
+    stride_dym, stride_dyn, stride_wn, stride_wk, stride_xm, stride_xk, stride_dxm, stride_dxk,
+    stride_pp, stride_pk,
+    NEED_DX: tl.constexpr, NEED_DL: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    # Grid: one program per [BLOCK_M, BLOCK_K] tile of g = dy W (grouped order). g is rounded to
+    # BASE (PEFT's base GEMM returns it in BASE), then the epilogue writes dx = g ⊙ l and this
+    # tile's dl partial Σ_m x ⊙ g, so g never goes to memory.
+    pid_m, pid_k = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N)
+        w = load_tile(w_ptr, offs_n, offs_k, stride_wn, stride_wk, N, K)
+        acc = mma(dy, w, acc, UPCAST, PRECISION)
+    g = acc.to(w_ptr.dtype.element_ty).to(tl.float32)
+    if NEED_DL:
+        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K).to(tl.float32)
+        _store_partial(part_ptr, tl.sum(x * g, axis=0), pid_m, offs_k, K, stride_pp, stride_pk)
+    if NEED_DX:
+        dx = g * _load_vector(l_ptr, offs_k, K)[None, :]
+        store_tile(dx_ptr, dx, offs_m, offs_k, stride_dxm, stride_dxk, M, K)
