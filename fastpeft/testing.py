@@ -59,6 +59,7 @@ __all__ = [
     "tiny_llama",
     "tiny_llava",
     "tiny_qwen2_vl",
+    "tiny_qwen2_5_vl",
 ]
 
 # Special token ids used by the tiny models (the text vocabularies are tiny too).
@@ -212,6 +213,28 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
+def _qwen_text_kwargs(hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, inter):
+    head_dim = hidden_size // num_heads
+    if hidden_size % num_heads or head_dim % 2 or num_heads % num_kv_heads:
+        raise ValueError(f"bad head layout: hidden={hidden_size} heads={num_heads}/{num_kv_heads}")
+    text = _llama_text_kwargs(hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, inter)
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 1_000_000.0,
+        "mrope_section": _mrope_section(head_dim),
+    }
+    return text
+
+
+def _qwen_token_ids(vocab_size: int) -> dict[str, int]:
+    return dict(
+        image_token_id=vocab_size - 1,
+        video_token_id=vocab_size - 2,
+        vision_end_token_id=vocab_size - 3,
+        vision_start_token_id=vocab_size - 4,
+    )
+
+
 def tiny_qwen2_vl(
     hidden_size: int = 64,
     num_layers: int = 2,
@@ -238,19 +261,11 @@ def tiny_qwen2_vl(
     """
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    head_dim = hidden_size // num_heads
-    if hidden_size % num_heads or head_dim % 2 or num_heads % num_kv_heads:
-        raise ValueError(f"bad head layout: hidden={hidden_size} heads={num_heads}/{num_kv_heads}")
-    if (vision_embed_dim // vision_heads) % 4:
-        raise ValueError("vision head dim must be a multiple of 4 (2-D axial rope)")
-    text = _llama_text_kwargs(
+    text = _qwen_text_kwargs(
         hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
     )
-    text["rope_parameters"] = {
-        "rope_type": "default",
-        "rope_theta": 1_000_000.0,
-        "mrope_section": _mrope_section(head_dim),
-    }
+    if (vision_embed_dim // vision_heads) % 4:
+        raise ValueError("vision head dim must be a multiple of 4 (2-D axial rope)")
     vision = dict(
         depth=vision_depth,
         embed_dim=vision_embed_dim,
@@ -262,16 +277,48 @@ def tiny_qwen2_vl(
         spatial_merge_size=spatial_merge_size,
         temporal_patch_size=temporal_patch_size,
     )
-    config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=vocab_size - 1,
-        video_token_id=vocab_size - 2,
-        vision_end_token_id=vocab_size - 3,
-        vision_start_token_id=vocab_size - 4,
-    )
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(vocab_size))
     with _seeded(seed):
         model = Qwen2VLForConditionalGeneration._from_config(
+            config, attn_implementation=attn_implementation
+        )
+    return _finish(model, dtype)
+
+
+def tiny_qwen2_5_vl(
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vocab_size: int = 128,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+) -> nn.Module:
+    """A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` (tiny windowed vision tower,
+    patch 14, merge 2; the same special ids and batches as :func:`tiny_qwen2_vl`)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = _qwen_text_kwargs(
+        hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        out_hidden_size=hidden_size,
+        intermediate_size=64,
+        num_heads=2,
+        in_channels=3,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        fullatt_block_indexes=[1],
+        window_size=56,
+    )
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(vocab_size))
+    with _seeded(seed):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(
             config, attn_implementation=attn_implementation
         )
     return _finish(model, dtype)

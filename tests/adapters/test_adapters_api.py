@@ -48,9 +48,13 @@ def test_unknown_module_names_and_models_are_refused():
         fastpeft.add_adapters(torch.nn.Sequential(torch.nn.Linear(4, 4)), _config())
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "llama"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen2_5_vl", "llama"])
 def test_paper_a_placement_only_in_the_language_model(family):
-    build = {"llava": testing.tiny_llava, "qwen2_vl": testing.tiny_qwen2_vl}
+    build = {
+        "llava": testing.tiny_llava,
+        "qwen2_vl": testing.tiny_qwen2_vl,
+        "qwen2_5_vl": testing.tiny_qwen2_5_vl,
+    }
     model = build.get(family, testing.tiny_llama)()
     fastpeft.add_adapters(model, _config(), fused=False)
     config = model._fastpeft_adapter_config

@@ -14,6 +14,7 @@ from fastpeft.testing import assert_close_fp32
 FAMILIES = {
     "llava": (testing.tiny_llava, testing.llava_batch),
     "qwen2_vl": (testing.tiny_qwen2_vl, testing.qwen2_vl_batch),
+    "qwen2_5_vl": (testing.tiny_qwen2_5_vl, testing.qwen2_vl_batch),
 }
 
 

@@ -12,6 +12,7 @@ FAMILIES = {
     "llama": (testing.tiny_llama, testing.causal_lm_batch),
     "llava": (testing.tiny_llava, testing.llava_batch),
     "qwen2_vl": (testing.tiny_qwen2_vl, testing.qwen2_vl_batch),
+    "qwen2_5_vl": (testing.tiny_qwen2_5_vl, testing.qwen2_vl_batch),
 }
 
 
