@@ -21,7 +21,12 @@ def _want_cuda() -> bool:
 
 
 def _extension():
-    sources = ["csrc/bindings.cpp", "csrc/cpu/abs_moments.cpp", "csrc/cpu/dropout.cpp"]
+    sources = [
+        "csrc/bindings.cpp",
+        "csrc/cpu/abs_moments.cpp",
+        "csrc/cpu/dropout.cpp",
+        "csrc/cpu/spider.cpp",
+    ]
     # torch picks the C++ standard (c++20 for recent torch); passing our own -std would clash.
     cxx = ["-O3"]
     ldflags = []
@@ -33,7 +38,9 @@ def _extension():
     if _want_cuda():
         return CUDAExtension(
             "fastpeft._C",
-            sources + ["csrc/cuda/abs_moments.cu", "csrc/cuda/torch_glue.cpp"],
+            sources
+            + ["csrc/cuda/abs_moments.cu", "csrc/cuda/torch_glue.cpp"]
+            + ["csrc/cuda/spider.cu", "csrc/cuda/spider_glue.cpp"],
             define_macros=[("FASTPEFT_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             extra_link_args=ldflags,

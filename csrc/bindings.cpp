@@ -14,6 +14,15 @@ namespace fastpeft {
 at::Tensor abs_moments_cpu(const std::vector<at::Tensor>& tensors);
 at::Tensor dropout_inplace_cpu(at::Tensor t, int64_t seed, double p);
 at::Tensor dropout_keep_mask_cpu(int64_t seed, int64_t rows, int64_t cols, double p);
+// SPIDER engine (cpu/spider.cpp: checks, CPU kernels and the CUDA routing).
+at::Tensor spider_accumulate(const std::vector<at::Tensor>& G,
+                             const std::vector<at::Tensor>& grads);
+at::Tensor spider_select_sums(const std::vector<at::Tensor>& theta0,
+                              const std::vector<at::Tensor>& G, const at::Tensor& pre,
+                              const at::Tensor& ft);
+void spider_blend_(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& theta0,
+                   const std::vector<at::Tensor>& G, const at::Tensor& pre, const at::Tensor& ft,
+                   const at::Tensor& sel);
 #ifdef FASTPEFT_WITH_CUDA
 at::Tensor abs_moments_cuda(const std::vector<at::Tensor>& tensors);
 #endif
@@ -63,6 +72,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dropout_keep_mask", &fastpeft::dropout_keep_mask_cpu, pybind11::arg("seed"),
         pybind11::arg("rows"), pybind11::arg("cols"), pybind11::arg("p"),
         "dropout_keep_mask(seed, rows, cols, p) -> bool Tensor: the mask dropout_ applies.");
+  m.def("spider_accumulate", &fastpeft::spider_accumulate, pybind11::arg("G"),
+        pybind11::arg("grads"), pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "spider_accumulate(G: list[Tensor fp32], grads: list[Tensor]) -> Tensor[n, 3] float64\n\n"
+        "In place G[i] += grads[i]; row i of the result is (sum |G[i]|, sum G[i]**2, numel) of\n"
+        "the updated G[i] (fixed reduction order). Lists of one length, contiguous, one device.");
+  m.def("spider_select_sums", &fastpeft::spider_select_sums, pybind11::arg("theta0"),
+        pybind11::arg("G"), pybind11::arg("moments_pre"), pybind11::arg("moments_ft"),
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "spider_select_sums(theta0, G, moments_pre[n, 3], moments_ft[n, 3]) -> Tensor[n, 2]\n\n"
+        "Row i: (sum c_raw, count(c_raw > 0)) of tensor i, c_raw = I_ft / (I_pre + I_ft) where\n"
+        "I_pre < I_ft else 0, I_pre = R(theta0[i]), I_ft = R(G[i]) with R's mean/std taken from\n"
+        "the (sum|x|, sum x**2, numel) moments rows (float64).");
+  m.def("spider_blend_", &fastpeft::spider_blend_, pybind11::arg("w"), pybind11::arg("theta0"),
+        pybind11::arg("G"), pybind11::arg("moments_pre"), pybind11::arg("moments_ft"),
+        pybind11::arg("select_sums"), pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "spider_blend_(w, theta0, G, moments_pre, moments_ft, select_sums) -> None\n\n"
+        "In place w[i] = theta0[i] + min(c_raw / m, 1) * (w[i] - theta0[i]), m = sum / count\n"
+        "from select_sums row i; tensors with count 0 are left unchanged.");
   m.def("has_cuda", [] { return fastpeft::kHasCuda; },
         "True if this build of fastpeft._C includes the CUDA kernels.");
 }

@@ -8,11 +8,13 @@ fastpeft.unpatch(peft_model)
 from .adapters import AdapterConfig, add_adapters, load_adapters, remove_adapters, save_adapters
 from .functional import ia3_linear, lora_linear
 from .patch import PatchReport, is_patched, patch, unpatch
+from .spider import MagnitudeMask, Spider
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdapterConfig",
+    "MagnitudeMask",
     "PatchReport",
     "add_adapters",
     "ia3_linear",
@@ -22,6 +24,17 @@ __all__ = [
     "patch",
     "remove_adapters",
     "save_adapters",
+    "Spider",
+    "SpiderCallback",
     "unpatch",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # SpiderCallback subclasses transformers' TrainerCallback: import transformers on first use.
+    if name == "SpiderCallback":
+        from .spider import SpiderCallback
+
+        return SpiderCallback
+    raise AttributeError(f"module 'fastpeft' has no attribute {name!r}")

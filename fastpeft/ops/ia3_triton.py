@@ -8,15 +8,25 @@ from ..kernels import ia3 as kernels
 
 # NOTE: untuned starting points (no GPU was available when these were written), the same GEMM
 # tiles as the LoRA kernels; the interpreter gets small blocks because each program runs serially
-# in numpy.
+# in numpy. An fp32 base halves the reduction step (K in the forward GEMMs, N in the backward
+# ones): with the 16-bit tiles, ia3_out_bwd_kernel needed 257 KiB of shared memory on sm_90 (the
+# limit is 227 KiB; its dy tiles are scaled in registers and staged again for the dot), found by
+# the GPU-less compile check tests/kernels/compile_sm90.py.
 _GPU_GEMM = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
 _CPU_GEMM = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
 _GPU_REDUCE = dict(BLOCK_M=64, BLOCK_N=128, num_warps=4)
 _CPU_REDUCE = dict(BLOCK_M=32, BLOCK_N=32)
 
 
-def _gemm_config(device: torch.device) -> dict:
-    return dict(_GPU_GEMM) if device.type == "cuda" else dict(_CPU_GEMM)
+def _gemm_config(device: torch.device, dtype: torch.dtype, reduction: str) -> dict:
+    """GEMM tiles for a `dtype` base; `reduction` names the block the GEMM steps along
+    ("BLOCK_K" forward, "BLOCK_N" backward), halved on a GPU for 4-byte tiles."""
+    if device.type != "cuda":
+        return dict(_CPU_GEMM)
+    cfg = dict(_GPU_GEMM)
+    if dtype.itemsize == 4:
+        cfg[reduction] //= 2
+    return cfg
 
 
 def _flags(device: torch.device) -> dict:
@@ -33,7 +43,7 @@ def forward(x, weight, bias, ia3_l, feedforward: bool, save_z: bool):
     M, K = x.shape
     N = weight.shape[0]
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    cfg = _gemm_config(x.device)
+    cfg = _gemm_config(x.device, x.dtype, "BLOCK_K")
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     bias_arg = bias if bias is not None else weight
     if feedforward:
@@ -77,7 +87,7 @@ def _backward_output(dy, z, weight, ia3_l, need_dx: bool, need_dl: bool):
             **red,
         )  # fmt: skip
         return None, _reduce_partials(partials, ia3_l.dtype)
-    cfg = _gemm_config(dy.device)
+    cfg = _gemm_config(dy.device, dy.dtype, "BLOCK_N")
     num_m_blocks = triton.cdiv(M, cfg["BLOCK_M"])
     dx = torch.empty((M, K), device=dy.device, dtype=dy.dtype)
     partials = dx  # placeholder pointer; never touched when NEED_DL is False
@@ -99,7 +109,7 @@ def _backward_output(dy, z, weight, ia3_l, need_dx: bool, need_dl: bool):
 def _backward_input(dy, x, weight, ia3_l, need_dx: bool, need_dl: bool):
     M, N = dy.shape
     K = weight.shape[1]
-    cfg = _gemm_config(dy.device)
+    cfg = _gemm_config(dy.device, dy.dtype, "BLOCK_N")
     dx = torch.empty((M, K), device=dy.device, dtype=dy.dtype) if need_dx else None
     num_m_blocks = triton.cdiv(M, cfg["BLOCK_M"])
     partials = None

@@ -7,11 +7,18 @@ from .. import _triton
 from ..kernels import lora as kernels
 
 # NOTE: untuned starting points (no GPU was available when these were written); the interpreter
-# gets small blocks because each program runs serially in numpy.
+# gets small blocks because each program runs serially in numpy. Two adjustments keep every launch
+# within sm_90's 227 KiB of shared memory (checked without a GPU by tests/kernels/compile_sm90.py):
+# - an fp32 base halves the GEMMs' reduction step (K in the forward, N in dx); with the 16-bit
+#   tiles, lora_dx_kernel needed 288 KiB under TF32;
+# - rank tiles wider than _WIDE_RANK_BYTES per row (rank > 128 with fp32 adapters) halve the
+#   blocks that meet them; otherwise rank 256 needed up to 256 KiB (lora_fwd_kernel's epilogue)
+#   and 320 KiB (lora_dy_b_kernel under TF32).
 _GPU_GEMM = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
 _GPU_SKINNY = dict(BLOCK_M=64, BLOCK_INNER=64, num_warps=4, num_stages=3)
 _CPU_GEMM = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
 _CPU_SKINNY = dict(BLOCK_M=32, BLOCK_INNER=32)
+_WIDE_RANK_BYTES = 512
 
 MAX_RANK = 256  # the whole rank lives in registers
 
@@ -20,12 +27,34 @@ def _rank_block(rank: int) -> int:
     return max(16, triton.next_power_of_2(rank))
 
 
-def _gemm_config(device: torch.device) -> dict:
-    return dict(_GPU_GEMM) if device.type == "cuda" else dict(_CPU_GEMM)
+def _wide_rank(block_r: int, adapter_dtype: torch.dtype) -> bool:
+    return block_r * adapter_dtype.itemsize > _WIDE_RANK_BYTES
 
 
-def _skinny_config(device: torch.device) -> dict:
-    return dict(_GPU_SKINNY) if device.type == "cuda" else dict(_CPU_SKINNY)
+def _gemm_config(
+    device: torch.device, dtype: torch.dtype, reduction: str, rank_cols: str, wide_rank: bool
+) -> dict:
+    """GEMM tiles for a `dtype` base. On a GPU, 4-byte tiles halve `reduction`, the block the
+    GEMM steps along ("BLOCK_K" forward, "BLOCK_N" for dx), and a wide rank halves `rank_cols`,
+    the output block its rank-r term multiplies ("BLOCK_N" forward, "BLOCK_K" for dx)."""
+    if device.type != "cuda":
+        return dict(_CPU_GEMM)
+    cfg = dict(_GPU_GEMM)
+    if dtype.itemsize == 4:
+        cfg[reduction] //= 2
+    if wide_rank:
+        cfg[rank_cols] //= 2
+    return cfg
+
+
+def _skinny_config(device: torch.device, wide_rank: bool) -> dict:
+    if device.type != "cuda":
+        return dict(_CPU_SKINNY)
+    cfg = dict(_GPU_SKINNY)
+    if wide_rank:
+        cfg["BLOCK_M"] //= 2
+        cfg["BLOCK_INNER"] //= 2
+    return cfg
 
 
 def _flags(device: torch.device) -> dict:
@@ -38,8 +67,9 @@ def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
     N, R = lora_b.shape
     flags = _flags(x.device)
     block_r = _rank_block(R)
+    wide = _wide_rank(block_r, lora_a.dtype)
     t = torch.empty((M, R), device=x.device, dtype=lora_a.dtype)
-    skinny = _skinny_config(x.device)
+    skinny = _skinny_config(x.device, wide)
     block_m, block_k = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
     kernels.lora_down_kernel[(triton.cdiv(M, block_m),)](
         x, lora_a, t, seed if seed is not None else t,
@@ -48,7 +78,7 @@ def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
         HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_R=block_r, **flags, **skinny,
     )  # fmt: skip
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    cfg = _gemm_config(x.device)
+    cfg = _gemm_config(x.device, x.dtype, "BLOCK_K", "BLOCK_N", wide)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     kernels.lora_fwd_kernel[grid](
         x, weight, bias if bias is not None else weight, t, lora_b, y,
@@ -66,8 +96,9 @@ def backward(dy, x, weight, lora_a, lora_b, t, seed, scaling: float, p: float, n
     N, R = lora_b.shape
     flags = _flags(x.device)
     block_r = _rank_block(R)
+    wide = _wide_rank(block_r, lora_a.dtype)
     seed_arg = seed if seed is not None else t
-    skinny = _skinny_config(x.device)
+    skinny = _skinny_config(x.device, wide)
     block_m, block_inner = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
 
     num_m_blocks = triton.cdiv(M, block_m)
@@ -96,7 +127,7 @@ def backward(dy, x, weight, lora_a, lora_b, t, seed, scaling: float, p: float, n
     dx = None
     if need_dx:
         dx = torch.empty((M, K), device=x.device, dtype=x.dtype)
-        cfg = _gemm_config(x.device)
+        cfg = _gemm_config(x.device, dy.dtype, "BLOCK_N", "BLOCK_K", wide)
         grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(K, cfg["BLOCK_K"]),)
         kernels.lora_dx_kernel[grid](
             dy, weight, u, lora_a, seed_arg, dx,

@@ -1,0 +1,390 @@
+// SPIDER engine (SPEC §6), CUDA: the three passes of csrc/cpu/spider.cpp as multi-tensor launches.
+//
+// Pure CUDA (no torch headers), like abs_moments.cu: raw-pointer launchers that compile with plain
+// `nvcc -c` on a machine without a GPU; spider_glue.cpp turns at::Tensor lists into their tables.
+//
+// Launch scheme (apex multi_tensor_apply style): tensors are cut into kChunk-element chunks, one
+// block per chunk; a launch carries a table of up to kMaxSegs segments (runs of consecutive chunks
+// of one tensor) as a by-value kernel argument (< 4 KiB), so no host-to-device copy is needed and
+// the launches are asynchronous and graph-capturable. Long lists take ceil(segments / kMaxSegs)
+// launches per pass. Reductions (passes 1 and 2) write one partial row per block to a workspace,
+// numbered in (tensor, chunk) order; finalize_kernel then adds each tensor's rows in order, so
+// the bits never depend on scheduling (no atomics).
+//
+// Per-element math in float32 (fast __expf / __fdividef: the passes are memory bound only if the
+// two sigmoids per element stay cheap); sums in float64; per-tensor scalars in float64 from the
+// (Σ|x|, Σx², numel) moments rows, exactly as in csrc/cpu/spider.cpp.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace {
+
+// dtype codes of the public launchers; spider_glue.cpp keeps an identical copy.
+enum DtypeCode : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3 };
+
+constexpr int64_t kChunk = int64_t{1} << 16;               // elements per block
+constexpr int kThreads = 256;                              // fixed: the reduction tree uses it
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxSegs = 64;                               // segments per pass launch
+constexpr int kMaxRows = 128;                              // tensors per finalize launch
+constexpr int64_t kMaxBlocksPerLaunch = int64_t{1} << 30;  // below the 2^31-1 grid.x limit
+
+// Pointer roles per pass:   a (written)   b (read)    G (read)
+//   1 accumulate             G (fp32)      g           -
+//   2 select                 -             θ₀          G
+//   3 blend                  w             θ₀          G
+struct SegTable {
+  void* a[kMaxSegs];
+  const void* b[kMaxSegs];
+  const float* G[kMaxSegs];
+  int64_t numel[kMaxSegs];   // numel of the whole tensor, bounds the last chunk
+  int64_t chunk0[kMaxSegs];  // first chunk of the segment, counted within its tensor
+  int block0[kMaxSegs + 1];  // first block of the segment in this launch; [count] = grid
+  int tensor[kMaxSegs];      // row of the tensor in the per-tensor tables
+  int dtype[kMaxSegs];       // of b (and a in pass 3)
+  int count;
+  int64_t partial0;          // workspace row of this launch's block 0
+};
+
+struct RowTable {
+  int64_t first[kMaxRows];  // workspace row of the tensor's first chunk
+  int64_t count[kMaxRows];  // number of chunks (0 for an empty tensor)
+  double numel[kMaxRows];
+  int64_t row0;             // output row of entry 0
+};
+
+static_assert(sizeof(SegTable) < 4000 && sizeof(RowTable) < 4000, "kernel params must fit 4 KiB");
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(double v) { return static_cast<float>(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+struct RStats {
+  float mean;
+  float scale;  // 1 / (std + 1e-12)
+  bool zero;    // all-zero tensor: R = 0
+};
+
+// Same formula as r_stats in csrc/cpu/spider.cpp (unbiased std, std := 0 for numel <= 1).
+__device__ RStats r_stats(const double* m) {
+  const double s1 = m[0], s2 = m[1], n = m[2];
+  const double mean = n > 0 ? s1 / n : 0.0;
+  double var = n > 1 ? (s2 - s1 * mean) / (n - 1) : 0.0;
+  if (!(var > 0.0)) var = 0.0;
+  return {static_cast<float>(mean), static_cast<float>(1.0 / (sqrt(var) + 1e-12)), !(s1 > 0.0)};
+}
+
+// Overflow-free sigmoid: exp of −|z| only.
+__device__ __forceinline__ float importance(float a, const RStats& s) {
+  const float z = (a - s.mean) * s.scale;
+  const float e = __expf(-fabsf(z));
+  const float r = __fdividef(z >= 0.f ? 1.f : e, 1.f + e);
+  return s.zero ? 0.f : r;
+}
+
+__device__ __forceinline__ float c_raw(float t0, float g, const RStats& pre, const RStats& ft) {
+  const float ip = importance(fabsf(t0), pre);
+  const float ift = importance(fabsf(g), ft);
+  return ip < ift ? __fdividef(ift, ip + ift) : 0.f;
+}
+
+// Fixed-shape block reduction of (s, q); the result is valid in thread 0.
+__device__ void block_sum2(double& s, double& q) {
+  __shared__ double sh[2][kWarps];
+  for (int o = 16; o > 0; o >>= 1) {
+    s += __shfl_down_sync(0xffffffffu, s, o);
+    q += __shfl_down_sync(0xffffffffu, q, o);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) { sh[0][warp] = s; sh[1][warp] = q; }
+  __syncthreads();
+  if (warp == 0) {
+    s = lane < kWarps ? sh[0][lane] : 0.0;
+    q = lane < kWarps ? sh[1][lane] : 0.0;
+    for (int o = 16; o > 0; o >>= 1) {
+      s += __shfl_down_sync(0xffffffffu, s, o);
+      q += __shfl_down_sync(0xffffffffu, q, o);
+    }
+  }
+}
+
+// This block's segment, element offset and length within its tensor.
+struct Where {
+  int seg;
+  int64_t off;
+  int64_t len;
+};
+
+__device__ Where locate(const SegTable& tab) {
+  const int b = blockIdx.x;
+  int lo = 0, hi = tab.count - 1;  // last segment with block0 <= b (uniform per block)
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (tab.block0[mid] <= b) lo = mid; else hi = mid - 1;
+  }
+  const int64_t off = (tab.chunk0[lo] + (b - tab.block0[lo])) * kChunk;
+  const int64_t rest = tab.numel[lo] - off;
+  return {lo, off, rest < kChunk ? rest : kChunk};
+}
+
+template <typename T>
+__device__ void accumulate_range(float* __restrict__ G, const T* __restrict__ g, int64_t len,
+                                 double& s, double& q) {
+#pragma unroll 4
+  for (int64_t j = threadIdx.x; j < len; j += kThreads) {
+    const float v = G[j] + to_float(g[j]);
+    G[j] = v;
+    s += fabs(static_cast<double>(v));
+    q += static_cast<double>(v) * v;
+  }
+}
+
+template <typename T>
+__device__ void select_range(const T* __restrict__ t0, const float* __restrict__ G, int64_t len,
+                             const RStats& pre, const RStats& ft, double& s, double& cnt) {
+  int ci = 0;
+#pragma unroll 4
+  for (int64_t j = threadIdx.x; j < len; j += kThreads) {
+    const float c = c_raw(to_float(t0[j]), G[j], pre, ft);
+    s += c;
+    ci += c > 0.f;
+  }
+  cnt = ci;
+}
+
+// θ₀ + c (w − θ₀) in float32 (float64 for float64 parameters, whose precision must survive).
+template <typename T>
+__device__ __forceinline__ T blend_value(T w, T t0, float c) {
+  const float t = to_float(t0);
+  return from_float<T>(t + c * (to_float(w) - t));
+}
+template <>
+__device__ __forceinline__ double blend_value<double>(double w, double t0, float c) {
+  return t0 + c * (w - t0);
+}
+
+template <typename T>
+__device__ void blend_range(T* __restrict__ w, const T* __restrict__ t0,
+                            const float* __restrict__ G, int64_t len, const RStats& pre,
+                            const RStats& ft, float inv_m) {
+#pragma unroll 4
+  for (int64_t j = threadIdx.x; j < len; j += kThreads) {
+    const float c = fminf(c_raw(to_float(t0[j]), G[j], pre, ft) * inv_m, 1.f);
+    w[j] = blend_value(w[j], t0[j], c);
+  }
+}
+
+#define FASTPEFT_SPIDER_DISPATCH(code, ...)             \
+  switch (code) { /* validated on the host */           \
+    case kF32: { using T = float; __VA_ARGS__; } break;  \
+    case kF16: { using T = __half; __VA_ARGS__; } break; \
+    case kBF16: { using T = __nv_bfloat16; __VA_ARGS__; } break; \
+    default: { using T = double; __VA_ARGS__; } break;   \
+  }
+
+__global__ void __launch_bounds__(kThreads) accumulate_kernel(SegTable tab, double* partials) {
+  const Where at = locate(tab);
+  float* G = static_cast<float*>(tab.a[at.seg]) + at.off;
+  double s = 0.0, q = 0.0;
+  FASTPEFT_SPIDER_DISPATCH(tab.dtype[at.seg],
+      accumulate_range(G, static_cast<const T*>(tab.b[at.seg]) + at.off, at.len, s, q));
+  block_sum2(s, q);
+  if (threadIdx.x == 0) {
+    double* dst = partials + 2 * (tab.partial0 + blockIdx.x);
+    dst[0] = s;
+    dst[1] = q;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+select_kernel(SegTable tab, const double* __restrict__ pre, const double* __restrict__ ft,
+              double* partials) {
+  const Where at = locate(tab);
+  const int t = tab.tensor[at.seg];
+  const RStats sp = r_stats(pre + 3 * t), sf = r_stats(ft + 3 * t);
+  double s = 0.0, cnt = 0.0;
+  FASTPEFT_SPIDER_DISPATCH(tab.dtype[at.seg],
+      select_range(static_cast<const T*>(tab.b[at.seg]) + at.off, tab.G[at.seg] + at.off, at.len,
+                   sp, sf, s, cnt));
+  block_sum2(s, cnt);
+  if (threadIdx.x == 0) {
+    double* dst = partials + 2 * (tab.partial0 + blockIdx.x);
+    dst[0] = s;
+    dst[1] = cnt;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+blend_kernel(SegTable tab, const double* __restrict__ pre, const double* __restrict__ ft,
+             const double* __restrict__ sel) {
+  const Where at = locate(tab);
+  const int t = tab.tensor[at.seg];
+  const double count = sel[2 * t + 1];
+  if (!(count > 0.0)) return;  // nothing selected: the tensor is left untouched (block-uniform)
+  const float inv_m = static_cast<float>(count / sel[2 * t]);
+  const RStats sp = r_stats(pre + 3 * t), sf = r_stats(ft + 3 * t);
+  FASTPEFT_SPIDER_DISPATCH(tab.dtype[at.seg],
+      blend_range(static_cast<T*>(tab.a[at.seg]) + at.off,
+                  static_cast<const T*>(tab.b[at.seg]) + at.off, tab.G[at.seg] + at.off, at.len,
+                  sp, sf, inv_m));
+}
+
+// out[row0 + r, 0:2] = Σ of the tensor's partial rows in chunk order; out[., 2] = numel if width 3.
+__global__ void __launch_bounds__(kThreads)
+finalize_kernel(RowTable tab, const double* __restrict__ partials, double* out, int width) {
+  const int r = blockIdx.x;
+  const double* src = partials + 2 * tab.first[r];
+  double s = 0.0, q = 0.0;
+  for (int64_t k = threadIdx.x; k < tab.count[r]; k += kThreads) {
+    s += src[2 * k];
+    q += src[2 * k + 1];
+  }
+  block_sum2(s, q);
+  if (threadIdx.x == 0) {
+    double* dst = out + width * (tab.row0 + r);
+    dst[0] = s;
+    dst[1] = q;
+    if (width == 3) dst[2] = tab.numel[r];
+  }
+}
+
+int64_t num_chunks(int64_t numel) { return (numel + kChunk - 1) / kChunk; }
+
+cudaError_t check_inputs(const int* dtype_codes, const int64_t* numels, int n) {
+  for (int i = 0; i < n; ++i) {
+    if (numels[i] < 0 || dtype_codes[i] < kF32 || dtype_codes[i] > kF64) {
+      return cudaErrorInvalidValue;
+    }
+  }
+  return cudaSuccess;
+}
+
+// Builds segment tables over all chunks of the n tensors and calls launch(table, grid) for each
+// full table. fill(table, slot, i) sets the pass-specific pointers of tensor i.
+template <typename Fill, typename Launch>
+cudaError_t for_segments(const int64_t* numels, const int* dtype_codes, int n, Fill fill,
+                         Launch launch) {
+  SegTable seg{};
+  int64_t grid = 0;
+  auto flush = [&]() -> cudaError_t {
+    if (seg.count == 0) return cudaSuccess;
+    seg.block0[seg.count] = static_cast<int>(grid);
+    launch(seg, static_cast<unsigned>(grid));
+    seg.partial0 += grid;
+    seg.count = 0;
+    grid = 0;
+    return cudaGetLastError();
+  };
+  for (int i = 0; i < n; ++i) {
+    const int64_t chunks = num_chunks(numels[i]);
+    for (int64_t done = 0; done < chunks;) {
+      if (seg.count == kMaxSegs || grid == kMaxBlocksPerLaunch) {
+        if (cudaError_t e = flush(); e != cudaSuccess) return e;
+      }
+      const int64_t room = kMaxBlocksPerLaunch - grid;
+      const int64_t take = chunks - done < room ? chunks - done : room;
+      const int s = seg.count++;
+      fill(seg, s, i);
+      seg.numel[s] = numels[i];
+      seg.chunk0[s] = done;
+      seg.block0[s] = static_cast<int>(grid);
+      seg.tensor[s] = i;
+      seg.dtype[s] = dtype_codes[i];
+      grid += take;
+      done += take;
+    }
+  }
+  return flush();
+}
+
+cudaError_t finalize(const int64_t* numels, int n, const double* workspace, double* out,
+                     int width, cudaStream_t stream) {
+  RowTable rows{};
+  int64_t first = 0;
+  for (int base = 0; base < n; base += kMaxRows) {
+    const int count = n - base < kMaxRows ? n - base : kMaxRows;
+    rows.row0 = base;
+    for (int r = 0; r < count; ++r) {
+      rows.first[r] = first;
+      rows.count[r] = num_chunks(numels[base + r]);
+      rows.numel[r] = static_cast<double>(numels[base + r]);
+      first += rows.count[r];
+    }
+    finalize_kernel<<<count, kThreads, 0, stream>>>(rows, workspace, out, width);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
+// Bytes of device workspace the two reducing passes need for these numels (may be 0).
+extern "C" int64_t fastpeft_spider_workspace_bytes(const int64_t* numels, int n) {
+  int64_t chunks = 0;
+  for (int i = 0; i < n; ++i) chunks += num_chunks(numels[i]);
+  return chunks * 2 * static_cast<int64_t>(sizeof(double));
+}
+
+// Pass 1. G[i] (fp32) += g[i] (dtype_codes[i]); out: device [n, 3] (Σ|G|, ΣG², numel).
+extern "C" cudaError_t fastpeft_spider_accumulate_cuda(float* const* G, const void* const* g,
+                                                       const int* dtype_codes,
+                                                       const int64_t* numels, int n, double* out,
+                                                       double* workspace, cudaStream_t stream) {
+  if (cudaError_t e = check_inputs(dtype_codes, numels, n); e != cudaSuccess) return e;
+  cudaError_t e = for_segments(
+      numels, dtype_codes, n,
+      [&](SegTable& t, int s, int i) { t.a[s] = G[i]; t.b[s] = g[i]; t.G[s] = nullptr; },
+      [&](const SegTable& t, unsigned grid) {
+        accumulate_kernel<<<grid, kThreads, 0, stream>>>(t, workspace);
+      });
+  if (e != cudaSuccess) return e;
+  return finalize(numels, n, workspace, out, 3, stream);
+}
+
+// Pass 2. out: device [n, 2] (Σ c_raw, count) from θ₀ (dtype_codes[i]), G and the device
+// moments tables pre/ft [n, 3].
+extern "C" cudaError_t fastpeft_spider_select_cuda(const void* const* theta0,
+                                                   const float* const* G, const int* dtype_codes,
+                                                   const int64_t* numels, int n,
+                                                   const double* pre, const double* ft,
+                                                   double* out, double* workspace,
+                                                   cudaStream_t stream) {
+  if (cudaError_t e = check_inputs(dtype_codes, numels, n); e != cudaSuccess) return e;
+  cudaError_t e = for_segments(
+      numels, dtype_codes, n,
+      [&](SegTable& t, int s, int i) { t.a[s] = nullptr; t.b[s] = theta0[i]; t.G[s] = G[i]; },
+      [&](const SegTable& t, unsigned grid) {
+        select_kernel<<<grid, kThreads, 0, stream>>>(t, pre, ft, workspace);
+      });
+  if (e != cudaSuccess) return e;
+  return finalize(numels, n, workspace, out, 2, stream);
+}
+
+// Pass 3. w[i] ← θ₀ + min(c_raw / m, 1) (w − θ₀) in place (w and θ₀ of dtype_codes[i]); sel is
+// the device [n, 2] output of pass 2 (after any all-reduce).
+extern "C" cudaError_t fastpeft_spider_blend_cuda(void* const* w, const void* const* theta0,
+                                                  const float* const* G, const int* dtype_codes,
+                                                  const int64_t* numels, int n, const double* pre,
+                                                  const double* ft, const double* sel,
+                                                  cudaStream_t stream) {
+  if (cudaError_t e = check_inputs(dtype_codes, numels, n); e != cudaSuccess) return e;
+  return for_segments(
+      numels, dtype_codes, n,
+      [&](SegTable& t, int s, int i) { t.a[s] = w[i]; t.b[s] = theta0[i]; t.G[s] = G[i]; },
+      [&](const SegTable& t, unsigned grid) {
+        blend_kernel<<<grid, kThreads, 0, stream>>>(t, pre, ft, sel);
+      });
+}

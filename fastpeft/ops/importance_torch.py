@@ -1,0 +1,138 @@
+"""PyTorch path of the SPIDER passes: the portable fallback and the readable statement of the
+numerics every backend follows (fastpeft/ops/importance.py has the math).
+
+- Sums in float64; per-tensor scalars (mean, 1/(std + 1e-12)) derived in float64 from a moments
+  row (Σ|x|, Σx², numel) and rounded once to float32; per-element math in float32.
+- sigmoid is evaluated as e = exp(−|z|), I = 1/(1+e) for z ≥ 0 and e/(1+e) below: no overflow,
+  and far-negative z keeps tiny (denormal) values down to z ≈ −103 instead of flushing to 0 at
+  z ≈ −88, so the I_pre < I_ft comparison follows the float64 reference further.
+
+The reductions use multi-tensor ``torch._foreach_norm`` kernels; the per-element passes are a few
+vectorised ops per tensor with every per-tensor scalar kept on the device (no host syncs), so on a
+GPU this path launches O(tensors) kernels, unlike the Triton/CUDA ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+EPS = 1e-12
+
+
+def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait: to a GPU through pinned memory
+    with ``non_blocking`` (a plain ``.to()`` from pageable memory synchronises)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def moments(tensors: Sequence[torch.Tensor], numels: torch.Tensor) -> torch.Tensor:
+    """[n, 3] float64 rows (Σ|x|, Σx², numel) of the tensors; ``numels`` is the [n] float64 numel
+    column, on the tensors' device (cached by the caller: building it would be a host copy)."""
+    if len(tensors) == 0:
+        return torch.zeros((0, 3), dtype=torch.float64, device=numels.device)
+    s1 = torch.stack(torch._foreach_norm(list(tensors), 1, dtype=torch.float64))
+    s2 = torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64)).square()
+    return torch.stack([s1, s2, numels], dim=1)
+
+
+def r_stats(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-tensor scalars of R from moments rows [n, 3] float64: (mean [n] fp32, scale =
+    1/(std + EPS) [n] fp32, nonzero [n] bool). Unbiased std; std := 0 for numel ≤ 1."""
+    s1, s2, n = m.unbind(1)
+    mean = torch.where(n > 0, s1 / n.clamp_min(1), 0.0)
+    var = torch.where(n > 1, (s2 - s1 * mean) / (n - 1).clamp_min(1), 0.0)
+    var = torch.where(var > 0, var, 0.0)  # rounding can make it slightly negative
+    scale = 1.0 / (var.sqrt() + EPS)
+    return mean.float(), scale.float(), s1 > 0
+
+
+def importance(a: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, nonzero: torch.Tensor):
+    """R elementwise for a = |T| (float32, any shape) and 0-d per-tensor scalars."""
+    z = (a - mean) * scale
+    e = torch.exp(-z.abs())
+    r = torch.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return torch.where(nonzero, r, 0.0)
+
+
+def c_raw(
+    theta0: torch.Tensor, G: torch.Tensor, pre: tuple, ft: tuple, i: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_raw, selected) of tensor i, float32 / bool of its shape; pre/ft are r_stats tuples."""
+    ip = importance(theta0.float().abs(), pre[0][i], pre[1][i], pre[2][i])
+    ift = importance(G.abs(), ft[0][i], ft[1][i], ft[2][i])
+    sel = ip < ift
+    return torch.where(sel, ift / torch.where(sel, ip + ift, 1.0), 0.0), sel
+
+
+def inverse_means(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From select sums [n, 2] (Σc_raw, count): (1/m [n] fp32, 0 where count is 0; active [n])."""
+    total, count = sel.unbind(1)
+    active = count > 0
+    inv_m = torch.where(active, count / torch.where(active, total, 1.0), 0.0)
+    return inv_m.float(), active
+
+
+def accumulate_(
+    G: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], numels: torch.Tensor
+) -> torch.Tensor:
+    """G[i] += grads[i] (float32 += any float dtype), then the moments of the new G [n, 3]."""
+    if len(G):
+        torch._foreach_add_(list(G), list(grads))
+    return moments(G, numels)
+
+
+def select_sums(
+    theta0: Sequence[torch.Tensor],
+    G: Sequence[torch.Tensor],
+    moments_pre: torch.Tensor,
+    moments_ft: torch.Tensor,
+) -> torch.Tensor:
+    """[n, 2] float64 rows (Σ c_raw, count(c_raw > 0)) per tensor."""
+    pre, ft = r_stats(moments_pre), r_stats(moments_ft)
+    rows = []
+    for i, (t0, g) in enumerate(zip(theta0, G, strict=True)):
+        c, sel = c_raw(t0, g, pre, ft, i)
+        rows.append(torch.stack([c.sum(dtype=torch.float64), sel.sum(dtype=torch.float64)]))
+    if not rows:
+        return torch.zeros((0, 2), dtype=torch.float64, device=moments_pre.device)
+    return torch.stack(rows)
+
+
+def c_values(
+    theta0: Sequence[torch.Tensor],
+    G: Sequence[torch.Tensor],
+    moments_pre: torch.Tensor,
+    moments_ft: torch.Tensor,
+    sel: torch.Tensor,
+) -> list[torch.Tensor]:
+    """c = min(c_raw / m, 1) per tensor (float32, each tensor's shape); all zeros for a tensor
+    with nothing selected (which the blend leaves unchanged)."""
+    pre, ft = r_stats(moments_pre), r_stats(moments_ft)
+    inv_m, _ = inverse_means(sel)
+    out = []
+    for i, (t0, g) in enumerate(zip(theta0, G, strict=True)):
+        c, _ = c_raw(t0, g, pre, ft, i)
+        out.append((c * inv_m[i]).clamp_max(1.0))
+    return out
+
+
+def blend_(
+    w: Sequence[torch.Tensor],
+    theta0: Sequence[torch.Tensor],
+    G: Sequence[torch.Tensor],
+    moments_pre: torch.Tensor,
+    moments_ft: torch.Tensor,
+    sel: torch.Tensor,
+) -> None:
+    """In place w[i] ← θ₀ + c ⊙ (w − θ₀) in float32 (float64 for float64 parameters), stored in
+    w's dtype; tensors whose count is 0 keep their values bit for bit."""
+    _, active = inverse_means(sel)
+    cs = c_values(theta0, G, moments_pre, moments_ft, sel)
+    for i, (p, t0, c) in enumerate(zip(w, theta0, cs, strict=True)):
+        dtype = torch.promote_types(p.dtype, torch.float32)
+        t = t0.to(dtype)
+        p.copy_(torch.where(active[i], t + c * (p.to(dtype) - t), p))

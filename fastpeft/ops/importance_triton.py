@@ -1,0 +1,138 @@
+"""Host side of the Triton SPIDER kernels: chunk and address tables, launches.
+
+A :class:`TritonPlan` serves one fixed list of tensors of one dtype on one device. The chunk
+tables depend only on the sizes and are built once; the address tables are rebuilt only when a
+data pointer changes (gradients are often reallocated between steps), and are uploaded from
+pinned memory without blocking, so ``step()`` never waits for the GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+
+from ..kernels import importance as kernels
+from .importance_torch import upload
+
+_DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# NOTE: untuned (no GPU was available when this was written). 16K-element chunks keep ~400K
+# programs for a 7B model; 2048 lanes x 8 warps = 8 elements per thread per iteration. The
+# interpreter runs every program serially in numpy, so it gets few, larger-lane chunks.
+# Loads go through addresses read from a table, which carry no alignment facts for the compiler,
+# so 16-byte vector loads are not guaranteed; tl.multiple_of hints are the first thing to try if
+# the measured bandwidth falls short.
+_GPU = dict(CHUNK=16384, BLOCK=2048, num_warps=8)
+_CPU = dict(CHUNK=4096, BLOCK=1024)
+_RBLOCK = 256
+
+
+def supports(dtype: torch.dtype) -> bool:
+    return dtype in _DT
+
+
+class TritonPlan:
+    """The three passes over fixed lists ``theta0`` (the parameters' dtype) and ``G`` (float32),
+    all contiguous, one device, one dtype; the parameters come with each ``blend`` call."""
+
+    backend = "triton"
+
+    def __init__(self, theta0: Sequence[torch.Tensor], G: Sequence[torch.Tensor]) -> None:
+        self.theta0, self.G = list(theta0), list(G)
+        self.n = len(self.G)
+        self.device = self.G[0].device if self.n else torch.device("cpu")
+        dtypes = {t.dtype for t in self.theta0}
+        if len(dtypes) > 1 or not all(supports(d) for d in dtypes):
+            raise ValueError(f"TritonPlan needs one dtype among {list(_DT)}, got {dtypes}")
+        self.dtype = self.theta0[0].dtype if self.n else torch.float32
+        self.dt = _DT[self.dtype]
+        self.cfg = dict(_GPU if self.device.type == "cuda" else _CPU)
+        chunk = self.cfg["CHUNK"]
+        numels = torch.tensor([t.numel() for t in self.G], dtype=torch.int64)
+        n_chunks = (numels + chunk - 1) // chunk
+        first = torch.cumsum(n_chunks, 0) - n_chunks
+        total = int(n_chunks.sum())
+        tensor_of = torch.repeat_interleave(torch.arange(self.n, dtype=torch.int32), n_chunks)
+        start = (torch.arange(total, dtype=torch.int64) - first[tensor_of.long()]) * chunk
+        self.total_chunks = total
+        put = self._upload
+        self.numels = put(numels)
+        self.n_chunks, self.first_chunk = put(n_chunks), put(first)
+        self.chunk_tensor, self.chunk_start = put(tensor_of), put(start)
+        self._addr_keys: dict[str, tuple[int, ...]] = {}
+        self._addr: dict[str, torch.Tensor] = {}
+
+    def _upload(self, t: torch.Tensor) -> torch.Tensor:
+        return upload(t, self.device)
+
+    def _table(self, key: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        ptrs = tuple(t.data_ptr() for t in tensors)
+        if self._addr_keys.get(key) != ptrs:
+            self._addr[key] = self._upload(torch.tensor(ptrs, dtype=torch.int64))
+            self._addr_keys[key] = ptrs
+        return self._addr[key]
+
+    def _pass_args(self) -> tuple:
+        return (self.chunk_tensor, self.chunk_start, self.numels)
+
+    def _finalize(self, partial: torch.Tensor, width: int) -> torch.Tensor:
+        out = torch.empty((self.n, width), dtype=torch.float64, device=self.device)
+        kernels.spider_finalize_kernel[(self.n,)](
+            partial, self.first_chunk, self.n_chunks, self.numels, out,
+            WIDTH=width, WITH_NUMEL=width == 3, RBLOCK=_RBLOCK,
+        )  # fmt: skip
+        return out
+
+    def _partials(self) -> torch.Tensor:
+        return torch.empty((max(self.total_chunks, 1), 2), dtype=torch.float64, device=self.device)
+
+    def accumulate(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """G += grads (contiguous, θ₀'s dtype); returns the [n, 3] float64 moments of the new G."""
+        if self.n == 0:
+            return torch.zeros((0, 3), dtype=torch.float64, device=self.device)
+        if len(grads) != self.n or any(
+            g.dtype != self.dtype or g.numel() != t.numel() or not g.is_contiguous()
+            for g, t in zip(grads, self.G, strict=False)
+        ):
+            raise ValueError("TritonPlan.accumulate: grads must match theta0 (contiguous)")
+        partial = self._partials()
+        if self.total_chunks:
+            kernels.spider_accumulate_kernel[(self.total_chunks,)](
+                self._table("G", self.G), self._table("g", grads), *self._pass_args(), partial,
+                DT=self.dt, **self.cfg,
+            )  # fmt: skip
+        return self._finalize(partial, 3)
+
+    def select_sums(self, pre: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        """[n, 2] float64 (Σ c_raw, count) per tensor."""
+        if self.n == 0:
+            return torch.zeros((0, 2), dtype=torch.float64, device=self.device)
+        partial = self._partials()
+        if self.total_chunks:
+            kernels.spider_select_kernel[(self.total_chunks,)](
+                self._table("t0", self.theta0), self._table("G", self.G), *self._pass_args(),
+                pre, ft, partial, DT=self.dt, **self.cfg,
+            )  # fmt: skip
+        return self._finalize(partial, 2)
+
+    def blend(
+        self, w: Sequence[torch.Tensor], pre: torch.Tensor, ft: torch.Tensor, sel: torch.Tensor
+    ) -> None:
+        """w ← θ₀ + c ⊙ (w − θ₀) in place (w: the parameters, contiguous, θ₀'s dtype)."""
+        if self.n == 0 or self.total_chunks == 0:
+            return
+        if len(w) != self.n or any(
+            p.dtype != self.dtype or p.numel() != t.numel() for p, t in zip(w, self.G, strict=False)
+        ):
+            raise ValueError("TritonPlan.blend: w must match theta0 in length, sizes and dtype")
+        kernels.spider_blend_kernel[(self.total_chunks,)](
+            self._table("w", w), self._table("t0", self.theta0), self._table("G", self.G),
+            *self._pass_args(), pre, ft, sel, DT=self.dt, **self.cfg,
+        )  # fmt: skip
+
+
+def chunk_count(numels: Sequence[int], device: torch.device) -> int:
+    """Programs per pass launch for tensors of these sizes (for tests and launch accounting)."""
+    chunk = (_GPU if device.type == "cuda" else _CPU)["CHUNK"]
+    return sum(triton.cdiv(n, chunk) for n in numels)

@@ -1,0 +1,19 @@
+"""SPIDER selective fine-tuning (SPEC §6): :class:`Spider`, the :class:`MagnitudeMask` baseline
+and :class:`SpiderCallback` for the Hugging Face Trainer.
+
+``SpiderCallback`` is imported on first access, so importing this package does not import
+transformers.
+"""
+
+from ._mask import MagnitudeMask, top_magnitude_mask
+from ._spider import Spider
+
+__all__ = ["MagnitudeMask", "Spider", "SpiderCallback", "top_magnitude_mask"]
+
+
+def __getattr__(name: str):
+    if name == "SpiderCallback":
+        from ._callback import SpiderCallback
+
+        return SpiderCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,216 @@
+"""Spider: SPIDER importance-aware weight allocation (SPEC §6) as a post-optimizer step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..ops import importance
+from ..ops import importance_torch as torch_impl
+from . import _params
+from ._params import ModelOrParams
+
+_FORMAT = "fastpeft.spider/1"
+_MAX_PLANS = 8  # cached plans per group (one per distinct set of parameters that had gradients)
+
+
+@dataclass
+class _Group:
+    """Tracked tensors sharing device, dtype and shard groups: one plan launch set per pass."""
+
+    indices: list[int]
+    device: torch.device
+    dtype: torch.dtype
+    shard_groups: tuple[Any, ...]
+    pre: torch.Tensor  # [k, 3] float64 moments of θ₀ (all-reduced over the shards)
+    backend: str = ""
+    plans: dict[tuple[int, ...], tuple[Any, torch.Tensor]] = field(default_factory=dict)
+
+
+class Spider:
+    """SPIDER (SPEC §6): call :meth:`step` after every ``optimizer.step()``.
+
+    Keeps θ₀ (each trainable parameter's value at construction, in its dtype) and G (the fp32 sum
+    of the gradients of all steps), and after each step moves every parameter towards θ₀:
+    ``w ← θ₀ + c ⊙ (w − θ₀)`` with c = min(c_raw / mean(c_raw ≠ 0), 1), c_raw = I_ft /
+    (I_pre + I_ft) where the importance of G exceeds that of θ₀, else 0. I_pre lives as two
+    cached scalars per tensor, c is recomputed inside the passes; neither is stored.
+
+    Args:
+        model_or_params: a module (its parameters with ``requires_grad``), or an iterable of
+            tensors or (name, tensor) pairs. fp32/fp16/bf16 (fp64 except on Triton), contiguous;
+            FSDP2 (DTensor) parameters work on their local shards, with the per-tensor sums
+            all-reduced over the shard groups so results equal a single-process run.
+        backend: "auto" (CUDA: the CUDA extension if built, else Triton; CPU: the C++ extension,
+            else PyTorch), "torch", "triton", "cpp" or "cuda".
+
+    Per step and (device, dtype) group: three passes of a fixed number of launches, no host
+    synchronisation (under FSDP2: two small all-reduces, so every rank must step, with gradients
+    for the same parameters). Parameters with no gradient this step are left unchanged (and so is
+    their G). Construct it after the model is on its training device; if the parameters later
+    move, the state follows at the next step. State: θ₀ + G = 2 + 4 bytes per bf16 parameter.
+    """
+
+    def __init__(self, model_or_params: ModelOrParams, backend: str = "auto") -> None:
+        named = _params.collect(model_or_params)
+        if not named:
+            raise ValueError("Spider: no trainable parameters (none has requires_grad=True)")
+        if backend not in importance.BACKENDS:
+            raise ValueError(f"backend must be one of {importance.BACKENDS}, got {backend!r}")
+        self._backend = backend
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.steps = 0
+        with torch.no_grad():
+            locals_ = [_params.local(p) for p in self.params]
+            for name, t in zip(self.names, locals_, strict=True):
+                _params.check_local(name, t)
+            self.theta0 = [t.clone() for t in locals_]
+            self.G = [torch.zeros_like(t, dtype=torch.float32) for t in locals_]
+        keys: dict[tuple, list[int]] = {}
+        for i, (p, t) in enumerate(zip(self.params, locals_, strict=True)):
+            groups = _params.shard_groups(p)
+            keys.setdefault((t.device, t.dtype, tuple(id(g) for g in groups)), []).append(i)
+        self._groups: list[_Group] = []
+        for (device, dtype, _), idx in keys.items():
+            groups = _params.shard_groups(self.params[idx[0]])
+            pre = importance.moments([self.theta0[i] for i in idx]).to(device)
+            _params.all_reduce_(pre, groups)
+            self._groups.append(_Group(idx, device, dtype, groups, pre))
+        for g in self._groups:
+            g.backend = self._resolve(g)
+
+    def _resolve(self, group: _Group) -> str:
+        backend = importance.resolve(self._backend, group.device)
+        if backend == "triton" and group.dtype == torch.float64:
+            if self._backend == "triton":
+                raise ValueError("Spider backend='triton' does not support float64 parameters")
+            backend = "torch"  # "auto" without the CUDA extension
+        return backend
+
+    @property
+    def backends(self) -> list[str]:
+        """The backend of each (device, dtype) group, e.g. ["cpp"]."""
+        return [g.backend for g in self._groups]
+
+    # ------------------------------------------------------------------------------------------
+
+    def _plan(self, group: _Group, active: tuple[int, ...]) -> tuple[Any, torch.Tensor]:
+        """The plan over the group's tensors at positions ``active``, and their θ₀ moments."""
+        hit = group.plans.get(active)
+        if hit is None:
+            if len(group.plans) >= _MAX_PLANS:
+                group.plans.clear()
+            idx = [group.indices[k] for k in active]
+            plan = importance.make_plan(
+                group.backend, [self.theta0[i] for i in idx], [self.G[i] for i in idx]
+            )
+            pre = group.pre
+            if len(active) != len(group.indices):
+                rows = torch_impl.upload(torch.tensor(active, dtype=torch.int64), group.device)
+                pre = pre.index_select(0, rows)
+            hit = group.plans[active] = (plan, pre.contiguous())
+        return hit
+
+    def _follow_device(self, group: _Group) -> None:
+        # The model was moved after construction (e.g. by the HF Trainer): move the state too.
+        device = _params.local(self.params[group.indices[0]]).device
+        if device == group.device:
+            return
+        for i in group.indices:
+            self.theta0[i] = self.theta0[i].to(device)
+            self.G[i] = self.G[i].to(device)
+        group.pre = group.pre.to(device)
+        group.device = device
+        group.backend = self._resolve(group)
+        group.plans.clear()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Apply one SPIDER step: G += g, compute c, w ← θ₀ + c ⊙ (w − θ₀). Call it after
+        ``optimizer.step()`` and before the gradients are zeroed."""
+        for group in self._groups:
+            self._follow_device(group)
+            grads = [_params.grad_of(self.params[i]) for i in group.indices]
+            active = tuple(k for k, g in enumerate(grads) if g is not None)
+            if not active:
+                continue
+            plan, pre = self._plan(group, active)
+            ft = plan.accumulate([grads[k] for k in active])
+            _params.all_reduce_(ft, group.shard_groups)
+            sel = plan.select_sums(pre, ft)
+            _params.all_reduce_(sel, group.shard_groups)
+            w = [_params.local(self.params[group.indices[k]]) for k in active]
+            plan.blend(w, pre, ft, sel)
+        self.steps += 1
+
+    # ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per tracked parameter, for logging: ``selected`` (fraction of elements with c > 0) and
+        ``mean_c`` (mean of c over all elements) as the current θ₀ and G give them, i.e. what the
+        last step applied. A tensor with nothing selected (left unchanged) reports 0 and 0.
+        Runs extra passes and synchronises with the device; not for every step. Under FSDP2 it
+        is a collective (all-reduces): call it on every rank."""
+        out: dict[str, dict[str, float]] = {}
+        for group in self._groups:
+            self._follow_device(group)
+            theta0 = [self.theta0[i] for i in group.indices]
+            G = [self.G[i] for i in group.indices]
+            numels = torch.tensor([t.numel() for t in G], dtype=torch.float64).to(group.device)
+            ft = _params.all_reduce_(torch_impl.moments(G, numels), group.shard_groups)
+            sel = _params.all_reduce_(
+                torch_impl.select_sums(theta0, G, group.pre, ft), group.shard_groups
+            )
+            cs = torch_impl.c_values(theta0, G, group.pre, ft, sel)
+            sums = torch.stack(
+                [
+                    torch.stack([(c > 0).sum(dtype=torch.float64), c.sum(dtype=torch.float64)])
+                    for c in cs
+                ]
+            )
+            _params.all_reduce_(sums, group.shard_groups)
+            rows = (sums / ft[:, 2:3].clamp_min(1)).tolist()
+            for i, (selected, mean_c) in zip(group.indices, rows, strict=True):
+                out[self.names[i]] = {"selected": selected, "mean_c": mean_c}
+        return {n: out[n] for n in self.names}
+
+    def state_dict(self) -> dict[str, Any]:
+        """θ₀ and G (references to the live rank-local tensors, as torch optimizers do), the θ₀
+        statistics and the step count. Under FSDP2 every rank saves its own shards."""
+        pre = [None] * len(self.params)
+        for group in self._groups:
+            for k, i in enumerate(group.indices):
+                pre[i] = group.pre[k]
+        return {
+            "format": _FORMAT,
+            "names": list(self.names),
+            "theta0": list(self.theta0),
+            "G": list(self.G),
+            "moments_pre": torch.stack([p.cpu() for p in pre]),
+            "steps": self.steps,
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore θ₀ and G saved by :meth:`state_dict` (same parameters, same order), so a
+        resumed run continues exactly; the parameters themselves come from the model's own
+        checkpoint."""
+        if state.get("format") != _FORMAT:
+            raise ValueError(f"not a Spider state dict (format {state.get('format')!r})")
+        if list(state["names"]) != self.names:
+            raise ValueError(
+                "Spider.load_state_dict: the saved parameters differ from the tracked ones "
+                f"({len(state['names'])} saved, {len(self.names)} tracked)"
+            )
+        for i, name in enumerate(self.names):
+            _params.restore_tensor(self.theta0[i], state["theta0"][i], f"{name} theta0")
+            _params.restore_tensor(self.G[i], state["G"][i], f"{name} G")
+        pre = state["moments_pre"]
+        for group in self._groups:
+            group.pre.copy_(pre[group.indices].to(group.pre.device))
+            group.plans.clear()
+        self.steps = int(state["steps"])

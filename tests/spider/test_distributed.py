@@ -1,0 +1,88 @@
+"""Spider and MagnitudeMask under FSDP2 (fully_shard, DTensor parameters) on 2 CPU processes
+(gloo): the per-tensor sums are all-reduced over the shards, so the parameters after a few
+AdamW + spider steps equal a single-process run on the whole batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from fastpeft.spider import MagnitudeMask, Spider
+
+STEPS = 3
+WORLD = 2
+BATCH = 8
+# (backend or "mask"): the Spider backends the workers run, plus MagnitudeMask.
+KINDS = ["cpp", "torch", "mask"]
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    # Odd output sizes shard unevenly over 2 ranks (FSDP2 pads; the local shards differ in size).
+    return nn.Sequential(nn.Linear(10, 21), nn.Tanh(), nn.LayerNorm(21), nn.Linear(21, 7))
+
+
+def batch(step: int):
+    g = torch.Generator().manual_seed(10 + step)
+    return torch.randn(BATCH, 10, generator=g), torch.randn(BATCH, 7, generator=g)
+
+
+def make(kind: str, m: nn.Module):
+    return MagnitudeMask(m) if kind == "mask" else Spider(m, backend=kind)
+
+
+def train(kind: str, m: nn.Module, rows: slice) -> None:
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-2)
+    spider = make(kind, m)
+    for step in range(STEPS):
+        x, y = batch(step)
+        nn.functional.mse_loss(m(x[rows]), y[rows]).backward()
+        opt.step()
+        spider.step()
+        opt.zero_grad()
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (WORLD,))
+        for kind in KINDS:
+            m = model()
+            for layer in m:
+                if any(True for _ in layer.parameters()):
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(m, mesh=mesh)
+            per_rank = BATCH // WORLD
+            train(kind, m, slice(rank * per_rank, (rank + 1) * per_rank))
+            full = {n: p.full_tensor().detach() for n, p in m.named_parameters()}
+            if rank == 0:
+                torch.save(full, os.path.join(out_dir, f"{kind}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_fsdp2_equals_single_process(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for kind in KINDS:
+        single = model()
+        train(kind, single, slice(0, BATCH))
+        sharded = torch.load(tmp_path / f"{kind}.pt", weights_only=True)
+        for name, p in single.named_parameters():
+            # fp32: only the order of the gradient and moment reductions differs.
+            torch.testing.assert_close(sharded[name], p.detach(), rtol=1e-5, atol=1e-6)
