@@ -12,8 +12,9 @@ from ..kernels import lora as kernels
 # - an fp32 base halves the GEMMs' reduction step (K in the forward, N in dx); with the 16-bit
 #   tiles, lora_dx_kernel needed 288 KiB under TF32;
 # - rank tiles wider than _WIDE_RANK_BYTES per row (rank > 128 with fp32 adapters) halve the
-#   blocks that meet them; otherwise rank 256 needed up to 256 KiB (lora_fwd_kernel's epilogue)
-#   and 320 KiB (lora_dy_b_kernel under TF32).
+#   blocks that meet them, except the skinny kernels' BLOCK_M, which sets how many fp32 dB
+#   partials lora_dy_b_kernel writes; otherwise rank 256 needed up to 256 KiB (lora_fwd_kernel's
+#   epilogue) and 320 KiB (lora_dy_b_kernel under TF32).
 _GPU_GEMM = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
 _GPU_SKINNY = dict(BLOCK_M=64, BLOCK_INNER=64, num_warps=4, num_stages=3)
 _CPU_GEMM = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
@@ -52,7 +53,6 @@ def _skinny_config(device: torch.device, wide_rank: bool) -> dict:
         return dict(_CPU_SKINNY)
     cfg = dict(_GPU_SKINNY)
     if wide_rank:
-        cfg["BLOCK_M"] //= 2
         cfg["BLOCK_INNER"] //= 2
     return cfg
 

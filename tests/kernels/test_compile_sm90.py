@@ -1,0 +1,109 @@
+"""Every Triton kernel launch the host code makes must compile for an H100 (sm_90), GPU or not.
+
+The CPU tier runs the kernels through Triton's interpreter, which accepts programs that the GPU
+compiler rejects and never allocates shared memory. compile_sm90.py drives the real host
+launchers at realistic shapes, records their launches and compiles each distinct one for sm_90
+ahead of time with Triton's bundled ptxas: no GPU or driver is needed. It runs in a subprocess
+because Triton decides at kernel-definition time whether to interpret (conftest.py turns the
+interpreter on for this process). This test runs its representative subset (about 100 distinct
+compiles, 1-1.5 minutes on 2 cores); the full sweep (about 375, 7-14 minutes on 2 cores) is
+
+    python tests/kernels/compile_sm90.py --all
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("compile_sm90.py")
+ROOT = Path(__file__).resolve().parents[2]
+SKIP_EXIT = 77  # the script's "Triton cannot compile for sm_90 here" status
+
+EXPECTED_KERNELS = {
+    # kernels/lora.py
+    "lora_down_kernel",
+    "lora_fwd_kernel",
+    "lora_dy_b_kernel",
+    "lora_da_kernel",
+    "lora_dx_kernel",
+    "dropout_keep_mask_kernel",
+    # kernels/ia3.py
+    "ia3_out_fwd_kernel",
+    "ia3_out_bwd_kernel",
+    "ia3_out_dl_kernel",
+    "ia3_in_fwd_kernel",
+    "ia3_in_bwd_kernel",
+    # kernels/adapter.py
+    "adapter_down_kernel",
+    "adapter_up_kernel",
+    "adapter_dpre_kernel",
+    "adapter_dw_up_kernel",
+    "adapter_dw_down_kernel",
+    "adapter_dz_kernel",
+    "adapter_keep_mask_kernel",
+    "adapter_activation_kernel",
+}
+
+
+def _records(stdout: str) -> list[dict]:
+    out = []
+    for line in stdout.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+def _explain(proc: subprocess.CompletedProcess, records: list[dict], problem: str) -> str:
+    """The failure message: what failed and why, then the script's summary and output tail."""
+    lines = [f"{problem} ({SCRIPT.name} exited {proc.returncode})", ""]
+    for r in records:
+        if r.get("status") in ("fail", "smem"):
+            lines.append(
+                f"{r['status'].upper()} {r['kernel']} [{r['case']}] config={r['config']} "
+                f"pointers={r['pointers']} num_warps={r['num_warps']} "
+                f"num_stages={r['num_stages']} shared={r['shared_kib']} KiB"
+            )
+            lines.append(f"    {r.get('error', '')}")
+    for r in records:
+        if "summary" in r or ("error" in r and "kernel" not in r):
+            lines.append(json.dumps(r, indent=1))
+    lines += [
+        "",
+        f"reproduce: env -u TRITON_INTERPRET {Path(sys.executable).name} "
+        f"{SCRIPT.relative_to(ROOT)}  (add --only 'ia3 fp32' etc. to narrow it)",
+        "---- stdout (tail) ----",
+        proc.stdout[-8000:],
+        "---- stderr (tail) ----",
+        proc.stderr[-8000:],
+    ]
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_every_kernel_launch_compiles_for_sm90():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    records = _records(proc.stdout)
+    if proc.returncode == SKIP_EXIT:
+        reasons = [r["skip"] for r in records if "skip" in r]
+        pytest.skip(f"Triton cannot compile for sm_90 here: {reasons[0] if reasons else '?'}")
+    assert proc.returncode == 0, _explain(proc, records, "sm_90 compile check failed")
+    compiled = {r["kernel"] for r in records if r.get("status") == "ok"}
+    missing = sorted(EXPECTED_KERNELS - compiled)
+    assert not missing, _explain(proc, records, f"kernels never launched and compiled: {missing}")
