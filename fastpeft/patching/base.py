@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn as nn
 
 STATE_ATTR = "_fastpeft_state"
@@ -71,3 +72,23 @@ def uninstall(module: nn.Module) -> bool:
     else:
         setattr(module, state.forward_attr, state.previous_instance_forward)
     return True
+
+
+def peft_call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) -> str | None:
+    """Per-call states of a PEFT tuner layer (LoRA, IA3) that need PEFT's own forward."""
+    if module.disable_adapters:
+        return "adapters disabled"
+    if module.merged:
+        return "adapters merged"
+    if args or kwargs:
+        return "extra forward arguments"
+    base_layer = module.get_base_layer()
+    if x.dtype != base_layer.weight.dtype:
+        return "input dtype differs from the base weight dtype"
+    if torch.is_autocast_enabled(x.device.type):
+        return "autocast enabled"
+    if base_layer.weight.requires_grad or (
+        base_layer.bias is not None and base_layer.bias.requires_grad
+    ):
+        return "base layer trainable"
+    return None

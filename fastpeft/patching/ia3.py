@@ -72,21 +72,9 @@ def ineligibility_reasons(module: nn.Module) -> list[str]:
 
 def call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) -> str | None:
     """Why this call must use PEFT's forward, or None for the fused path."""
-    if module.disable_adapters:
-        return "adapters disabled"
-    if module.merged:
-        return "adapters merged"
-    if args or kwargs:
-        return "extra forward arguments"
-    base_layer = module.get_base_layer()
-    if x.dtype != base_layer.weight.dtype:
-        return "input dtype differs from the base weight dtype"
-    if torch.is_autocast_enabled(x.device.type):
-        return "autocast enabled"
-    if base_layer.weight.requires_grad or (
-        base_layer.bias is not None and base_layer.bias.requires_grad
-    ):
-        return "base layer trainable"
+    reason = base.peft_call_fallback_reason(module, x, args, kwargs)
+    if reason is not None:
+        return reason
     reasons = _adapter_reasons(module)
     return reasons[0] if reasons else None
 
