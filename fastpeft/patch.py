@@ -8,13 +8,14 @@ import torch.nn as nn
 from .ops import _dispatch
 from .patching import adapter as adapter_patching
 from .patching import adapter_pair as adapter_pair_patching
-from .patching import base
+from .patching import base, prefix_positions
 from .patching import ia3 as ia3_patching
 from .patching import lora as lora_patching
 
 # Each patcher module provides KIND (a label for the report), candidates(model) -> [(name,
-# module)], ineligibility_reasons(module) -> [str] and fused_forward(module, *args, **kwargs).
-PATCHERS = (lora_patching, ia3_patching)
+# module)], ineligibility_reasons(module) -> [str] and either fused_forward(module, *args,
+# **kwargs) or, when the forward depends on the whole model, forward_for(model, module).
+PATCHERS = (lora_patching, ia3_patching, prefix_positions)
 
 # fastpeft's own adapters; the gate/up pair (an MLP-level fusion) is listed before single adapters.
 ADAPTER_PATCHERS = (adapter_pair_patching, adapter_patching)
@@ -57,10 +58,12 @@ def _report_backend(backend: str, device: torch.device) -> str:
 def patch(model: nn.Module, backend: str = "auto", strict: bool = False) -> PatchReport:
     """Route every eligible layer of `model` through fastpeft's fused ops, in place.
 
-    Covers PEFT LoRA `Linear` layers and fastpeft's bottleneck adapters (a gate/up pre-adapter pair
-    is fused into one op that reads x once). `model` is a `PeftModel` or any module containing
-    such layers. `backend`: "auto" (Triton on CUDA, the PyTorch path elsewhere), "triton" (a CUDA
-    GPU, or TRITON_INTERPRET=1 on a CPU) or "torch". Ineligible layers keep their own forward and
+    Covers PEFT LoRA and IA3 `Linear` layers and fastpeft's bottleneck adapters (a gate/up
+    pre-adapter pair is fused into one op that reads x once). With PEFT prefix tuning on an M-RoPE
+    model (Qwen2-VL family) it also supplies the position ids PEFT's prefix path lacks there.
+    `model` is a `PeftModel` or any module containing such layers. `backend`: "auto" (Triton on
+    CUDA, the PyTorch path elsewhere), "triton" (a CUDA GPU, or TRITON_INTERPRET=1 on a CPU) or
+    "torch". Ineligible layers keep their own forward and
     are listed in the report with reasons; `strict=True` raises instead, listing every reason.
     Patching twice is harmless (the backend is updated); parameters, names and state_dict are
     untouched. Returns a `PatchReport`.
@@ -89,7 +92,7 @@ def _patch(model, backend, strict, patchers) -> PatchReport:
                 report.skipped[name] = reasons
             else:
                 report.patched.append(name)
-                plan.append((module, patcher.fused_forward))
+                plan.append((module, _forward_of(patcher, model, module)))
     if strict and (report.skipped or not report.kinds):
         details = [f"  {n}: {'; '.join(rs)}" for n, rs in report.skipped.items()]
         if not report.kinds:
@@ -98,6 +101,11 @@ def _patch(model, backend, strict, patchers) -> PatchReport:
     for module, fused_forward in plan:
         base.install(module, fused_forward, backend)
     return report
+
+
+def _forward_of(patcher, model: nn.Module, module: nn.Module):
+    forward_for = getattr(patcher, "forward_for", None)
+    return forward_for(model, module) if forward_for else patcher.fused_forward
 
 
 def unpatch(model: nn.Module) -> int:

@@ -6,10 +6,32 @@ from peft import IA3Config, LoraConfig, get_peft_model
 
 from fastpeft import mllm, testing
 
+# family: (factory, decoder-layer prefix, vision tower path, connector path), all written out
 FAMILIES = {
-    "llava": (testing.tiny_llava, "model.language_model.layers", "multi_modal_projector"),
-    "qwen2_vl": (testing.tiny_qwen2_vl, "model.language_model.layers", "merger"),
-    "qwen2_5_vl": (testing.tiny_qwen2_5_vl, "model.language_model.layers", "merger"),
+    "llava": (
+        testing.tiny_llava,
+        "model.language_model.layers",
+        "model.vision_tower",
+        "model.multi_modal_projector",
+    ),
+    "qwen2_vl": (
+        testing.tiny_qwen2_vl,
+        "model.language_model.layers",
+        "model.visual",
+        "model.visual.merger",
+    ),
+    "qwen2_5_vl": (
+        testing.tiny_qwen2_5_vl,
+        "model.language_model.layers",
+        "model.visual",
+        "model.visual.merger",
+    ),
+    "idefics3": (
+        testing.tiny_idefics3,
+        "model.text_model.layers",
+        "model.vision_model",
+        "model.connector",
+    ),
 }
 
 
@@ -21,28 +43,32 @@ def _expected(prefix, leaves, layers=2):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_parts_and_targets(family):
-    build, prefix, connector_name = FAMILIES[family]
+    build, prefix, vision_path, connector_path = FAMILIES[family]
     model = build()
-    assert mllm.language_model(model) is model.model.language_model
-    vision = mllm.vision_tower(model)
-    assert vision is (model.model.vision_tower if family == "llava" else model.model.visual)
-    assert type(mllm.connector(model)).__name__.lower().find("merger") >= 0 or (
-        mllm.connector(model) is model.model.multi_modal_projector
-    )
+    modules = dict(model.named_modules())
+    assert mllm.language_model(model) is modules[prefix.removesuffix(".layers")]
+    assert mllm.vision_tower(model) is modules[vision_path]
+    assert mllm.connector(model) is modules[connector_path]
     attn, mlp = ("q_proj", "k_proj", "v_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj")
     assert mllm.target_modules(model, "lora", "attention") == _expected(prefix, attn)
     assert mllm.target_modules(model, "lora", "mlp") == _expected(prefix, mlp)
     assert sorted(mllm.target_modules(model)) == sorted(_expected(prefix, attn + mlp))
     assert mllm.target_modules(model, "ia3") == _expected(prefix, ("k_proj", "v_proj", "down_proj"))
+    assert mllm.target_modules(model, "ia3", "attention") == _expected(prefix, ("k_proj", "v_proj"))
+    assert mllm.target_modules(model, "adapter", "attention") == _expected(prefix, ("o_proj",))
     assert mllm.ia3_feedforward_modules(model) == _expected(prefix, ("down_proj",))
     assert mllm.ia3_feedforward_modules(model, "attention") == []
-    vision_names = {n for n, _ in model.named_modules() if ".visual." in n or "vision_tower" in n}
-    assert not vision_names & set(mllm.target_modules(model))
+    # the vision tower has its own q/k/v_proj: none of them may be selected
+    vision_q = [n for n in modules if n.startswith(vision_path + ".") and n.endswith("q_proj")]
+    assert vision_q or family.startswith("qwen"), "the tiny vision tower should have q_proj"
+    for method in mllm.METHODS:
+        selected = set(mllm.target_modules(model, method))
+        assert all(n.startswith(prefix + ".") for n in selected)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_targets_work_as_peft_target_modules_and_connector_toggles(family):
-    build, prefix, _ = FAMILIES[family]
+    build, prefix, _, _ = FAMILIES[family]
     model = build()
     lora = get_peft_model(model, LoraConfig(r=4, target_modules=mllm.target_modules(model)))
     wrapped = {n for n, m in lora.base_model.model.named_modules() if hasattr(m, "lora_A")}

@@ -8,7 +8,7 @@ tower (which has its own q_proj/k_proj/...), never the connector, never lm_head.
 
 import torch.nn as nn
 
-from .model_structure import find_language_model, unwrap_peft
+from ..model_structure import find_language_model, unwrap_peft
 
 METHODS = ("lora", "ia3", "adapter")
 LOCATIONS = ("attention", "mlp", "both")
@@ -50,17 +50,21 @@ def vision_tower(model: nn.Module) -> nn.Module:
 
 
 def connector(model: nn.Module) -> nn.Module:
-    """The vision-to-language projector: LLaVA's `multi_modal_projector`, Qwen2-VL's `merger`."""
+    """The vision-to-language projector: LLaVA's `multi_modal_projector`, Idefics3's `connector`,
+    Qwen2-VL's `merger` (inside the vision tower)."""
     try:
         return _find_attr(model, _CONNECTOR_ATTRS, "connector")
-    except ValueError:
-        merger = getattr(vision_tower(model), "merger", None)
+    except ValueError as missing:
+        try:
+            merger = getattr(vision_tower(model), "merger", None)
+        except ValueError:
+            merger = None
         if isinstance(merger, nn.Module):
             return merger
-        raise
+        raise ValueError(f"{missing.args[0][:-1]}, <vision tower>.merger)") from None
 
 
-def _leaf_names(method: str, location: str) -> tuple[str, ...]:
+def leaf_names(method: str, location: str) -> tuple[str, ...]:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if location not in LOCATIONS:
@@ -77,7 +81,7 @@ def _leaf_names(method: str, location: str) -> tuple[str, ...]:
 def target_modules(model: nn.Module, method: str = "lora", location: str = "both") -> list[str]:
     """Full names (relative to the unwrapped base model) of the language model's linears for
     `method` at `location`; usable directly as PEFT `target_modules`."""
-    leaves = _leaf_names(method, location)
+    leaves = leaf_names(method, location)
     base = unwrap_peft(model)
     names = {id(m): n for n, m in base.named_modules()}
     found = []

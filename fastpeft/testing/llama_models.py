@@ -1,0 +1,156 @@
+"""Tiny Llama-based models: text-only Llama, LLaVA (CLIP + projector + Llama), Idefics3."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._common import _finish, _llama_text_kwargs, _seeded
+
+
+def tiny_llama(
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vocab_size: int = 128,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+) -> nn.Module:
+    """A randomly initialised ``LlamaForCausalLM`` (GQA, intermediate 3·hidden by default).
+
+    Built in fp32 under ``seed`` (the caller's RNG state is left untouched), then cast to
+    ``dtype``. Returned as constructed, i.e. in train mode (the base model has no dropout; LoRA
+    dropout needs train mode; call ``.eval()`` where that matters). Ids 0/1/2 are pad/bos/eos.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        **_llama_text_kwargs(
+            hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
+        )
+    )
+    with _seeded(seed):
+        model = LlamaForCausalLM._from_config(config, attn_implementation=attn_implementation)
+    return _finish(model, dtype)
+
+
+def tiny_llava(
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vocab_size: int = 128,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    image_size: int = 28,
+    patch_size: int = 14,
+    vision_hidden_size: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    attn_implementation: str = "sdpa",
+) -> nn.Module:
+    """A randomly initialised ``LlavaForConditionalGeneration``: CLIP vision tower + 2-layer GELU
+    projector + Llama text model.
+
+    The image token is ``vocab_size - 1`` (``config.image_token_id``); each image of
+    ``[3, image_size, image_size]`` becomes ``(image_size // patch_size) ** 2`` tokens (4 by
+    default). Features come from the vision tower's second-to-last hidden state (LLaVA's default).
+    Built in fp32 under ``seed``, cast to ``dtype``, returned in train mode.
+    """
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    if image_size % patch_size:
+        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
+    vision = CLIPVisionConfig(
+        hidden_size=vision_hidden_size,
+        intermediate_size=2 * vision_hidden_size,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_hidden_size,
+    )
+    text = LlamaConfig(
+        **_llama_text_kwargs(
+            hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
+        )
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=vocab_size - 1,
+        image_seq_length=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    with _seeded(seed):
+        model = LlavaForConditionalGeneration._from_config(
+            config, attn_implementation=attn_implementation
+        )
+    return _finish(model, dtype)
+
+
+def tiny_idefics3(
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vocab_size: int = 128,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    image_size: int = 32,
+    patch_size: int = 8,
+    scale_factor: int = 2,
+    attn_implementation: str = "sdpa",
+) -> nn.Module:
+    """A randomly initialised ``Idefics3ForConditionalGeneration`` (SmolVLM's architecture): a
+    SigLIP-style vision model, a pixel-shuffle + linear connector, a Llama text model.
+
+    The image token is ``vocab_size - 1``; each image of ``[3, image_size, image_size]`` becomes
+    ``(image_size // patch_size) ** 2 // scale_factor ** 2`` tokens (4 by default). Built in fp32
+    under ``seed``, cast to ``dtype``, returned in train mode.
+    """
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, LlamaConfig
+    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+
+    side = image_size // patch_size
+    if image_size % patch_size or side % scale_factor:
+        raise ValueError(
+            f"image_size={image_size} must be a multiple of patch_size={patch_size} giving a "
+            f"patch grid divisible by scale_factor={scale_factor}"
+        )
+    text = LlamaConfig(
+        **_llama_text_kwargs(
+            hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
+        )
+    )
+    vision = Idefics3VisionConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    config = Idefics3Config(
+        text_config=text,
+        vision_config=vision,
+        scale_factor=scale_factor,
+        image_token_id=vocab_size - 1,
+        tie_word_embeddings=False,
+    )
+    with _seeded(seed):
+        model = Idefics3ForConditionalGeneration._from_config(
+            config, attn_implementation=attn_implementation
+        )
+    return _finish(model, dtype)
