@@ -1,0 +1,78 @@
+"""LLaVA-1.5-shaped models with random weights, built from local configs (no downloads).
+
+"7b" is LLaVA-1.5-7B's shape: CLIP ViT-L/14 at 336 px (576 image tokens, features from the
+second-to-last layer), a 2-layer GELU projector 1024→4096→4096, and a Llama-2-7B language model
+(hidden 4096, 32 layers, 32 heads, MLP 11008, vocab 32000). "small" and "tiny" keep the layout at
+CPU-friendly sizes. Weights are drawn directly on the target device in the target dtype.
+"""
+
+import torch
+import torch.nn as nn
+
+# name: (text hidden, layers, heads, kv heads, MLP, vocab, image px, patch, vision hidden,
+#        vision layers, vision heads, vision MLP)
+LLAVA_SIZES = {
+    "tiny": (128, 2, 4, 4, 384, 512, 56, 14, 64, 2, 2, 128),
+    "small": (512, 4, 8, 8, 1536, 2048, 112, 14, 128, 2, 4, 512),
+    "7b": (4096, 32, 32, 32, 11008, 32000, 336, 14, 1024, 24, 16, 4096),
+}
+
+
+def llava_config(size: str):
+    """A transformers `LlavaConfig` of the named size (see LLAVA_SIZES)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    if size not in LLAVA_SIZES:
+        raise ValueError(f"size must be one of {tuple(LLAVA_SIZES)}, got {size!r}")
+    d, layers, heads, kv, mlp, vocab, px, patch, vd, vlayers, vheads, vmlp = LLAVA_SIZES[size]
+    vision = CLIPVisionConfig(
+        hidden_size=vd,
+        intermediate_size=vmlp,
+        num_hidden_layers=vlayers,
+        num_attention_heads=vheads,
+        image_size=px,
+        patch_size=patch,
+        projection_dim=vd,
+    )
+    text = LlamaConfig(
+        hidden_size=d,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        intermediate_size=mlp,
+        vocab_size=vocab,
+        max_position_embeddings=4096,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=vocab - 1,
+        image_seq_length=(px // patch) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+
+
+def build_llava(
+    size: str,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+) -> nn.Module:
+    """A randomly initialised `LlavaForConditionalGeneration` of `size`, on `device` in `dtype`."""
+    from transformers import LlavaForConditionalGeneration
+
+    config = llava_config(size)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        if torch.device(device).type == "cuda":
+            torch.cuda.manual_seed(seed)
+        model = LlavaForConditionalGeneration._from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation
+        )
+    return model
