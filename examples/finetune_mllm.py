@@ -54,7 +54,8 @@ def main(argv=None) -> dict:
     connector = "connector tuned" if args.connector else "connector frozen"
     print(f"{args.method} at {args.location}, {connector}; {where}; {args.steps} steps")
     variants = [args.only] if args.only else ["unpatched", "patched"]
-    results = {name: run_isolated(args, name == "patched") for name in variants}
+    provider = {"unpatched": "peft", "patched": "fastpeft"}
+    results = {name: run_isolated(args, provider[name]) for name in variants}
     first = next(iter(results.values()))
     print(f"trainable parameters: {first['trainable']:,}")
     print("step  " + "  ".join(f"{name:>10}" for name in results))

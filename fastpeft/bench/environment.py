@@ -46,6 +46,46 @@ def versions() -> dict[str, str]:
     }
 
 
+def _optional_version(module: str) -> str | None:
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        return None
+    try:
+        return str(getattr(importlib.import_module(module), "__version__", "installed"))
+    except Exception as exc:  # an installed but broken package (e.g. a flash-attn ABI mismatch)
+        return f"broken ({type(exc).__name__}: {exc})"
+
+
+def report() -> dict:
+    """What `fastpeft env` prints: versions, device, usable backends, optional components."""
+    from .. import __version__, _ext
+    from .. import env as fastpeft_env
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    ext = _ext.load()
+    info = {"fastpeft": __version__, **versions(), "device": device_name(device)}
+    if cuda:
+        major, minor = torch.cuda.get_device_capability(device)
+        info["compute_capability"] = f"sm_{major}{minor}"
+        info["cuda"] = torch.version.cuda
+    triton_ok = cuda or fastpeft_env.triton_interpret()
+    info["backends"] = ["torch"] + (["triton"] if triton_ok else [])
+    info["backend_auto"] = "triton" if cuda else "torch"
+    if not cuda:
+        info["triton_note"] = "no CUDA GPU: Triton kernels run only under TRITON_INTERPRET=1"
+    info["fastpeft._C"] = (
+        f"available (CUDA kernels: {'yes' if ext.has_cuda() else 'no'})"
+        if ext is not None
+        else f"missing ({_ext.import_error()}); rebuild with {_ext.REBUILD_CMD}"
+    )
+    info["flash_attn"] = _optional_version("flash_attn") or "not installed (optional)"
+    info["matplotlib"] = _optional_version("matplotlib") or "not installed (no PNG plots)"
+    return info
+
+
 def write_result(path: Path, benchmark: str, device: torch.device, rows: list, **extra) -> None:
     """Write rows as JSON with the device name, git sha and package versions."""
     import json

@@ -26,57 +26,91 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def train(args, patched: bool) -> dict:
-    """One fine-tuning run, patched or not; returns its losses, tokens/s and peak memory.
+PROVIDERS = ("peft", "peft-bf16", "peft+compile", "fastpeft", "frozen")
 
-    The first step is not timed (lazy initialisation, kernel compilation)."""
-    warnings.filterwarnings("ignore")
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    model = build_llava(args.size, dtype=dtype, device=device, seed=0)
-    torch.manual_seed(1)  # the adapters' initial values: the same in both runs
-    setup = mllm.paper_setup(model, args.method, connector=args.connector, location=args.location)
-    if not patched:
+
+def _prepare(args, provider: str, model):
+    """(module to call, optimizer or None, trainable count, patch report text) for `provider`."""
+    if provider == "frozen":  # same model, no PEFT, input grads only: the floor for PEFT training
+        model.requires_grad_(False)
+        model.enable_input_require_grads()
+        return model, None, 0, "no PEFT"
+    setup = mllm.paper_setup(
+        model,
+        args.method,
+        connector=args.connector,
+        location=args.location,
+        autocast_adapter_dtype=provider != "peft-bf16",
+    )
+    report = str(setup.patch_report)
+    if provider != "fastpeft":
         fastpeft.unpatch(setup.model)
-    setup.model.train(not args.dropout_off)
+        report = "unpatched"
     if args.lr is not None:
         setup.lr, setup.connector_lr = args.lr, args.lr / 10
-    optimizer = setup.optimizer()
+    module = torch.compile(setup.model) if provider == "peft+compile" else setup.model
+    return module, setup.optimizer(), setup.trainable_parameters(), report
+
+
+def train(args, provider: str = "fastpeft") -> dict:
+    """One fine-tuning run by `provider` (see PROVIDERS; "peft" means stock PEFT, or fastpeft's
+    eager adapters for method "adapter"); returns its losses, tokens/s and peak memory, and
+    `check_loss`: the eval-mode loss of the first batch before training, for checking providers
+    against each other. The first step is not timed (lazy initialisation, compilation)."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+    warnings.filterwarnings("ignore")
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    model = build_llava(args.size, dtype=dtype, device=device, seed=0)
+    torch.manual_seed(1)  # the adapters' initial values: the same for every provider
+    module, optimizer, trainable, report = _prepare(args, provider, model)
     batches = []
     for step in range(args.steps):
         batch = caption_batch(model.config, args.batch_size, args.prompt_len, seed=step)
         batch = {k: v.to(device) for k, v in batch.items()}
         batch["pixel_values"] = batch["pixel_values"].to(dtype)
         batches.append(batch)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    module.eval()
+    with torch.no_grad():
+        check_loss = float(module(**batches[0]).loss)
+    module.train(not args.dropout_off)
     losses, start = [], None
     for step, batch in enumerate(batches):
         if step == 1:  # step 0 pays for lazy initialisation and kernel compilation
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-        loss = setup.model(**batch).loss
+        loss = module(**batch).loss
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     tokens = sum(b["input_ids"].numel() for b in batches[1:])
-    return {
+    result = {
+        "provider": provider,
         "losses": losses,
+        "check_loss": check_loss,
+        "step_ms": 1e3 * seconds / (len(batches) - 1),
         "tokens_per_s": tokens / seconds,
         "peak_mb": peak_memory_mb(device),
-        "trainable": setup.trainable_parameters(),
-        "report": str(setup.patch_report) if patched else "unpatched",
+        "trainable": trainable,
+        "report": report,
     }
+    del module, optimizer, model
+    return result
 
 
-def run_isolated(args, patched: bool) -> dict:
+def run_isolated(args, provider: str) -> dict:
     """`train` in a fresh process on a CPU (so the peak resident memory is this run's alone),
     in this process on a GPU (where the allocator's peak is per run)."""
     if torch.device(args.device).type == "cuda":
-        return train(args, patched)
+        return train(args, provider)
     with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process per run
-        return pool.apply(train, (args, patched))
+        return pool.apply(train, (args, provider))

@@ -126,11 +126,14 @@ def paper_setup(
     connector: bool = True,
     location: str = "both",
     backend: str = "auto",
+    autocast_adapter_dtype: bool = True,
 ) -> PaperSetup:
     """Prepare `model` (an unwrapped HF MLLM) like Paper A for `method` ("lora", "ia3",
     "adapter", "prefix") at `location` ("attention", "mlp", "both"), make the connector trainable
     (`connector=True`, Paper A's default) or frozen, and patch it with fastpeft (`backend`). A
-    text-only LLM works with `connector=False`.
+    text-only LLM works with `connector=False`. `autocast_adapter_dtype` is PEFT's: True keeps
+    the trained weights in fp32 on a 16-bit base (PEFT's default, also for fastpeft adapters);
+    False keeps them in the base dtype.
 
     Returns a `PaperSetup` holding the prepared model (a PeftModel, or `model` itself with fastpeft
     adapters), the patch report, and the study's learning rates for the method and the connector.
@@ -147,11 +150,12 @@ def paper_setup(
     if connector:
         parts.connector(model)  # fail before changing anything when there is no connector
     if method == "adapter":
+        config.dtype = "float32" if autocast_adapter_dtype else None
         prepared = add_adapters(model, config, fused=False)
     else:
         from peft import get_peft_model
 
-        prepared = get_peft_model(model, config)
+        prepared = get_peft_model(model, config, autocast_adapter_dtype=autocast_adapter_dtype)
     if connector or _has_connector(prepared):
         parts.set_connector_trainable(prepared, connector)
     report = patch(prepared, backend=backend)
