@@ -1,0 +1,124 @@
+"""Mixed dtypes and checkpoints across patching: bf16 base + fp32 adapters, an fp16 base under
+autocast, fp32 everywhere train without dtype errors wherever stock PEFT does and give PEFT's
+numbers (within the dtype budget); a checkpoint saved from a patched model loads into an
+unpatched one and vice versa; patching is idempotent for every method."""
+
+import pytest
+import torch
+from peft import PeftModel
+
+import fastpeft
+from fastpeft import mllm, testing
+from fastpeft.testing import assert_close_fp32
+
+from ..mllm.helpers import fused_calls, grads, perturb_trainable
+
+
+def _setup(method, dtype, autocast_adapter_dtype=True):
+    model = testing.tiny_llava(dtype=dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        setup = mllm.paper_setup(
+            model, method, backend="torch", autocast_adapter_dtype=autocast_adapter_dtype
+        )
+    perturb_trainable(setup.model)
+    return setup.model.eval(), testing.llava_batch(model)
+
+
+def _loss_and_grads(model, batch, autocast=None):
+    if autocast is None:
+        loss = model(**batch).loss
+    else:
+        with torch.autocast("cpu", dtype=autocast):
+            loss = model(**batch).loss
+    loss.backward()
+    return loss.detach().float(), {n: g.float() for n, g in grads(model).items()}
+
+
+def _budget(dtype):
+    return {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3", "adapter"])
+@pytest.mark.parametrize(
+    "dtype, adapters_fp32",
+    [(torch.float32, True), (torch.bfloat16, True), (torch.bfloat16, False)],
+    ids=["fp32", "bf16-base-fp32-adapters", "bf16-everything"],
+)
+def test_mixed_dtypes_match_peft(method, dtype, adapters_fp32):
+    fused, batch = _setup(method, dtype, adapters_fp32)
+    plain, _ = _setup(method, dtype, adapters_fp32)
+    fastpeft.unpatch(plain)
+    loss, got = _loss_and_grads(fused, batch)
+    assert fused_calls(fused) > 0, "the fused path must take the mixed-dtype layers"
+    ref_loss, want = _loss_and_grads(plain, batch)
+    rel = _budget(dtype)
+    assert abs(float(loss) - float(ref_loss)) <= rel * abs(float(ref_loss))
+    assert got.keys() == want.keys()
+    for name in want:
+        scale = float(want[name].abs().max()) + 1e-12
+        err = float((got[name] - want[name]).abs().max())
+        assert err <= max(rel, 2e-5) * scale * 10, f"{name}: {err:.3e} vs scale {scale:.3e}"
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3", "adapter"])
+def test_fp16_base_under_autocast_gives_peft_numbers(method):
+    """Under autocast the patched layers hand the call to the stock path (fastpeft's kernels take
+    one dtype); the step must run and equal stock PEFT exactly."""
+    fused, batch = _setup(method, torch.float16)
+    plain, _ = _setup(method, torch.float16)
+    fastpeft.unpatch(plain)
+    loss, got = _loss_and_grads(fused, batch, autocast=torch.float16)
+    ref_loss, want = _loss_and_grads(plain, batch, autocast=torch.float16)
+    assert torch.isfinite(loss) and torch.equal(loss, ref_loss)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+def _lora_llava():
+    return testing.make_lora_model(testing.tiny_llava(), r=4, dropout=0.0)
+
+
+def test_peft_checkpoint_crosses_patching_both_ways(tmp_path):
+    batch = testing.llava_batch(testing.tiny_llava())
+    patched = _lora_llava()
+    fastpeft.patch(patched, backend="torch")
+    patched.save_pretrained(tmp_path / "from_patched")
+    unpatched = _lora_llava()
+    perturb_trainable(unpatched, seed=5)
+    unpatched.save_pretrained(tmp_path / "from_unpatched")
+
+    loaded = PeftModel.from_pretrained(testing.tiny_llava(), tmp_path / "from_patched").eval()
+    assert_close_fp32(loaded(**batch).logits, patched.eval()(**batch).logits)
+    into_patched = PeftModel.from_pretrained(testing.tiny_llava(), tmp_path / "from_unpatched")
+    fastpeft.patch(into_patched, backend="torch")
+    into_patched.eval()
+    assert_close_fp32(into_patched(**batch).logits, unpatched.eval()(**batch).logits)
+    assert fused_calls(into_patched) > 0
+
+
+def test_fastpeft_adapters_checkpoint_crosses_patching(tmp_path):
+    config = fastpeft.AdapterConfig(bottleneck_size=8, dropout=0.0)
+    fused = fastpeft.add_adapters(testing.tiny_llava(), config, fused=True).eval()
+    batch = testing.llava_batch(fused)
+    fastpeft.save_adapters(fused, tmp_path)
+    eager = fastpeft.load_adapters(testing.tiny_llava(), tmp_path, fused=False).eval()
+    assert fastpeft.unpatch(eager) == 0, "fused=False loads eager adapters"
+    assert_close_fp32(eager(**batch).logits, fused(**batch).logits)
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3", "adapter"])
+def test_patching_twice_is_idempotent(method):
+    model, batch = _setup(method, torch.float32)
+    first = fastpeft.patch(model, backend="torch")
+    second = fastpeft.patch(model, backend="torch")
+    assert first.patched == second.patched and first.patched
+    model(**batch)
+    once = fused_calls(model)
+    fastpeft.patch(model, backend="torch")
+    model(**batch)
+    assert fused_calls(model) == 2 * once, "a second patch must not wrap anything twice"
+    if method != "adapter":  # (a gate/up pair runs its two patched adapters inside one op)
+        assert once == len(first.patched), "each layer runs fused once per forward"
+    assert fastpeft.unpatch(model) == len(first.patched)
+    assert fastpeft.unpatch(model) == 0

@@ -1,0 +1,238 @@
+"""A patched PEFT LoRA model inside the Hugging Face ``Trainer`` (tiny LLaVA, CPU): it trains on the
+fused path, gradient accumulation matches unpatched PEFT, checkpoints are plain PEFT adapters that
+stock ``PeftModel.from_pretrained`` loads, resuming continues exactly, and ``SpiderCallback`` steps
+its Spider once per optimizer step."""
+
+import copy
+import logging
+
+import pytest
+import torch
+
+import fastpeft
+from fastpeft import testing
+from fastpeft.testing import assert_close_fp32
+
+from ..mllm.helpers import fused_calls
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # the Trainer needs it
+peft = pytest.importorskip("peft")
+
+SEQ_LEN = 12  # bos + 4 image placeholders + 7 text tokens
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A small fixed synthetic LLaVA dataset: the rows of one seeded ``llava_batch``."""
+
+    def __init__(self, model, n: int = 4) -> None:
+        batch = testing.llava_batch(model, batch_size=n, seq_len=SEQ_LEN, seed=0)
+        self.rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def _stack(rows):
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _lora_llava():
+    # Dropout off: PEFT and fastpeft draw dropout masks from different RNG streams.
+    return testing.make_lora_model(testing.tiny_llava(), r=8, alpha=16, dropout=0.0)
+
+
+def _args(out_dir, **overrides):
+    kwargs = dict(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=2,
+        max_steps=4,
+        learning_rate=5e-3,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    kwargs.update(overrides)
+    return transformers.TrainingArguments(**kwargs)
+
+
+def _trainer(model, args, callbacks=None):
+    return transformers.Trainer(
+        model=model,
+        args=args,
+        train_dataset=_Rows(model),
+        data_collator=_stack,
+        callbacks=callbacks,
+    )
+
+
+def _losses(trainer) -> list[float]:
+    return [row["loss"] for row in trainer.state.log_history if "loss" in row]
+
+
+def _lora_params(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _fallbacks(model) -> dict:
+    from fastpeft.patching import base
+
+    out = {}
+    for m in model.modules():
+        if base.is_patched(m):
+            for reason, n in base.state_of(m).fallbacks.items():
+                out[reason] = out.get(reason, 0) + n
+    return out
+
+
+def _assert_params_close(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys() and len(want) > 0
+    for name in want:
+        assert_close_fp32(got[name], want[name], rtol=1e-5, name=name)
+
+
+def test_trainer_trains_on_the_fused_path(tmp_path):
+    model = _lora_llava()
+    fastpeft.patch(model, backend="torch")
+    trainer = _trainer(model, _args(tmp_path, max_steps=10, learning_rate=2e-2))
+    before = trainer.evaluate(_Rows(model))["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate(_Rows(model))["eval_loss"]
+
+    losses = _losses(trainer)
+    assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
+    # Judged on the whole (training) set before and after, not on the noisier per-step losses:
+    # four rows seen over and over must be fitted better.
+    assert after < before - 0.1, (before, after, losses)
+    # The Trainer's calls (loss kwargs, train mode, no autocast) all reached the fused kernels.
+    assert fused_calls(model) > 0
+    assert _fallbacks(model) == {}
+
+
+def test_gradient_accumulation_matches_unpatched(tmp_path):
+    plain = _lora_llava()
+    fused = copy.deepcopy(plain)  # identical initial weights, copied before patching
+    fastpeft.patch(fused, backend="torch")
+    overrides = dict(per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=3)
+
+    runs = {}
+    for name, model in (("plain", plain), ("fused", fused)):
+        trainer = _trainer(model, _args(tmp_path / name, **overrides))
+        trainer.train()
+        runs[name] = (_losses(trainer), _lora_params(model))
+
+    assert fused_calls(fused) > 0 and fused_calls(plain) == 0
+    (want_losses, want_params), (got_losses, got_params) = runs["plain"], runs["fused"]
+    assert len(want_losses) == len(got_losses) == 3
+    assert_close_fp32(torch.tensor(got_losses), torch.tensor(want_losses), rtol=1e-5, name="loss")
+    _assert_params_close(got_params, want_params)
+    # The run did move the adapters (otherwise equality would prove nothing).
+    initial = _lora_params(_lora_llava())
+    assert any(not torch.equal(got_params[n], initial[n]) for n in initial)
+
+
+class _SnapshotOnSave(transformers.TrainerCallback):
+    """The model's PEFT state dict at each checkpoint, keyed by global step."""
+
+    def __init__(self) -> None:
+        self.states = {}
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        sd = peft.get_peft_model_state_dict(model)
+        self.states[state.global_step] = {k: v.detach().clone() for k, v in sd.items()}
+
+
+def test_checkpoints_are_stock_peft_adapters(tmp_path, recwarn, caplog):
+    from safetensors.torch import load_file
+
+    model = _lora_llava()
+    fastpeft.patch(model, backend="torch")
+    snapshots = _SnapshotOnSave()
+    args = _args(tmp_path, save_strategy="steps", save_steps=2)
+    trainer = _trainer(model, args, callbacks=[snapshots])
+    trainer.train()
+    assert sorted(snapshots.states) == [2, 4]
+    n_lora = len(_lora_params(model))  # every lora_A / lora_B weight, and nothing else
+
+    for step, want in snapshots.states.items():
+        saved = load_file(str(tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors"))
+        assert len(saved) == n_lora > 0 and saved.keys() == want.keys()
+        for key in want:
+            assert torch.equal(saved[key], want[key]), key
+    # The last checkpoint is the trained model's state; the patch changed no names or values.
+    final = peft.get_peft_model_state_dict(model)
+    fastpeft.unpatch(model)
+    assert final.keys() == peft.get_peft_model_state_dict(model).keys()
+    for key, value in snapshots.states[4].items():
+        assert torch.equal(value, final[key]), key
+
+    recwarn.clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        loaded = peft.PeftModel.from_pretrained(testing.tiny_llava(), tmp_path / "checkpoint-4")
+    messages = [str(w.message) for w in recwarn] + [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "missing" in m.lower() or "unexpected" in m.lower()], (
+        messages
+    )
+
+    batch = testing.llava_batch(model, batch_size=2, seq_len=SEQ_LEN, seed=1)
+    fastpeft.patch(model, backend="torch")
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        got, want = loaded(**batch).logits, model(**batch).logits
+    assert_close_fp32(got, want, rtol=1e-5, name="logits")
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    args = _args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    full = _lora_llava()
+    fastpeft.patch(full, backend="torch")
+    _trainer(full, args).train()
+    want = _lora_params(full)
+
+    # A fresh process would rebuild the same model, patch it and resume from the checkpoint.
+    resumed = _lora_llava()
+    fastpeft.patch(resumed, backend="torch")
+    resume_args = _args(tmp_path / "resumed", max_steps=4, save_strategy="no")
+    trainer = _trainer(resumed, resume_args)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert trainer.state.global_step == 4
+    # Loading the adapter into the patched model kept the patch (and its fused path) in place.
+    assert fused_calls(resumed) > 0 and _fallbacks(resumed) == {}
+    _assert_params_close(_lora_params(resumed), want)
+    initial = _lora_params(_lora_llava())
+    assert any(not torch.equal(want[n], initial[n]) for n in initial)
+
+
+def test_spider_callback_with_gradient_accumulation(tmp_path):
+    model = _lora_llava()
+    fastpeft.patch(model, backend="torch")
+    spider = fastpeft.Spider(model)
+    assert len(spider.params) == len([p for p in model.parameters() if p.requires_grad]) > 0
+    args = _args(
+        tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=5
+    )
+    trainer = _trainer(model, args, callbacks=[fastpeft.SpiderCallback(spider)])
+    trainer.train()
+
+    losses = _losses(trainer)
+    assert len(losses) == 5 and all(torch.isfinite(torch.tensor(losses)))
+    assert fused_calls(model) > 0 and _fallbacks(model) == {}
+    # One Spider step per optimizer step (not per micro-batch), and G gathered the gradients.
+    assert spider.steps == trainer.state.global_step == 5
+    assert all(bool(g.abs().sum() > 0) for g in spider.G)
+    # Spider moved the adapters away from θ₀ only partly: some elements moved, some were pulled
+    # back (c = 0 puts an element exactly on θ₀).
+    moved = [p.detach() != t0 for p, t0 in zip(spider.params, spider.theta0, strict=True)]
+    assert any(bool(m.any()) for m in moved)
+    assert any(bool((~m).any()) for m in moved)
