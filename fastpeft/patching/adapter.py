@@ -52,9 +52,9 @@ def fused_forward(self: nn.Module, z: torch.Tensor, residual: torch.Tensor | Non
     state = base.state_of(self)
     reason = call_fallback_reason(self, z, residual)
     if reason is not None:
-        state.fallbacks[reason] += 1
+        base.count(state, reason)
         return base.original_forward(self)(z, residual)
-    state.fused_calls += 1
+    base.count(state)
     return adapter_ops.adapter(
         z,
         self.down.weight,

@@ -58,9 +58,9 @@ def fused_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Te
     reason = reason or single.call_fallback_reason(first, x, None)
     reason = reason or (ineligibility_reasons(self) or [None])[0]
     if reason is not None:
-        state.fallbacks[reason] += 1
+        base.count(state, reason)
         return base.original_forward(self)(x, *args, **kwargs)
-    state.fused_calls += 1
+    base.count(state)
     u, v = adapter_ops.adapter_pair(
         x,
         first.down.weight,

@@ -23,8 +23,8 @@ class PatchState:
     backend: str
     forward_attr: str
     previous_instance_forward: Callable | None
-    fallbacks: Counter = field(default_factory=Counter)
-    fused_calls: int = 0
+    fallbacks: Counter = field(default_factory=Counter)  # eager calls only (see `count`)
+    fused_calls: int = 0  # eager calls only (see `count`)
 
 
 def _forward_attr(module: nn.Module) -> str:
@@ -72,6 +72,18 @@ def uninstall(module: nn.Module) -> bool:
     else:
         setattr(module, state.forward_attr, state.previous_instance_forward)
     return True
+
+
+def count(state: PatchState, fallback_reason: str | None = None) -> None:
+    """Count a fused call (or a fallback, with its reason), in eager mode only: traced by
+    torch.compile, the counters would become guarded constants and every call would recompile.
+    Under compile, `fastpeft.ops._counters` (recorded inside the custom ops) shows the path."""
+    if torch.compiler.is_compiling():
+        return
+    if fallback_reason is None:
+        state.fused_calls += 1
+    else:
+        state.fallbacks[fallback_reason] += 1
 
 
 def peft_call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) -> str | None:

@@ -84,9 +84,9 @@ def fused_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Te
     state = base.state_of(self)
     reason = call_fallback_reason(self, x, args, kwargs)
     if reason is not None:
-        state.fallbacks[reason] += 1
+        base.count(state, reason)
         return base.original_forward(self)(x, *args, **kwargs)
-    state.fused_calls += 1
+    base.count(state)
     base_layer = self.get_base_layer()
     return functional.ia3_linear(
         x,

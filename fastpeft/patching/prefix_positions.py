@@ -57,7 +57,7 @@ def forward_for(model: nn.Module, module: nn.Module):
         positions = prefix_positions(self, prefix, kwargs)
         if positions is not None:
             kwargs["position_ids"] = positions
-            base.state_of(self).fused_calls += 1
+            base.count(base.state_of(self))
         return base.original_forward(self)(*args, **kwargs)
 
     return forward
