@@ -4,8 +4,9 @@ Builds a LLaVA (random weights, local config: nothing is downloaded), prepares i
 `fastpeft.mllm.paper_setup` for any method × connector × location, trains it on a synthetic
 image-caption dataset (coloured squares whose caption names colour and quadrant), and prints the
 loss, tokens/s and peak memory of the same run unpatched (stock PEFT / eager adapters) and
-patched. On a CPU each run happens in its own process, so the peak resident memory it prints
-belongs to that run alone; on a GPU it is `torch.cuda.max_memory_allocated`.
+patched. On a CPU each run happens in its own process and the peak memory is its resident
+high-water mark above the size before the model was built; on a GPU it is
+`torch.cuda.max_memory_allocated`.
 
     python examples/finetune_mllm.py                        # small LLaVA, LoRA, ~1 min on CPU
     python examples/finetune_mllm.py --method adapter --location mlp --no-connector

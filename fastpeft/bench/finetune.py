@@ -6,6 +6,7 @@ prompt_len, lr (None: Paper A's) and dropout_off.
 
 import multiprocessing
 import resource
+import statistics
 import time
 import warnings
 
@@ -20,10 +21,17 @@ from .llava_shapes import build_llava
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def peak_memory_mb(device: torch.device) -> float:
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as handle:  # Linux: pages
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_memory_mb(device: torch.device, baseline_mb: float = 0.0) -> float:
+    """GPU: the allocator's peak. CPU: the process's resident high-water mark above
+    `baseline_mb` (the resident size before the model was built: imports are not the run's)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline_mb  # KiB
 
 
 PROVIDERS = ("peft", "peft-bf16", "peft+compile", "fastpeft", "frozen")
@@ -56,7 +64,7 @@ def train(args, provider: str = "fastpeft") -> dict:
     """One fine-tuning run by `provider` (see PROVIDERS; "peft" means stock PEFT, or fastpeft's
     eager adapters for method "adapter"); returns its losses, tokens/s and peak memory, and
     `check_loss`: the eval-mode loss of the first batch before training, for checking providers
-    against each other. The first step is not timed (lazy initialisation, compilation)."""
+    against each other. Times are the median step after the first."""
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
     warnings.filterwarnings("ignore")
@@ -64,6 +72,7 @@ def train(args, provider: str = "fastpeft") -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    baseline_mb = 0.0 if device.type == "cuda" else _resident_mb()
     model = build_llava(args.size, dtype=dtype, device=device, seed=0)
     torch.manual_seed(1)  # the adapters' initial values: the same for every provider
     module, optimizer, trainable, report = _prepare(args, provider, model)
@@ -77,29 +86,29 @@ def train(args, provider: str = "fastpeft") -> dict:
     with torch.no_grad():
         check_loss = float(module(**batches[0]).loss)
     module.train(not args.dropout_off)
-    losses, start = [], None
-    for step, batch in enumerate(batches):
-        if step == 1:  # step 0 pays for lazy initialisation and kernel compilation
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
+    losses, seconds = [], []
+    for batch in batches:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
         loss = module(**batch).loss
         loss.backward()
         if optimizer is not None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    tokens = sum(b["input_ids"].numel() for b in batches[1:])
+        losses.append(float(loss))  # (synchronises)
+        seconds.append(time.perf_counter() - start)
+    # Step 0 pays for lazy initialisation and compilation; the median of the rest resists the
+    # outliers a shared machine throws in.
+    step_s = statistics.median(seconds[1:])
+    tokens = batches[0]["input_ids"].numel()
     result = {
         "provider": provider,
         "losses": losses,
         "check_loss": check_loss,
-        "step_ms": 1e3 * seconds / (len(batches) - 1),
-        "tokens_per_s": tokens / seconds,
-        "peak_mb": peak_memory_mb(device),
+        "step_ms": 1e3 * step_s,
+        "tokens_per_s": tokens / step_s,
+        "peak_mb": peak_memory_mb(device, baseline_mb),
         "trainable": trainable,
         "report": report,
     }

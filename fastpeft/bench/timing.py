@@ -53,7 +53,7 @@ def measured_peaks(device: torch.device, quick: bool = True) -> dict[str, float]
     src = torch.empty(numel, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
     copy = time_call(lambda: dst.copy_(src), device, reps=10)
-    size = 8192 if device.type == "cuda" else (512 if quick else 1024)
+    size = 8192 if device.type == "cuda" else (1024 if quick else 2048)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)

@@ -15,13 +15,20 @@ STEPS = 30
 LR = 2e-3  # larger than Paper A's so 30 steps on random weights move the loss clearly
 
 
-def _run(family: str, method: str, patched: bool) -> tuple[list[float], dict, int]:
+def run_steps(
+    family: str, method: str, patched: bool, device: str = "cpu", dtype=torch.float32
+) -> tuple[list[float], dict, int]:
+    """STEPS AdamW steps of `method` (Paper A's setup, dropout off); (losses, trained params,
+    fused calls). On a CPU the torch backend runs; on CUDA the Triton kernels."""
     build, make_batch = FAMILY_BUILDERS[family]
-    model = build()
+    model = build(dtype=dtype).to(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         setup = mllm.paper_setup(
-            model, "lora" if method == "spider" else method, connector=True, backend="torch"
+            model,
+            "lora" if method == "spider" else method,
+            connector=True,
+            backend="torch" if device == "cpu" else "auto",
         )
     if not patched:
         fastpeft.unpatch(setup.model)
@@ -49,8 +56,8 @@ def _run(family: str, method: str, patched: bool) -> tuple[list[float], dict, in
 @pytest.mark.parametrize("method", ["lora", "ia3", "adapter", "prefix", "spider"])
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_thirty_steps_patched_follow_unpatched(family, method):
-    fused_losses, fused_params, calls = _run(family, method, patched=True)
-    ref_losses, ref_params, _ = _run(family, method, patched=False)
+    fused_losses, fused_params, calls = run_steps(family, method, patched=True)
+    ref_losses, ref_params, _ = run_steps(family, method, patched=False)
     if method != "prefix" or family == "qwen2_vl":
         assert calls > 0, "the fused path must have run"
     assert min(ref_losses[-4:]) < ref_losses[0] - 0.05, f"no learning: {ref_losses}"

@@ -22,7 +22,7 @@ def perturb_trainable(model: torch.nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for _, p in sorted(model.named_parameters()):
             if p.requires_grad:
-                p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype))
+                p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.device, p.dtype))
 
 
 def fused_calls(model: torch.nn.Module) -> int:
