@@ -3,16 +3,14 @@
 trained parameters as one unpatched process on the whole batch. Under FSDP2 the fused layers only
 read their weights inside their own module's forward, while the layer's parameters are gathered."""
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import fastpeft
 from fastpeft import testing
+
+from ..gloo import spawn_gloo
 
 WORLD, BATCH, STEPS = 2, 4, 3
 ENGINES = ("ddp", "fsdp2")
@@ -46,49 +44,37 @@ def _lora_state(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-        from torch.nn.parallel import DistributedDataParallel
+def _worker(rank: int, out_dir: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel
 
-        rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        for engine in ENGINES:
-            model = _model()
-            report = fastpeft.patch(model, backend="torch")
-            assert len(report.patched) == 14, report
-            if engine == "ddp":
-                wrapped = DistributedDataParallel(model)
-            else:
-                mesh = init_device_mesh("cpu", (WORLD,))
-                for layer in testing.find_language_model(model).layers:
-                    fully_shard(layer, mesh=mesh)
-                wrapped = fully_shard(model, mesh=mesh)
-            _train(wrapped, rows)
-            calls = sum(
-                fastpeft.patching.base.state_of(m).fused_calls
-                for m in model.modules()
-                if fastpeft.is_patched(m)
-            )
-            state = _lora_state(model)
-            if rank == 0:
-                torch.save({"state": state, "fused_calls": calls}, f"{out_dir}/{engine}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    for engine in ENGINES:
+        model = _model()
+        report = fastpeft.patch(model, backend="torch")
+        assert len(report.patched) == 14, report
+        if engine == "ddp":
+            wrapped = DistributedDataParallel(model)
+        else:
+            mesh = init_device_mesh("cpu", (WORLD,))
+            for layer in testing.find_language_model(model).layers:
+                fully_shard(layer, mesh=mesh)
+            wrapped = fully_shard(model, mesh=mesh)
+        _train(wrapped, rows)
+        calls = sum(
+            fastpeft.patching.base.state_of(m).fused_calls
+            for m in model.modules()
+            if fastpeft.is_patched(m)
+        )
+        state = _lora_state(model)
+        if rank == 0:
+            torch.save({"state": state, "fused_calls": calls}, f"{out_dir}/{engine}.pt")
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_ddp_and_fsdp2_equal_one_unpatched_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_gloo(_worker, WORLD, str(tmp_path))
     single = _model()
     _train(single, slice(0, BATCH))
     want = _lora_state(single)

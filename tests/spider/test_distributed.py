@@ -2,16 +2,14 @@
 (gloo): the per-tensor sums are all-reduced over the shards, so the parameters after a few
 AdamW + spider steps equal a single-process run on the whole batch."""
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from fastpeft.spider import MagnitudeMask, Spider
+
+from ..gloo import spawn_gloo
 
 STEPS = 3
 WORLD = 2
@@ -46,39 +44,27 @@ def train(kind: str, m: nn.Module, rows: slice) -> None:
         opt.zero_grad()
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+def _worker(rank: int, out_dir: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh("cpu", (WORLD,))
-        for kind in KINDS:
-            m = model()
-            for layer in m:
-                if any(True for _ in layer.parameters()):
-                    fully_shard(layer, mesh=mesh)
-            fully_shard(m, mesh=mesh)
-            per_rank = BATCH // WORLD
-            train(kind, m, slice(rank * per_rank, (rank + 1) * per_rank))
-            full = {n: p.full_tensor().detach() for n, p in m.named_parameters()}
-            if rank == 0:
-                torch.save(full, os.path.join(out_dir, f"{kind}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    mesh = init_device_mesh("cpu", (WORLD,))
+    for kind in KINDS:
+        m = model()
+        for layer in m:
+            if any(True for _ in layer.parameters()):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(m, mesh=mesh)
+        per_rank = BATCH // WORLD
+        train(kind, m, slice(rank * per_rank, (rank + 1) * per_rank))
+        full = {n: p.full_tensor().detach() for n, p in m.named_parameters()}
+        if rank == 0:
+            torch.save(full, f"{out_dir}/{kind}.pt")
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_fsdp2_equals_single_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_gloo(_worker, WORLD, str(tmp_path))
     for kind in KINDS:
         single = model()
         train(kind, single, slice(0, BATCH))
