@@ -70,7 +70,7 @@ def run(args: Namespace, methods, providers, progress=None) -> list[dict]:
 def _row(method: str, result: dict, baseline: dict | None, frozen: dict | None, args) -> dict:
     row = {"suite": "e2e", "case": f"{args.size} llava {method}", "method": method}
     row.update(provider=result["provider"], size=args.size, dtype=args.dtype)
-    row["tokens"] = args.batch_size * (args.prompt_len + 4 + _image_tokens(args.size))
+    row["tokens"] = result["tokens_per_step"]
     row["trainable"] = result["trainable"]
     if baseline is not None and result is not baseline:
         ref, got = baseline["check_loss"], result["check_loss"]
@@ -87,10 +87,3 @@ def _row(method: str, result: dict, baseline: dict | None, frozen: dict | None, 
         row["speedup_vs_peft"] = result["tokens_per_s"] / baseline["tokens_per_s"]
         row["memory_vs_peft"] = result["peak_mb"] / baseline["peak_mb"]
     return row
-
-
-def _image_tokens(size: str) -> int:
-    from .llava_shapes import LLAVA_SIZES
-
-    px, patch = LLAVA_SIZES[size][6:8]
-    return (px // patch) ** 2

@@ -106,6 +106,7 @@ def train(args, provider: str = "fastpeft") -> dict:
         "provider": provider,
         "losses": losses,
         "check_loss": check_loss,
+        "tokens_per_step": tokens,
         "step_ms": 1e3 * step_s,
         "tokens_per_s": tokens / step_s,
         "peak_mb": peak_memory_mb(device, baseline_mb),

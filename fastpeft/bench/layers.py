@@ -112,9 +112,7 @@ def build_providers(case: LayerCase, dtype, device, compile_: bool) -> dict[str,
     else:
         peft_model = _peft_linear(case, dtype, device, autocast_adapter_dtype=True)
         base = copy.deepcopy(peft_model.get_base_model())
-        for module in base.modules():  # the plain frozen linear inside the PEFT layer
-            if hasattr(module, "base_layer"):
-                base.proj = module.base_layer
+        base.proj = base.proj.base_layer  # the plain frozen linear inside the PEFT layer
         providers = {"base": base, "peft": peft_model}
         if dtype != torch.float32:
             providers["peft-bf16"] = _peft_linear(case, dtype, device, False)
@@ -176,10 +174,9 @@ def bench_case(case: LayerCase, dtype, device, compile_: bool, reps: int) -> lis
     """Rows (one per provider × mode) for one case."""
     providers = build_providers(case, dtype, device, compile_)
     baseline = "eager" if case.kind == "adapter" else "peft"
-    in_dtype = dtype
-    xs = [torch.randn(case.M, case.K, device=device, dtype=in_dtype) for _ in range(2)]
+    xs = [torch.randn(case.M, case.K, device=device, dtype=dtype) for _ in range(2)]
     errors = _check(providers, baseline, xs[0], dtype)
-    dy = torch.randn(case.M, case.N, device=device, dtype=in_dtype)
+    dy = torch.randn(case.M, case.N, device=device, dtype=dtype)
     rows = []
     for name, module in providers.items():
         for mode in MODES:

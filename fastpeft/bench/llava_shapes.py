@@ -20,41 +20,15 @@ LLAVA_SIZES = {
 
 def llava_config(size: str):
     """A transformers `LlavaConfig` of the named size (see LLAVA_SIZES)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from ..testing._common import _llama_text_kwargs
+    from ..testing.llama_models import llava_config as make_config
 
     if size not in LLAVA_SIZES:
         raise ValueError(f"size must be one of {tuple(LLAVA_SIZES)}, got {size!r}")
     d, layers, heads, kv, mlp, vocab, px, patch, vd, vlayers, vheads, vmlp = LLAVA_SIZES[size]
-    vision = CLIPVisionConfig(
-        hidden_size=vd,
-        intermediate_size=vmlp,
-        num_hidden_layers=vlayers,
-        num_attention_heads=vheads,
-        image_size=px,
-        patch_size=patch,
-        projection_dim=vd,
-    )
-    text = LlamaConfig(
-        hidden_size=d,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        intermediate_size=mlp,
-        vocab_size=vocab,
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=vocab - 1,
-        image_seq_length=(px // patch) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
+    text = _llama_text_kwargs(d, layers, vocab, heads, kv, mlp)
+    text["max_position_embeddings"] = 4096
+    return make_config(text, vd, vlayers, vheads, vmlp, image=px, patch=patch)
 
 
 def build_llava(

@@ -26,7 +26,8 @@ def _cell(value) -> str:
 
 def format_table(rows: list[dict], suite: str) -> str:
     columns = [c for c in _TABLE_COLUMNS[suite] if any(c in r for r in rows)]
-    columns.append("error") if any("error" in r for r in rows) else None
+    if any("error" in r for r in rows):
+        columns.append("error")
     body = [[_cell(r.get(c)) for c in columns] for r in rows if r["suite"] == suite]
     widths = [max(len(c), *(len(line[i]) for line in body)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]

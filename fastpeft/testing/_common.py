@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
 
 # Special token ids used by the tiny models (the text vocabularies are tiny too).
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -23,9 +22,12 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _finish(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+def _build(model_class, config, seed: int, dtype: torch.dtype, attn_implementation: str):
+    """`model_class` from `config` with weights drawn under `seed`, then cast to `dtype`."""
     # Built in fp32 and then cast, so the same seed gives the same weights (up to rounding) in every
     # dtype: an fp32 and a bf16 copy of one tiny model can serve as reference and subject.
+    with _seeded(seed):
+        model = model_class._from_config(config, attn_implementation=attn_implementation)
     return model.to(dtype)
 
 

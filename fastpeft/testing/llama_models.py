@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import _finish, _llama_text_kwargs, _seeded
+from ._common import _build, _llama_text_kwargs
 
 
 def tiny_llama(
@@ -32,9 +32,35 @@ def tiny_llama(
             hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
         )
     )
-    with _seeded(seed):
-        model = LlamaForCausalLM._from_config(config, attn_implementation=attn_implementation)
-    return _finish(model, dtype)
+    return _build(LlamaForCausalLM, config, seed, dtype, attn_implementation)
+
+
+def llava_config(text: dict, hidden: int, layers: int, heads: int, mlp: int, image: int, patch):
+    """A `LlavaConfig`: a CLIP vision tower (`hidden`, `layers`, `heads`, `mlp`; `image` pixels
+    in `patch`-pixel patches), LLaVA-1.5's projector and feature choice (second-to-last layer,
+    CLS dropped), and a Llama text model from the `text` kwargs. The image token is the last id
+    of the vocabulary."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    if image % patch:
+        raise ValueError(f"image_size={image} must be a multiple of patch_size={patch}")
+    vision = CLIPVisionConfig(
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image,
+        patch_size=patch,
+        projection_dim=hidden,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=LlamaConfig(**text),
+        image_token_index=text["vocab_size"] - 1,
+        image_seq_length=(image // patch) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
 
 
 def tiny_llava(
@@ -61,42 +87,16 @@ def tiny_llava(
     default). Features come from the vision tower's second-to-last hidden state (LLaVA's default).
     Built in fp32 under ``seed``, cast to ``dtype``, returned in train mode.
     """
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
+    from transformers import LlavaForConditionalGeneration
 
-    if image_size % patch_size:
-        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
-    vision = CLIPVisionConfig(
-        hidden_size=vision_hidden_size,
-        intermediate_size=2 * vision_hidden_size,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=vision_hidden_size,
+    text = _llama_text_kwargs(
+        hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
     )
-    text = LlamaConfig(
-        **_llama_text_kwargs(
-            hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
-        )
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=vocab_size - 1,
-        image_seq_length=(image_size // patch_size) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
-    with _seeded(seed):
-        model = LlavaForConditionalGeneration._from_config(
-            config, attn_implementation=attn_implementation
-        )
-    return _finish(model, dtype)
+    config = llava_config(
+        text, vision_hidden_size, vision_layers, vision_heads, 2 * vision_hidden_size,
+        image_size, patch_size,
+    )  # fmt: skip
+    return _build(LlavaForConditionalGeneration, config, seed, dtype, attn_implementation)
 
 
 def tiny_idefics3(
@@ -149,8 +149,4 @@ def tiny_idefics3(
         image_token_id=vocab_size - 1,
         tie_word_embeddings=False,
     )
-    with _seeded(seed):
-        model = Idefics3ForConditionalGeneration._from_config(
-            config, attn_implementation=attn_implementation
-        )
-    return _finish(model, dtype)
+    return _build(Idefics3ForConditionalGeneration, config, seed, dtype, attn_implementation)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._common import BOS_ID, _finish, _llama_text_kwargs, _seeded
+from ._common import BOS_ID, _build, _llama_text_kwargs
 from .batches import _model_device_dtype, _text_tokens
 
 
@@ -85,11 +85,7 @@ def tiny_qwen2_vl(
         temporal_patch_size=temporal_patch_size,
     )
     config = Qwen2VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(vocab_size))
-    with _seeded(seed):
-        model = Qwen2VLForConditionalGeneration._from_config(
-            config, attn_implementation=attn_implementation
-        )
-    return _finish(model, dtype)
+    return _build(Qwen2VLForConditionalGeneration, config, seed, dtype, attn_implementation)
 
 
 def tiny_qwen2_5_vl(
@@ -124,11 +120,7 @@ def tiny_qwen2_5_vl(
         window_size=56,
     )
     config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(vocab_size))
-    with _seeded(seed):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(
-            config, attn_implementation=attn_implementation
-        )
-    return _finish(model, dtype)
+    return _build(Qwen2_5_VLForConditionalGeneration, config, seed, dtype, attn_implementation)
 
 
 def qwen2_vl_image_tokens(config: Any, grid_thw: Sequence[int]) -> int:

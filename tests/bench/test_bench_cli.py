@@ -77,7 +77,7 @@ def test_a_wrong_provider_posts_no_number(monkeypatch):
 def test_e2e_rejects_a_provider_whose_loss_differs():
     args = e2e.settings(torch.device("cpu"), "float32", "smoke")
     baseline = {"provider": "peft", "check_loss": 5.0, "step_ms": 2.0, "tokens_per_s": 1.0}
-    baseline.update(peak_mb=1.0, trainable=1, report="unpatched")
+    baseline.update(peak_mb=1.0, trainable=1, report="unpatched", tokens_per_step=8)
     wrong = {**baseline, "provider": "fastpeft", "check_loss": 5.01}
     row = e2e._row("lora", wrong, baseline, None, args)
     assert "error" in row and "tokens_per_s" not in row

@@ -35,8 +35,10 @@ def _loss_and_grads(model, batch, autocast=None):
     return loss.detach().float(), {n: g.float() for n, g in grads(model).items()}
 
 
-def _budget(dtype):
-    return {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
+# (loss, gradient) relative tolerances. bf16: PEFT and fastpeft round the bf16 base GEMM's inputs
+# and outputs at different places; measured worst gradient gap 2.6e-2 of a tensor's max (LoRA,
+# bf16 adapters), the loss within 6e-5.
+TOLERANCE = {torch.float32: (1e-5, 2e-4), torch.bfloat16: (1e-3, 5e-2)}
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3", "adapter"])
@@ -52,13 +54,13 @@ def test_mixed_dtypes_match_peft(method, dtype, adapters_fp32):
     loss, got = _loss_and_grads(fused, batch)
     assert fused_calls(fused) > 0, "the fused path must take the mixed-dtype layers"
     ref_loss, want = _loss_and_grads(plain, batch)
-    rel = _budget(dtype)
-    assert abs(float(loss) - float(ref_loss)) <= rel * abs(float(ref_loss))
+    loss_rel, grad_rel = TOLERANCE[dtype]
+    assert abs(float(loss) - float(ref_loss)) <= loss_rel * abs(float(ref_loss))
     assert got.keys() == want.keys()
     for name in want:
         scale = float(want[name].abs().max()) + 1e-12
         err = float((got[name] - want[name]).abs().max())
-        assert err <= max(rel, 2e-5) * scale * 10, f"{name}: {err:.3e} vs scale {scale:.3e}"
+        assert err <= grad_rel * scale, f"{name}: {err:.3e} vs scale {scale:.3e}"
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3", "adapter"])
