@@ -9,6 +9,12 @@ model's own positions for the real tokens, shifted by P. This patcher computes e
 multimodal model (the module owning `get_rope_index`) whenever its cache holds only the prefix,
 i.e. in training forwards and at the prefill of generation; every later decoding step is left to
 the model, which continues from the `rope_deltas` set here.
+
+Version drift: transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name
+is deprecated until 5.40), so the cache is looked up under either name. What the fix needs from the
+model (a forward taking `position_ids` and a cache, a `get_rope_index(input_ids, ...,
+attention_mask=...)`) is checked at `patch()` time: a model without it is skipped with the reason,
+never failed mid-forward.
 """
 
 import inspect
@@ -20,6 +26,8 @@ from . import base
 
 KIND = "prefix M-RoPE"
 _GRID_KEYS = ("image_grid_thw", "video_grid_thw")
+# The forward's cache argument: `cache` from transformers 5.24, `past_key_values` before.
+CACHE_KWARGS = ("cache", "past_key_values")
 
 
 def prefix_length(model: nn.Module) -> int | None:
@@ -45,8 +53,35 @@ def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if _has_mrope(m)]
 
 
+def _parameters(function) -> set[str]:
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def ineligibility_reasons(module: nn.Module) -> list[str]:
-    return []
+    """Why the position fix cannot be applied to this transformers version's M-RoPE model."""
+    reasons = []
+    forward = _parameters(type(module).forward)
+    if "position_ids" not in forward or not forward & set(CACHE_KWARGS):
+        reasons.append(
+            "M-RoPE model forward takes no position_ids or no cache argument "
+            f"({' / '.join(CACHE_KWARGS)}): unknown transformers interface"
+        )
+    rope = _parameters(module.get_rope_index)
+    if not {"input_ids", "attention_mask"} <= rope:
+        reasons.append(
+            "get_rope_index takes no input_ids or no attention_mask: unknown transformers interface"
+        )
+    return reasons
+
+
+def _cache_of(kwargs: dict):
+    for name in CACHE_KWARGS:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
 
 
 def forward_for(model: nn.Module, module: nn.Module):
@@ -66,7 +101,7 @@ def forward_for(model: nn.Module, module: nn.Module):
 def prefix_positions(module: nn.Module, prefix: int, kwargs: dict) -> torch.Tensor | None:
     """Position ids [3, B, S] of the real tokens after a `prefix`-token cache, or None where the
     model's own logic is right (positions given, no cache, or a cache longer than the prefix)."""
-    input_ids, cache = kwargs.get("input_ids"), kwargs.get("past_key_values")
+    input_ids, cache = kwargs.get("input_ids"), _cache_of(kwargs)
     if kwargs.get("position_ids") is not None or input_ids is None or cache is None:
         return None
     if cache.get_seq_length() != prefix:
@@ -77,7 +112,8 @@ def prefix_positions(module: nn.Module, prefix: int, kwargs: dict) -> torch.Tens
             return None  # the model raises its own error naming mm_token_type_ids
         mask = kwargs.get("attention_mask")
         accepted = inspect.signature(module.get_rope_index).parameters
-        extra = {k: v for k, v in kwargs.items() if k in accepted and k != "input_ids"}
+        skip = {"input_ids", *CACHE_KWARGS}
+        extra = {k: v for k, v in kwargs.items() if k in accepted and k not in skip}
         extra["attention_mask"] = None if mask is None else mask[:, prefix:]
         positions, deltas = module.get_rope_index(input_ids, **extra)
         module.rope_deltas = deltas

@@ -1,5 +1,5 @@
 """Shared helpers for tests and benchmarks: tiny real HF models, input batches, LoRA wrapping and
-the tolerance checks of SPEC §7.
+the tolerance checks of docs/methods.md#numerics.
 
 Everything here is built locally from transformers config classes with random weights (no
 downloads). transformers and peft are imported inside the functions, so importing this module (and
@@ -27,14 +27,17 @@ Facts about transformers 5.x that the helpers rely on (checked with transformers
 
 Modules: ``_common`` (ids, seeding), ``llama_models`` (Llama, LLaVA, Idefics3), ``qwen_models``
 (Qwen2-VL, Qwen2.5-VL and their batch), ``batches`` (text, LLaVA, Idefics3 batches),
-``peft_models`` (target names, LoRA wrapping).
+``peft_models`` (target names, LoRA wrapping), ``precision`` (fp64 twins for error budgets).
 """
 
 from ..model_structure import find_language_model
 from ..tolerance import (  # re-exported: tests import them from here
     DTYPE_FLOORS,
+    REFERENCE_ERROR_FACTOR,
+    assert_all_within_reference_budget,
     assert_close_fp32,
     assert_within_dtype_budget,
+    assert_within_reference_budget,
     tf32_disabled,
 )
 from ._common import BOS_ID, EOS_ID, PAD_ID
@@ -47,17 +50,25 @@ from .batches import (
 )
 from .llama_models import tiny_idefics3, tiny_llama, tiny_llava
 from .peft_models import language_model_linear_names, language_model_lora_targets, make_lora_model
+from .precision import forward_backward, fp64_batch, fp64_copy, fp64_forward_backward
 from .qwen_models import qwen2_vl_batch, qwen2_vl_image_tokens, tiny_qwen2_5_vl, tiny_qwen2_vl
 
 __all__ = [
     "BOS_ID",
     "DTYPE_FLOORS",
     "EOS_ID",
+    "REFERENCE_ERROR_FACTOR",
+    "assert_all_within_reference_budget",
     "PAD_ID",
     "assert_close_fp32",
     "assert_within_dtype_budget",
+    "assert_within_reference_budget",
     "causal_lm_batch",
     "find_language_model",
+    "fp64_batch",
+    "fp64_copy",
+    "fp64_forward_backward",
+    "forward_backward",
     "idefics3_batch",
     "idefics3_image_tokens",
     "language_model_linear_names",
