@@ -37,8 +37,11 @@ constexpr bool kHasCuda =
 at::Tensor abs_moments(const std::vector<at::Tensor>& tensors) {
   if (tensors.empty()) return at::zeros({0, 3}, at::TensorOptions().dtype(at::kDouble));
   const c10::Device device = check_tensor_list(tensors, "abs_moments");
+  TORCH_CHECK_VALUE(device.is_cpu() || device.is_cuda(), "abs_moments: unsupported device ",
+                    device, " (expected cpu or cuda)");
   if (device.is_cuda()) {
 #ifdef FASTPEFT_WITH_CUDA
+    GilReleasedForWork no_gil;
     return abs_moments_cuda(tensors);
 #else
     TORCH_CHECK(false, "abs_moments: tensors are on ", device,
@@ -46,8 +49,7 @@ at::Tensor abs_moments(const std::vector<at::Tensor>& tensors) {
                 "torch and the CUDA toolkit: pip install -e . --no-build-isolation");
 #endif
   }
-  TORCH_CHECK_VALUE(device.is_cpu(), "abs_moments: unsupported device ", device,
-                    " (expected cpu or cuda)");
+  GilReleasedForWork no_gil;
   return abs_moments_cpu(tensors);
 }
 
@@ -55,39 +57,35 @@ at::Tensor abs_moments(const std::vector<at::Tensor>& tensors) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastpeft C++/CUDA kernels";
-  // The GIL is released while the kernels run: the CPU path is a long multi-threaded loop and
-  // other Python threads (data loading) should keep running meanwhile.
+  // The entry points release the GIL themselves once their arguments are checked (see
+  // GilReleasedForWork in checks.h): the CPU paths are long multi-threaded loops and other
+  // Python threads (data loading) should keep running meanwhile.
   m.def("abs_moments", &fastpeft::abs_moments, pybind11::arg("tensors"),
-        pybind11::call_guard<pybind11::gil_scoped_release>(),
         "abs_moments(tensors: list[Tensor]) -> Tensor[n, 3] float64\n\n"
         "Row i is (sum |x|, sum x**2, numel) of tensors[i], accumulated in float64 with a fixed\n"
         "reduction order (bitwise deterministic for a given device). Tensors must be contiguous,\n"
         "floating point and on one device; the result is on that device ([0, 3] on CPU for an\n"
         "empty list).");
   m.def("dropout_", &fastpeft::dropout_inplace_cpu, pybind11::arg("t"), pybind11::arg("seed"),
-        pybind11::arg("p"), pybind11::call_guard<pybind11::gil_scoped_release>(),
-        "dropout_(t: Tensor[M, K], seed: int, p: float) -> t\n\n"
+        pybind11::arg("p"), "dropout_(t: Tensor[M, K], seed: int, p: float) -> t\n\n"
         "In place on a contiguous 2-D CPU float tensor: t[m, k] *= keep(seed, m, k) / (1 - p),\n"
         "with counter-based keep decisions (probability 1 - p) recomputable from the seed.");
   m.def("dropout_keep_mask", &fastpeft::dropout_keep_mask_cpu, pybind11::arg("seed"),
         pybind11::arg("rows"), pybind11::arg("cols"), pybind11::arg("p"),
         "dropout_keep_mask(seed, rows, cols, p) -> bool Tensor: the mask dropout_ applies.");
   m.def("spider_accumulate", &fastpeft::spider_accumulate, pybind11::arg("G"),
-        pybind11::arg("grads"), pybind11::call_guard<pybind11::gil_scoped_release>(),
-        "spider_accumulate(G: list[Tensor fp32], grads: list[Tensor]) -> Tensor[n, 3] float64\n\n"
+        pybind11::arg("grads"), "spider_accumulate(G: list[Tensor fp32], grads: list[Tensor]) -> Tensor[n, 3] float64\n\n"
         "In place G[i] += grads[i]; row i of the result is (sum |G[i]|, sum G[i]**2, numel) of\n"
         "the updated G[i] (fixed reduction order). Lists of one length, contiguous, one device.");
   m.def("spider_select_sums", &fastpeft::spider_select_sums, pybind11::arg("theta0"),
         pybind11::arg("G"), pybind11::arg("moments_pre"), pybind11::arg("moments_ft"),
-        pybind11::call_guard<pybind11::gil_scoped_release>(),
         "spider_select_sums(theta0, G, moments_pre[n, 3], moments_ft[n, 3]) -> Tensor[n, 2]\n\n"
         "Row i: (sum c_raw, count(c_raw > 0)) of tensor i, c_raw = I_ft / (I_pre + I_ft) where\n"
         "I_pre < I_ft else 0, I_pre = R(theta0[i]), I_ft = R(G[i]) with R's mean/std taken from\n"
         "the (sum|x|, sum x**2, numel) moments rows (float64).");
   m.def("spider_blend_", &fastpeft::spider_blend_, pybind11::arg("w"), pybind11::arg("theta0"),
         pybind11::arg("G"), pybind11::arg("moments_pre"), pybind11::arg("moments_ft"),
-        pybind11::arg("select_sums"), pybind11::call_guard<pybind11::gil_scoped_release>(),
-        "spider_blend_(w, theta0, G, moments_pre, moments_ft, select_sums) -> None\n\n"
+        pybind11::arg("select_sums"), "spider_blend_(w, theta0, G, moments_pre, moments_ft, select_sums) -> None\n\n"
         "In place w[i] = theta0[i] + min(c_raw / m, 1) * (w[i] - theta0[i]), m = sum / count\n"
         "from select_sums row i; tensors with count 0 are left unchanged.");
   m.def("has_cuda", [] { return fastpeft::kHasCuda; },

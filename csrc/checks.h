@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <pybind11/pybind11.h>
 
 #include <vector>
 
@@ -14,6 +15,14 @@ namespace fastpeft {
 // Fails with ValueError: "<fn>: tensors[<i>] <message...>".
 #define FASTPEFT_CHECK_ELEM(cond, fn, i, ...) \
   TORCH_CHECK_VALUE((cond), fn, ": tensors[", (i), "] ", __VA_ARGS__)
+
+// Every entry point checks its arguments with the GIL held and releases it only for the work
+// (declare one of these right after the checks). Raising with the GIL released crashed: on an
+// H200 (torch 2.11+cu130) a bad argument to abs_moments segfaulted instead of raising
+// ValueError when the binding released the GIL for the whole call; a CUDA build of torch can
+// touch Python state while building a c10::Error (pytorch/pytorch#92848 is the same trap).
+// Kernel-launch failures after the release remain rare and are reported the same way.
+using GilReleasedForWork = pybind11::gil_scoped_release;
 
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;

@@ -14,7 +14,7 @@ Two kinds of check:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -259,3 +259,24 @@ def assert_all_within_reference_budget(
         assert_within_reference_budget(
             actual[name], baseline[name], reference[name], factor, name=label, norm=norm
         )
+
+
+def assert_matches_reference(
+    got: Sequence[torch.Tensor | None],
+    reference_at: Callable[..., Sequence[torch.Tensor | None]],
+    names: Sequence[str],
+    label: str = "",
+) -> None:
+    """An op's outputs and gradients `got` against a plain-PyTorch reference run twice:
+    ``reference_at(dtype=None)`` on the inputs as they are (the baseline: stock PyTorch in the
+    op's dtype) and ``reference_at(dtype=torch.float64)`` (the reference), each output within
+    `assert_within_reference_budget`. None marks an output that must not exist (no gradient)."""
+    baseline, exact = reference_at(dtype=None), reference_at(dtype=torch.float64)
+    for name, g, b, e in zip(names, got, baseline, exact, strict=True):
+        what = f"{label} {name}".strip()
+        if b is None:
+            assert g is None, f"{what}: expected no gradient, got one"
+            continue
+        assert g is not None, f"{what}: expected a gradient, got none"
+        assert g.dtype == b.dtype, f"{what}: dtype {g.dtype} != the reference's {b.dtype}"
+        assert_within_reference_budget(g, b, e, name=what)

@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../checks.h"
+
 namespace fastpeft {
 namespace {
 
@@ -55,7 +57,10 @@ at::Tensor dropout_inplace_cpu(at::Tensor t, int64_t seed, double p) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), "dropout_: t must be a CPU tensor, got ", t.device());
   TORCH_CHECK_VALUE(t.dim() == 2, "dropout_: t must be 2-D, got shape ", t.sizes());
   TORCH_CHECK_VALUE(t.is_contiguous(), "dropout_: t must be contiguous");
+  TORCH_CHECK_VALUE(is_supported_float(t.scalar_type()),
+                    "dropout_: t must be float32/float16/bfloat16/float64, got ", t.scalar_type());
   const uint32_t threshold = keep_threshold(p);
+  GilReleasedForWork no_gil;
   const int64_t rows = t.size(0), cols = t.size(1);
   const float scale = static_cast<float>(1.0 / (1.0 - p));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "dropout_", [&] {

@@ -449,8 +449,9 @@ at::Tensor spider_accumulate(const std::vector<at::Tensor>& G,
   const c10::Device device = check_lists({{&G, "G"}, {&grads, "grads"}}, fn);
   check_pairs(G, grads, fn, "G", "grads", false);
   check_G(G, fn);
-  if (on_cuda(device, fn)) return spider_accumulate_cuda(G, grads);
-  return accumulate_cpu(G, grads);
+  const bool cuda = on_cuda(device, fn);
+  GilReleasedForWork no_gil;
+  return cuda ? spider_accumulate_cuda(G, grads) : accumulate_cpu(G, grads);
 }
 
 at::Tensor spider_select_sums(const std::vector<at::Tensor>& theta0,
@@ -464,8 +465,9 @@ at::Tensor spider_select_sums(const std::vector<at::Tensor>& theta0,
   const int64_t n = static_cast<int64_t>(G.size());
   check_table(pre, n, 3, device, fn, "moments_pre");
   check_table(ft, n, 3, device, fn, "moments_ft");
-  if (on_cuda(device, fn)) return spider_select_sums_cuda(theta0, G, pre, ft);
-  return select_sums_cpu(theta0, G, pre, ft);
+  const bool cuda = on_cuda(device, fn);
+  GilReleasedForWork no_gil;
+  return cuda ? spider_select_sums_cuda(theta0, G, pre, ft) : select_sums_cpu(theta0, G, pre, ft);
 }
 
 void spider_blend_(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& theta0,
@@ -481,7 +483,9 @@ void spider_blend_(const std::vector<at::Tensor>& w, const std::vector<at::Tenso
   check_table(pre, n, 3, device, fn, "moments_pre");
   check_table(ft, n, 3, device, fn, "moments_ft");
   check_table(sel, n, 2, device, fn, "select_sums");
-  if (on_cuda(device, fn)) return spider_blend_cuda(w, theta0, G, pre, ft, sel);
+  const bool cuda = on_cuda(device, fn);
+  GilReleasedForWork no_gil;
+  if (cuda) return spider_blend_cuda(w, theta0, G, pre, ft, sel);
   blend_cpu(w, theta0, G, pre, ft, sel);
 }
 

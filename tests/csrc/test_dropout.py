@@ -41,3 +41,6 @@ def test_bad_arguments():
         _C.dropout_(torch.ones(8), 0, 0.1)
     with pytest.raises(ValueError, match="must be contiguous"):
         _C.dropout_(torch.ones(4, 4).t(), 0, 0.1)
+    # Checked before the GIL is released (an error raised without it crashed on a CUDA torch).
+    with pytest.raises(ValueError, match="must be float32/float16/bfloat16/float64, got Int"):
+        _C.dropout_(torch.ones(4, 4, dtype=torch.int32), 0, 0.1)

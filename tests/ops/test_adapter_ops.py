@@ -1,5 +1,7 @@
 """Fused adapter ops (Triton and PyTorch paths) against the literal reference; opcheck; compile."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from fastpeft.ops import _counters
 from fastpeft.ops import adapter as ops
 from fastpeft.reference import adapter as reference
 from fastpeft.testing import assert_close_fp32, assert_within_dtype_budget
+from fastpeft.tolerance import assert_matches_reference
 
 from .adapter_cases import (
     NAMES,
@@ -27,15 +30,6 @@ ACTIVATIONS = list(reference.ACTIVATIONS)
 # spans two H blocks.
 SHAPES = {"tanh": (50, 40, 16), "relu": (50, 70, 48), "gelu": (33, 64, 32), "silu": (47, 45, 24)}
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
-
-
-def _compare(got, want, names, label, rtol=1e-4):
-    for name, g, w in zip(names, got, want, strict=True):
-        if w is None:
-            assert g is None, f"{label} {name}: expected no gradient"
-            continue
-        assert g.dtype == w.dtype, f"{label} {name}: dtype {g.dtype} != {w.dtype}"
-        assert_close_fp32(g, w, rtol=rtol, name=f"{label} {name}")
 
 
 def _within_budget(got, ref32, ref_same, names, label):
@@ -62,8 +56,10 @@ def test_fp32_matches_reference(backend, activation, p, residual, device):
     got = run_op(inputs, 1.75, activation, p, backend, seed)
     assert _counters.launches[f"adapter_fwd:{backend}"] == 1
     assert _counters.launches[f"adapter_bwd:{backend}"] == 1
-    want = run_reference(inputs, 1.75, activation, keep_mask(backend, seed, shape[:2], p), p)
-    _compare(got, want, NAMES, backend)
+    keep = keep_mask(backend, seed, shape[:2], p)
+    assert_matches_reference(
+        got, partial(run_reference, inputs, 1.75, activation, keep, p), NAMES, backend
+    )
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -127,7 +123,8 @@ def test_pair_fp32_matches_reference(backend, activation, p, device):
     assert _counters.launches[f"adapter_pair_fwd:{backend}"] == 1
     assert _counters.launches[f"adapter_pair_bwd:{backend}"] == 1
     keeps = pair_keep_masks(backend, seed, (M, D), p)
-    _compare(got, run_pair_reference(inputs, 0.8, activation, keeps, p), PAIR_NAMES, backend)
+    reference_at = partial(run_pair_reference, inputs, 0.8, activation, keeps, p)
+    assert_matches_reference(got, reference_at, PAIR_NAMES, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -149,12 +146,19 @@ def test_input_without_grad(backend, residual, device):
     inputs = make_inputs(40, 36, 20, torch.float32, torch.float32, device, residual, z_grad=False)
     got = run_op(inputs, 0.5, "silu", 0.0, backend, None)
     assert got[1] is None
-    _compare(got, run_reference(inputs, 0.5, "silu", None, 0.0), NAMES, backend)
+    assert_matches_reference(
+        got, partial(run_reference, inputs, 0.5, "silu", None, 0.0), NAMES, backend
+    )
     pair = make_pair_inputs(40, 36, 20, torch.float32, torch.float32, device, x_grad=False)
     got = run_pair_op(pair, 0.5, "relu", 0.0, backend, None)
     assert got[2] is None
-    want = run_pair_reference(pair, 0.5, "relu", (None, None), 0.0)
-    _compare(got, want, PAIR_NAMES, backend)
+    reference_at = partial(run_pair_reference, pair, 0.5, "relu", (None, None), 0.0)
+    assert_matches_reference(got, reference_at, PAIR_NAMES, backend)
+
+
+def _cast_leaf(t, dtype):
+    """A fresh leaf holding `t`'s values, in `dtype` when given."""
+    return t.detach().to(dtype or t.dtype).clone().requires_grad_()
 
 
 def _replayed_seed(count, device):
@@ -173,12 +177,16 @@ def test_wrappers_keep_leading_dims_strides_and_dropout(backend, device):
     out.backward(dy3)
     torch.manual_seed(123)
     keep = keep_mask(backend, _replayed_seed(1, device), (46, 35), 0.3).reshape(2, 23, 35)
-    leaves = [t.detach().clone().requires_grad_() for t in (z3, w_down, w_up)]
-    want = reference.adapter(*leaves, 1.25, "tanh", keep=keep, dropout_p=0.3)
-    want.backward(dy3)
+
+    def single_reference(dtype):
+        leaves = [_cast_leaf(t, dtype) for t in (z3, w_down, w_up)]
+        want = reference.adapter(*leaves, 1.25, "tanh", keep=keep, dropout_p=0.3)
+        want.backward(dy3.to(want.dtype))
+        return want.detach(), *(t.grad for t in leaves)
+
     assert out.shape == z3.shape
-    got = (out, z3.grad, w_down.grad, w_up.grad)
-    _compare(got, (want, *(t.grad for t in leaves)), NAMES[:4], backend)
+    got = (out.detach(), z3.grad, w_down.grad, w_up.grad)
+    assert_matches_reference(got, single_reference, NAMES[:4], backend)
 
     x, *weights, du, dv = make_pair_inputs(2 * 23, 35, 20, torch.float32, torch.float32, device)
     x3 = x.detach().reshape(2, 23, 35).requires_grad_()
@@ -188,11 +196,16 @@ def test_wrappers_keep_leading_dims_strides_and_dropout(backend, device):
     torch.manual_seed(7)
     keeps = pair_keep_masks(backend, _replayed_seed(2, device), (46, 35), 0.2)
     keeps = tuple(k.reshape(x3.shape) for k in keeps)
-    leaves = [t.detach().clone().requires_grad_() for t in (x3, *weights)]
-    wu, wv = reference.adapter_pair(*leaves, 0.5, "gelu", *keeps, 0.2)
-    torch.autograd.backward([wu, wv], [du.reshape(u.shape), dv.reshape(v.shape)])
-    got = (u, v, x3.grad, *(w.grad for w in weights))
-    _compare(got, (wu, wv, *(t.grad for t in leaves)), PAIR_NAMES, backend)
+
+    def pair_reference(dtype):
+        leaves = [_cast_leaf(t, dtype) for t in (x3, *weights)]
+        wu, wv = reference.adapter_pair(*leaves, 0.5, "gelu", *keeps, 0.2)
+        grads = [du.reshape(u.shape).to(wu.dtype), dv.reshape(v.shape).to(wv.dtype)]
+        torch.autograd.backward([wu, wv], grads)
+        return wu.detach(), wv.detach(), *(t.grad for t in leaves)
+
+    got = (u.detach(), v.detach(), x3.grad, *(w.grad for w in weights))
+    assert_matches_reference(got, pair_reference, PAIR_NAMES, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -218,7 +231,8 @@ def test_dropout_gradients_use_forward_masks(backend, device):
     seed = torch.tensor([31337, 31338], device=device)
     got = run_pair_op(inputs, 1.0, "tanh", 0.5, backend, seed)
     k1, k2 = pair_keep_masks(backend, seed, (M, D), 0.5)
-    _compare(got, run_pair_reference(inputs, 1.0, "tanh", (k1, k2), 0.5), PAIR_NAMES, backend)
+    reference_at = partial(run_pair_reference, inputs, 1.0, "tanh", (k1, k2), 0.5)
+    assert_matches_reference(got, reference_at, PAIR_NAMES, backend)
     swapped = run_pair_reference(inputs, 1.0, "tanh", (k2, k1), 0.5)
     assert not torch.allclose(got[3], swapped[3], rtol=1e-3, atol=1e-3)
 
@@ -236,15 +250,17 @@ def test_torch_path_with_stored_masks(monkeypatch):
     assert keep.shape == (1, 30, 36) and keep.dtype == torch.bool
     out.backward(inputs[4])
     got = (out.detach(), *(t.grad for t in inputs[:4]))
-    _compare(got, run_reference(inputs, 1.5, "gelu", keep[0], 0.4), NAMES, "stored")
+    assert_matches_reference(
+        got, partial(run_reference, inputs, 1.5, "gelu", keep[0], 0.4), NAMES, "stored"
+    )
 
     pair = make_pair_inputs(30, 36, 20, torch.float32, torch.float32, "cpu")
     u, v, _, keep = ops.adapter_pair_fwd(*pair[:5], torch.tensor([5, 6]), 1.5, 0.4, "tanh", "torch")
     assert keep.shape == (2, 30, 36) and not torch.equal(keep[0], keep[1])
     torch.autograd.backward([u, v], list(pair[5:]))
     got = (u.detach(), v.detach(), *(t.grad for t in pair[:5]))
-    want = run_pair_reference(pair, 1.5, "tanh", (keep[0], keep[1]), 0.4)
-    _compare(got, want, PAIR_NAMES, "stored")
+    reference_at = partial(run_pair_reference, pair, 1.5, "tanh", (keep[0], keep[1]), 0.4)
+    assert_matches_reference(got, reference_at, PAIR_NAMES, "stored")
 
 
 def test_triton_backward_is_deterministic(device):

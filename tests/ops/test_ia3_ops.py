@@ -1,6 +1,8 @@
 """Fused IA3 ops (Triton and PyTorch paths) against the literal PEFT reference; opcheck; compile;
 the functional's argument checks."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from fastpeft.ops import _counters
 from fastpeft.ops import ia3 as ops
 from fastpeft.reference.ia3 import ia3_linear as reference
 from fastpeft.testing import assert_close_fp32, assert_within_dtype_budget
+from fastpeft.tolerance import assert_matches_reference
 
 BACKENDS = ["triton", "torch"]
 CASES = [False, True]  # feedforward: output scaling (k/v_proj) or input scaling (down_proj)
@@ -60,10 +63,7 @@ def test_fp32_matches_reference(backend, feedforward, shape, bias, device):
     got = run_op(inputs, feedforward, backend)
     assert _counters.launches[f"ia3_fwd:{backend}"] == 1
     assert _counters.launches[f"ia3_bwd:{backend}"] == 1
-    want = run_reference(inputs, feedforward)
-    for name, g, w in zip(NAMES, got, want, strict=True):
-        assert g.dtype == w.dtype, name
-        assert_close_fp32(g, w, rtol=1e-4, name=f"{backend} {name}")
+    assert_matches_reference(got, partial(run_reference, inputs, feedforward), NAMES, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -88,10 +88,8 @@ def test_no_input_grad_skips_dx(backend, feedforward, device):
         40, 36, 34, torch.float32, torch.float32, device, feedforward, x_grad=False
     )
     got = run_op(inputs, feedforward, backend)
-    want = run_reference(inputs, feedforward)
     assert got[1] is None
-    assert_close_fp32(got[0], want[0], rtol=1e-4, name="y")
-    assert_close_fp32(got[2], want[2], rtol=1e-4, name="dl")
+    assert_matches_reference(got, partial(run_reference, inputs, feedforward), NAMES, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -100,10 +98,8 @@ def test_frozen_vector_gives_dx_only(backend, feedforward, device):
     inputs = make_inputs(40, 36, 34, torch.float32, torch.float32, device, feedforward)
     inputs[3].requires_grad_(False)
     got = run_op(inputs, feedforward, backend, save_z=False)
-    want = run_reference(inputs, feedforward)
     assert got[2] is None
-    for name, g, w in zip(NAMES[:2], got[:2], want[:2], strict=True):
-        assert_close_fp32(g, w, rtol=1e-4, name=name)
+    assert_matches_reference(got, partial(run_reference, inputs, feedforward), NAMES, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -120,9 +116,7 @@ def test_non_contiguous_input_and_grad(backend, feedforward, device):
     inputs[0] = torch.randn(40, 72, device=device)[:, ::2].detach().requires_grad_()
     inputs[4] = torch.randn(34, 40, device=device).t()
     got = run_op(inputs, feedforward, backend)
-    want = run_reference(inputs, feedforward)
-    for name, g, w in zip(NAMES, got, want, strict=True):
-        assert_close_fp32(g, w, rtol=1e-4, name=name)
+    assert_matches_reference(got, partial(run_reference, inputs, feedforward), NAMES, backend)
 
 
 @pytest.mark.parametrize("feedforward", CASES, ids=CASE_IDS)
