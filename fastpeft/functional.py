@@ -62,10 +62,38 @@ def _check_lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p) -> Non
         raise TypeError(
             f"lora_a and lora_b must share one dtype, got {lora_a.dtype} and {lora_b.dtype}"
         )
-    if not isinstance(scaling, (int, float)) or not math.isfinite(scaling):
+    if isinstance(scaling, torch.Tensor):
+        if scaling.dim() != 0 or not scaling.is_floating_point():
+            raise ValueError(
+                "scaling must be a finite number or a 0-d floating-point tensor, got a "
+                f"{scaling.dtype} tensor of shape {tuple(scaling.shape)}"
+            )
+    elif not isinstance(scaling, (int, float)) or not math.isfinite(scaling):
         raise ValueError(f"scaling must be a finite number, got {scaling!r}")
     if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+
+
+def _scaling_for_op(scaling, lora_b: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """(the op's float scaling, the lora_b it multiplies) for a number or a 0-d tensor scaling.
+
+    A 0-d tensor (PEFT's `prepare_model_for_compiled_hotswap` makes every scaling one, so a
+    hot-swap can `fill_` it without recompiling) on the CPU is read with `.item()` in eager mode:
+    that never waits for a device and gives exactly the float path's numbers. On an accelerator
+    `.item()` would block the host on every call, and under torch.compile it would break the graph
+    and bake the value in, defeating the hot-swap. There it is folded into B instead, as a traced
+    tensor op: B·s is an [N, R] product (negligible next to the GEMMs, fp32 math, rounded once to
+    B's dtype), autograd carries dB = s·d(B·s), and a later `fill_` is seen without a recompile.
+    """
+    if not isinstance(scaling, torch.Tensor):
+        return float(scaling), lora_b
+    if scaling.device.type == "cpu" and not torch.compiler.is_compiling():
+        value = float(scaling.item())
+        if not math.isfinite(value):
+            raise ValueError(f"scaling must be a finite number, got {value!r}")
+        return value, lora_b
+    folded = lora_b.to(torch.float32) * scaling.to(torch.float32)
+    return 1.0, folded.to(lora_b.dtype)
 
 
 def lora_linear(
@@ -74,7 +102,7 @@ def lora_linear(
     bias: torch.Tensor | None,
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
-    scaling: float,
+    scaling: float | torch.Tensor,
     dropout_p: float = 0.0,
     *,
     backend: str = "auto",
@@ -84,7 +112,10 @@ def lora_linear(
     x [..., K] and the frozen base weight [N, K] / bias [N] share a dtype (fp32, fp16, bf16);
     lora_a [R, K] and lora_b [N, R] share the adapter dtype, which may differ (PEFT keeps fp32
     adapters on a bf16 base: x is cast to the adapter dtype for the low-rank branch and the sum
-    is rounded once to x's dtype). ``dropout_p`` is inverted dropout on the low-rank branch's input
+    is rounded once to x's dtype). ``scaling`` is a number or a 0-d float tensor (as PEFT's
+    hot-swap preparation stores it; off the CPU or under torch.compile it is applied as B·scaling
+    without reading its value, so no host sync and no recompile when it changes, and a non-finite
+    value is not caught). ``dropout_p`` is inverted dropout on the low-rank branch's input
     (pass 0 in eval mode); its mask comes from counter-based random numbers drawn from torch's
     global generator and is regenerated, not stored, for the backward pass. Gradients flow to x,
     lora_a and lora_b; weight and bias must not require grad. Returns y [..., N] in x's dtype.
@@ -99,8 +130,9 @@ def lora_linear(
     seed = None
     if dropout_p > 0:
         seed = torch.randint(0, 2**31 - 1, (1,), device=x.device, dtype=torch.int64)
+    scaling, lora_b = _scaling_for_op(scaling, lora_b)
     y, _, _ = lora_ops.lora_linear_fwd(
-        x2d, weight, bias, lora_a, lora_b, seed, float(scaling), float(dropout_p), resolved
+        x2d, weight, bias, lora_a, lora_b, seed, scaling, float(dropout_p), resolved
     )
     return y.reshape(*leading, weight.shape[0])
 

@@ -1,5 +1,6 @@
 """`fastpeft.patch(model)` and `fastpeft.unpatch(model)`: fused paths behind one call."""
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,12 @@ PATCHERS = (lora_patching, ia3_patching, prefix_positions)
 
 # fastpeft's own adapters; the gate/up pair (an MLP-level fusion) is listed before single adapters.
 ADAPTER_PATCHERS = (adapter_pair_patching, adapter_patching)
+
+# What `patch` looks for, for the messages when it finds nothing.
+LOOKED_FOR = (
+    "PEFT LoRA and IA3 Linear layers (get_peft_model with a LoraConfig or IA3Config), fastpeft "
+    "adapters (fastpeft.add_adapters) and PEFT prefix tuning on an M-RoPE model (Qwen2-VL family)"
+)
 
 
 @dataclass
@@ -66,9 +73,27 @@ def patch(model: nn.Module, backend: str = "auto", strict: bool = False) -> Patc
     "torch". Ineligible layers keep their own forward and
     are listed in the report with reasons; `strict=True` raises instead, listing every reason.
     Patching twice is harmless (the backend is updated); parameters, names and state_dict are
-    untouched. Returns a `PatchReport`.
+    untouched. Returns a `PatchReport`; when nothing was patched it also warns (UserWarning).
     """
-    return _patch(model, backend, strict, PATCHERS + ADAPTER_PATCHERS)
+    report = _patch(model, backend, strict, PATCHERS + ADAPTER_PATCHERS)
+    if not report.patched:
+        warnings.warn(_nothing_patched(report), UserWarning, stacklevel=2)
+    return report
+
+
+def _nothing_patched(report: PatchReport) -> str:
+    # A silent no-op would look like "fastpeft is slow": say what was looked for, or why not.
+    if not report.kinds:
+        return (
+            "fastpeft.patch patched nothing: the model has none of the layers it looks for: "
+            f"{LOOKED_FOR}. Call patch() on the wrapped model, after get_peft_model or "
+            "add_adapters."
+        )
+    reasons = sorted({r for rs in report.skipped.values() for r in rs})
+    return (
+        f"fastpeft.patch patched nothing: all {len(report.skipped)} layers it found keep their own "
+        f"forward ({'; '.join(reasons)}). report.skipped lists them by name; strict=True raises."
+    )
 
 
 def patch_adapters(model: nn.Module, backend: str = "auto") -> PatchReport:
@@ -96,7 +121,9 @@ def _patch(model, backend, strict, patchers) -> PatchReport:
     if strict and (report.skipped or not report.kinds):
         details = [f"  {n}: {'; '.join(rs)}" for n, rs in report.skipped.items()]
         if not report.kinds:
-            details = ["  the model contains no layers fastpeft can patch (PEFT LoRA, ...)"]
+            details = [
+                f"  the model contains no layers fastpeft can patch (it looks for {LOOKED_FOR})"
+            ]
         raise ValueError("fastpeft.patch(strict=True) cannot patch:\n" + "\n".join(details))
     for module, fused_forward in plan:
         base.install(module, fused_forward, backend)

@@ -44,34 +44,78 @@ def save_adapters(model: nn.Module, directory) -> Path:
 def load_adapters(
     model: nn.Module, directory, *, decoder_layers: nn.ModuleList | None = None, fused: bool = True
 ) -> nn.Module:
-    """Rebuild the adapters saved in `directory` on `model` (a base model without adapters)."""
-    directory = Path(directory)
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"directory {str(directory)!r} has no {name}")
-    payload = json.loads((directory / CONFIG_NAME).read_text())
-    if payload.get("format") != FORMAT:
-        raise ValueError(f"{directory / CONFIG_NAME} is not a fastpeft adapter config")
+    """Rebuild the adapters saved in `directory` on `model` (a base model without adapters).
+
+    Both files are read and checked before the model is touched, so a missing, truncated or
+    corrupted checkpoint raises (naming the file) with the model left exactly as it was."""
+    directory = _checked_directory(directory)
+    payload = _read_config(directory / CONFIG_NAME)
+    weights = _read_weights(directory / WEIGHTS_NAME)
     saved = AdapterConfig.from_dict(payload["config"])
     config = AdapterConfig.from_dict({**saved.to_dict(), "placements": []})
     add_adapters(model, config, decoder_layers=decoder_layers, fused=fused)
     try:
-        _load_weights(model, directory, config, saved, payload["base_model_class"])
+        _load_weights(model, weights, config, saved, payload["base_model_class"])
     except Exception:
         remove_adapters(model)  # a failed load leaves the model as it was
         raise
     return model
 
 
-def _load_weights(model, directory: Path, config, saved, saved_class: str) -> None:
+def _checked_directory(directory) -> Path:
+    path = Path(directory)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"adapter directory {str(path)!r} does not exist: pass the directory save_adapters "
+            f"wrote (it holds {WEIGHTS_NAME} and {CONFIG_NAME})"
+        )
+    if not path.is_dir():
+        hint = (
+            f"pass its folder, {str(path.parent)!r}"
+            if path.name in (WEIGHTS_NAME, CONFIG_NAME)
+            else f"pass the directory that holds {WEIGHTS_NAME} and {CONFIG_NAME}"
+        )
+        raise NotADirectoryError(f"{str(path)!r} is a file, not an adapter directory: {hint}")
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f"directory {str(path)!r} has no {name}: is it a folder written by save_adapters?"
+            )
+    return path
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        payload = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}); the file is damaged: save the adapters again "
+            "with save_adapters"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a fastpeft adapter config")
+    return payload
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:  # its message names no file ("incomplete metadata", ...)
+        raise ValueError(
+            f"cannot read the adapter weights in {path}: {error}. The file is truncated or "
+            "corrupted (an interrupted save or copy?): save the adapters again with save_adapters"
+        ) from error
+
+
+def _load_weights(model, weights: dict, config, saved, saved_class: str) -> None:
     if config.placements != saved.placements:
         raise ValueError(
             f"adapters saved at {len(saved.placements)} places do not fit this model "
             f"({len(config.placements)} places): was it saved from a {saved_class}?"
         )
-    weights = load_file(str(directory / WEIGHTS_NAME))
     params = adapter_state_dict(model)
     missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
     if missing or unexpected:

@@ -10,6 +10,7 @@ The vision tower stays frozen; the connector is trained in full when `connector=
 learning rate.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -158,7 +159,12 @@ def paper_setup(
         prepared = get_peft_model(model, config, autocast_adapter_dtype=autocast_adapter_dtype)
     if connector or _has_connector(prepared):
         parts.set_connector_trainable(prepared, connector)
-    report = patch(prepared, backend=backend)
+    with warnings.catch_warnings():
+        # Prefix tuning on a model without M-RoPE has nothing to patch by design (PEFT's own
+        # path is right there); the returned patch_report says what was patched either way.
+        if method == "prefix":
+            warnings.filterwarnings("ignore", message="fastpeft.patch patched nothing")
+        report = patch(prepared, backend=backend)
     return PaperSetup(
         model=prepared,
         method=method,

@@ -86,6 +86,40 @@ def count(state: PatchState, fallback_reason: str | None = None) -> None:
         state.fallbacks[fallback_reason] += 1
 
 
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _is_plain_tensor(t: torch.Tensor) -> bool:
+    if type(t) in (torch.Tensor, nn.Parameter):
+        return True
+    # FSDP2 shards parameters as DTensors and hands the forward plain unsharded ones.
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
+
+        return isinstance(t, DTensor)
+    return False
+
+
+def base_linear_reasons(base_layer: nn.Module) -> list[str]:
+    """Why a PEFT tuner layer's base layer is not the frozen plain GEMM the fused ops compute."""
+    if type(base_layer) is not nn.Linear:
+        return [
+            f"base layer is {type(base_layer).__name__}, not torch.nn.Linear (quantised or custom)"
+        ]
+    reasons = []
+    weight = base_layer.weight
+    if weight.dtype not in _FLOAT_DTYPES:
+        reasons.append(f"base weight dtype {weight.dtype} is not fp32, fp16 or bf16")
+    elif not _is_plain_tensor(weight):
+        reasons.append(
+            f"base weight is a {type(weight).__name__} tensor subclass (quantised?), "
+            "not a plain tensor"
+        )
+    if any(p.requires_grad for p in base_layer.parameters()):
+        reasons.append("base layer weight or bias is trainable (the fused path needs it frozen)")
+    return reasons
+
+
 def peft_call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) -> str | None:
     """Per-call states of a PEFT tuner layer (LoRA, IA3) that need PEFT's own forward."""
     if module.disable_adapters:

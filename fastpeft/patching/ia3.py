@@ -12,7 +12,6 @@ from .. import functional
 from . import base
 
 KIND = "IA3"
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def ia3_layer_types() -> tuple[type, type]:
@@ -53,18 +52,14 @@ def ineligibility_reasons(module: nn.Module) -> list[str]:
     _, ia3_linear = ia3_layer_types()
     if not isinstance(module, ia3_linear):
         return [f"IA3 layer type {type(module).__name__} is not supported (only Linear)"]
-    reasons = []
-    base_layer = module.get_base_layer()
-    if type(base_layer) is not nn.Linear:
-        reasons.append(
-            f"base layer is {type(base_layer).__name__}, not torch.nn.Linear (quantised or custom)"
-        )
-    elif base_layer.weight.dtype not in _FLOAT_DTYPES:
-        reasons.append(f"base weight dtype {base_layer.weight.dtype} is not fp32, fp16 or bf16")
+    if type(module) is not ia3_linear:
+        return [
+            f"IA3 layer type {type(module).__name__} subclasses peft's ia3.Linear "
+            "(quantised or custom); only ia3.Linear itself is supported"
+        ]
+    reasons = base.base_linear_reasons(module.get_base_layer())
     if getattr(module, "fan_in_fan_out", False):
         reasons.append("fan_in_fan_out=True (Conv1D-style weight)")
-    if any(p.requires_grad for p in base_layer.parameters()):
-        reasons.append("base layer weight or bias is trainable (the fused path needs it frozen)")
     if reasons:  # the adapter checks below assume a plain linear base
         return reasons
     return _adapter_reasons(module)

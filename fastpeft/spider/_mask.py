@@ -49,7 +49,7 @@ class MagnitudeMask:
     def __init__(self, model_or_params: ModelOrParams, ratio: float = 0.5) -> None:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-        named = _params.collect(model_or_params)
+        named = _params.collect(model_or_params, owner="MagnitudeMask")
         if not named:
             raise ValueError("MagnitudeMask: no trainable parameters")
         self.ratio = ratio
@@ -77,7 +77,11 @@ class MagnitudeMask:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Re-pin the masked elements of every parameter that has a gradient."""
+        """Re-pin the masked elements of every parameter that has a gradient. With no gradient
+        on any of them it warns and changes nothing (see :meth:`Spider.step`)."""
+        if all(p.grad is None for p in self.params):
+            _params.warn_no_gradients("MagnitudeMask", len(self.params))
+            return
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue

@@ -3,7 +3,8 @@ local (per-rank) storage under FSDP2, and the all-reduce over the shard groups."
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -12,25 +13,83 @@ from torch import nn
 ModelOrParams = nn.Module | Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
 
-def collect(model_or_params: ModelOrParams) -> list[tuple[str, torch.Tensor]]:
+def _accepted(owner: str) -> str:
+    return (
+        f"{owner} takes a torch.nn.Module (its parameters with requires_grad are tracked) or an "
+        "iterable of tensors or of (name, tensor) pairs, e.g. model.named_parameters()"
+    )
+
+
+def _items(model_or_params: Any, owner: str) -> list[tuple[str, Any]]:
+    """(name, value) pairs of what was passed, refusing what is clearly not parameters."""
+    if isinstance(model_or_params, nn.Module):
+        return list(model_or_params.named_parameters())
+    got = type(model_or_params).__name__
+    if isinstance(model_or_params, (str, bytes)):
+        # Iterating a string would "work" one character at a time; a model name is a common slip.
+        raise TypeError(
+            f"{owner}: model_or_params is the string {model_or_params!r}, not a model: "
+            f"{_accepted(owner)}; pass the loaded model object itself"
+        )
+    if isinstance(model_or_params, torch.Tensor):
+        # Iterating a tensor yields its rows, views that never receive a .grad.
+        raise TypeError(
+            f"{owner}: model_or_params is a single tensor: {_accepted(owner)}; "
+            "wrap it in a list, [tensor]"
+        )
+    if isinstance(model_or_params, Mapping):
+        raise TypeError(
+            f"{owner}: model_or_params is a mapping ({got}): {_accepted(owner)}; "
+            "pass its .items() for (name, tensor) pairs"
+        )
+    if not isinstance(model_or_params, Iterable):
+        raise TypeError(f"{owner}: model_or_params has type {got}: {_accepted(owner)}")
+    items = []
+    for i, item in enumerate(model_or_params):
+        if isinstance(item, tuple):
+            if len(item) != 2 or not isinstance(item[0], str):
+                raise TypeError(
+                    f"{owner}: model_or_params[{i}] is a tuple of {len(item)} that is not a "
+                    f"(name, tensor) pair: {_accepted(owner)}"
+                )
+            items.append(item)
+        else:
+            items.append((str(i), item))
+    return items
+
+
+def collect(
+    model_or_params: ModelOrParams, owner: str = "Spider"
+) -> list[tuple[str, torch.Tensor]]:
     """Trainable parameters as (name, parameter): a module's ``named_parameters()`` (shared
     parameters once), or an iterable of tensors (named "0", "1", ...) or of (name, tensor) pairs;
-    tensors with ``requires_grad=False`` are dropped."""
-    if isinstance(model_or_params, nn.Module):
-        items = list(model_or_params.named_parameters())
-    else:
-        items = []
-        for i, item in enumerate(model_or_params):
-            items.append(item if isinstance(item, tuple) else (str(i), item))
+    tensors with ``requires_grad=False`` are dropped. Anything else raises a TypeError naming
+    ``owner`` (the class being built) and what it accepts."""
     seen: set[int] = set()
     out = []
-    for name, p in items:
+    for name, p in _items(model_or_params, owner):
         if not isinstance(p, torch.Tensor):
-            raise TypeError(f"{name}: expected a tensor, got {type(p).__name__}")
+            raise TypeError(
+                f"{owner}: parameter {name!r} has type {type(p).__name__}, not a tensor: "
+                f"{_accepted(owner)}"
+            )
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
             out.append((name, p))
     return out
+
+
+def warn_no_gradients(owner: str, count: int) -> None:
+    """The warning of a step() that found no gradient on any of its `count` parameters."""
+    warnings.warn(
+        f"{owner}.step(): none of the {count} tracked parameters has a gradient (.grad is None), "
+        "so nothing was updated. Call step() after loss.backward() and optimizer.step() and "
+        "before the gradients are zeroed, and build it on the parameters the optimizer trains "
+        "(after get_peft_model / add_adapters). A step whose batch never reached the tracked "
+        "parameters is harmless.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:

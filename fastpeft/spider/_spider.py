@@ -54,7 +54,7 @@ class Spider:
     """
 
     def __init__(self, model_or_params: ModelOrParams, backend: str = "auto") -> None:
-        named = _params.collect(model_or_params)
+        named = _params.collect(model_or_params, owner="Spider")
         if not named:
             raise ValueError("Spider: no trainable parameters (none has requires_grad=True)")
         if backend not in importance.BACKENDS:
@@ -130,7 +130,18 @@ class Spider:
     @torch.no_grad()
     def step(self) -> None:
         """Apply one SPIDER step: G += g, compute c, w ← θ₀ + c ⊙ (w − θ₀). Call it after
-        ``optimizer.step()`` and before the gradients are zeroed."""
+        ``optimizer.step()`` and before the gradients are zeroed.
+
+        When no tracked parameter has a gradient it warns (UserWarning) and changes nothing,
+        ``steps`` included. Not an error: a step whose batch never reached the tracked parameters
+        (say, only the projector is tracked and the batch is text-only) is legitimate, and a
+        raise there would stop a Trainer run (SpiderCallback calls this after every optimizer
+        step) halfway. Every time it happens it is the same message, so Python's default filter
+        shows it once, which is enough to expose a step() placed before backward() or after
+        zero_grad(), or a Spider built on parameters the model does not train."""
+        if all(p.grad is None for p in self.params):
+            _params.warn_no_gradients("Spider", len(self.params))
+            return
         for group in self._groups:
             self._follow_device(group)
             grads = [_params.grad_of(self.params[i]) for i in group.indices]

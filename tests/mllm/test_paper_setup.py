@@ -195,3 +195,9 @@ def test_bad_input_names_the_argument():
     wrapped = mllm.paper_setup(testing.tiny_llava(), "lora").model
     with pytest.raises(ValueError, match="already carries PEFT"):
         mllm.paper_setup(wrapped, "ia3")
+
+
+def test_prefix_on_a_model_without_mrope_patches_nothing_silently(recwarn):
+    setup, _ = _setup("llava", "prefix", True)
+    assert setup.patch_report.patched == [] and not setup.patch_report.skipped
+    assert not [w for w in recwarn if "patched nothing" in str(w.message)]
