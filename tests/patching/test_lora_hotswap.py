@@ -60,6 +60,12 @@ def test_hotswap_prepared_model_is_fused_and_follows_a_swap(backend, device, tmp
                 model, str(tmp_path / "other"), "default", torch_device=str(device)
             )
     assert all(float(m.scaling["default"]) == 0.25 for m in _layers(patched))
+    for model in (reference, patched):
+        # peft 0.19 leaves swapped-in weights frozen (hot-swap is an inference feature there);
+        # train them in both models so the comparison covers the backward too.
+        for name, param in model.named_parameters():
+            if ".lora_" in name:
+                param.requires_grad_(True)
     _assert_same(_step(patched, batch), _step(reference, batch), "after the swap")
     for layer in _layers(patched):  # both steps fused; no call fell back to PEFT
         state = base.state_of(layer)
