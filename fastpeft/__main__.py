@@ -4,32 +4,100 @@ HF PEFT on this machine), `fastpeft env` (what this machine can run), `fastpeft 
 import argparse
 import sys
 import warnings
+from pathlib import Path
+
+from . import __version__
+
+
+class _DEFAULTS(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to every flag's help, except where the default is None (chosen
+    at run time): those flags say what happens without them in their own help."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastpeft", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fastpeft", description=__doc__, formatter_class=_DEFAULTS
+    )
+    parser.add_argument("--version", action="version", version=f"fastpeft {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
-        "demo", help="train a tiny LLaVA with PEFT LoRA, unpatched vs fastpeft-patched"
+        "demo",
+        help="train a tiny LLaVA with PEFT LoRA, unpatched vs fastpeft-patched",
+        formatter_class=_DEFAULTS,
     )
-    demo.add_argument("--steps", type=int, default=8)
-    demo.add_argument("--hidden-size", type=int, default=256)
-    demo.add_argument("--layers", type=int, default=2)
-    demo.add_argument("--seq-len", type=int, default=128)
-    demo.add_argument("--batch-size", type=int, default=2)
-    demo.add_argument("--rank", type=int, default=16)
-    demo.add_argument("--dropout", type=float, default=0.05)
-    demo.add_argument("--backend", choices=["auto", "triton", "torch"], default="auto")
+    demo.add_argument("--steps", type=int, default=8, help="training steps")
+    demo.add_argument("--hidden-size", type=int, default=256, help="text model hidden size")
+    demo.add_argument("--layers", type=int, default=2, help="decoder layers")
+    demo.add_argument("--seq-len", type=int, default=128, help="tokens per sample")
+    demo.add_argument("--batch-size", type=int, default=2, help="samples per step")
+    demo.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    demo.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout")
+    demo.add_argument(
+        "--backend", choices=["auto", "triton", "torch"], default="auto", help="fastpeft backend"
+    )
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    bench = commands.add_parser(
-        "bench", help="benchmark fastpeft against HF PEFT on this machine (JSON, CSV, plots)"
+    _bench_parser(commands)
+    env = commands.add_parser(
+        "env",
+        help="versions, device, usable backends, optional parts",
+        formatter_class=_DEFAULTS,
     )
-    bench.add_argument("--suite", choices=["layers", "e2e", "spider", "all"], default="all")
+    env.add_argument("--json", action="store_true", help="print JSON instead of a listing")
+    return parser
+
+
+def _bench_parser(commands) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark fastpeft against HF PEFT on this machine (JSON, CSV, plots)",
+        description="Benchmark fastpeft against HF PEFT on this machine. Providers are timed "
+        "interleaved; every speedup is the median of per-repetition ratios against the named "
+        "baseline with its p20-p80 spread. Results are written after each suite.",
+        formatter_class=_DEFAULTS,
+    )
+    bench.set_defaults(bench_parser=bench)  # for errors that name "fastpeft bench"
+    bench.add_argument(
+        "--suite", choices=["layers", "e2e", "spider", "all"], default="all", help="what to run"
+    )
     level = bench.add_mutually_exclusive_group()
-    level.add_argument("--quick", action="store_true", help="minutes on a 2-core CPU")
-    level.add_argument("--smoke", action="store_true", help="seconds: checks the command works")
-    bench.add_argument("--out", default="bench-results", help="output folder")
-    bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    level.add_argument(
+        "--full",
+        dest="level",
+        action="store_const",
+        const="full",
+        help="the full shapes (on a GPU: LLaVA-1.5-7B, layers at M=8192); default on a GPU",
+    )
+    level.add_argument(
+        "--quick",
+        dest="level",
+        action="store_const",
+        const="quick",
+        help="CPU-sized shapes, minutes on a 2-core CPU; default on a CPU",
+    )
+    level.add_argument(
+        "--smoke",
+        dest="level",
+        action="store_const",
+        const="smoke",
+        help="seconds: checks the command works (never the default)",
+    )
+    bench.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="output directory: an existing one, or a new one in an existing directory",
+    )
+    bench.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="default: bfloat16 on a GPU, float32 on a CPU",
+    )
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     bench.add_argument(
         "--compile",
@@ -38,18 +106,20 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="include the torch.compile providers (default: on a GPU only)",
     )
-    env = commands.add_parser("env", help="versions, device, usable backends, optional parts")
-    env.add_argument("--json", action="store_true")
-    return parser
 
 
-def _bench(args) -> None:
-    from pathlib import Path
-
+def _bench(args) -> int:
     from .bench.cli import run_bench
+    from .bench.validate import bench_errors
 
-    level = "smoke" if args.smoke else "quick" if args.quick else "full"
-    run_bench(args.suite, level, Path(args.out), args.dtype, args.device, args.compile_)
+    errors = bench_errors(args.out, args.device, args.dtype)
+    if errors:  # before any work: a bad --out found after the run would waste the run
+        args.bench_parser.error("; ".join(errors))
+    try:
+        run_bench(args.suite, args.level, args.out, args.dtype, args.device, args.compile_)
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 def _env(args) -> None:
@@ -71,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     # transformers warns about its own deprecated API when PEFT wraps a model: noise here.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     if args.command == "bench":
-        _bench(args)
-    elif args.command == "env":
+        return _bench(args)
+    if args.command == "env":
         _env(args)
     elif args.command == "demo":
         from .demo import run_demo

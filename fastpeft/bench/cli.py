@@ -1,138 +1,110 @@
-"""`fastpeft bench`: run the suites on this machine, print the tables, write JSON, CSV and plots.
-
-Levels: "full" (the real shapes: LLaVA-1.5-7B and M=8192 layers on a GPU), "quick" (minutes on a
-2-core CPU), "smoke" (seconds; what CI runs to keep the command working).
+"""`fastpeft bench`: check the arguments, say what will run, run the suites (writing what is done
+after every case, so an interrupted run keeps what it measured), print the summary and the
+tables, and write the JSON, one CSV per suite and the plots.
 """
 
-import sys
+import copy
 import time
 from pathlib import Path
 
 import torch
 
-from . import e2e, environment, layers, results
-from .spider_step import bench_spider_step, llama_shapes
-from .timing import measured_peaks
+from . import environment, plan, results
+from .plots import write_plots
+from .suites import finish_e2e, finish_layers, finish_spider, run_e2e, run_layers, run_spider
+from .summary import format_summary, summarize
+from .timing import best_peaks, measured_peaks
+from .validate import bench_errors
 
 SUITES = ("layers", "e2e", "spider")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _progress(total: int, what: str):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm comes with transformers; degrade to no bar
-        return None
-    return tqdm(total=total, desc=what, unit="case", file=sys.stderr, leave=False)
+class _Writer:
+    """Writes the run's JSON and per-suite CSVs: after every case of a running suite (its rows so
+    far, `suite_running` naming it), after each suite, and at the end."""
+
+    def __init__(self, out: Path, name: str, meta: dict):
+        self.out, self.name, self.meta = out, name, meta
+        self.started = time.time()
+
+    def __call__(self, rows: list[dict], done: list[str], running: str | None = None) -> list[Path]:
+        meta = {**self.meta, "complete": running is None and self.meta["suites"] == done}
+        meta.update(suites_done=list(done), suite_running=running)
+        meta["seconds"] = round(time.time() - self.started, 1)
+        result = {**meta, "summary": summarize(rows), "warnings": results.all_warnings(rows)}
+        written = [results.write_json(self.out, self.name, {**result, "rows": rows})]
+        return written + results.write_csvs(self.out, self.name, meta, rows)
 
 
-def _layer_settings(device: torch.device, level: str) -> tuple[int, int, tuple, int]:
-    """(dimension divisor, M, LoRA ranks, CPU repetitions)."""
-    if device.type == "cuda":
-        return (1, 8192, layers.LORA_RANKS, 0) if level == "full" else (1, 4096, (16, 128), 0)
-    return {
-        "full": (4, 1024, layers.LORA_RANKS, 20),
-        "quick": (8, 512, (16, 128), 10),
-        "smoke": (32, 64, (16,), 3),
-    }[level]
-
-
-def run_layers(device, dtype, level, compile_) -> list[dict]:
-    scale, M, ranks, reps = _layer_settings(device, level)
-    cases = layers.layer_cases(scale, M, ranks)
-    if level == "smoke":  # one case per kind
-        cases = [next(c for c in cases if c.kind == kind) for kind in ("lora", "ia3", "adapter")]
-    bar = _progress(len(cases), "layers")
-    rows = []
-    for case in cases:
-        rows += layers.bench_case(case, _DTYPES[dtype], device, compile_, reps)
-        bar and bar.update(1)
-    bar and bar.close()
-    return rows
-
-
-def _derive_layer_metrics(rows: list[dict], peaks: dict, dtype: str) -> None:
-    elem = torch.empty((), dtype=_DTYPES[dtype]).element_size()
-    by_key = {(r["case"], r["mode"], r["provider"]): r for r in rows}
-    for row in rows:
-        if "median_ms" not in row:
-            continue
-        case = layers.LayerCase(row["kind"], row["shape"], row["M"], row["K"], row["N"], row["r"])
-        flops, moved = layers.flops_and_bytes(case, row["mode"], elem)
-        seconds = row["median_ms"] * 1e-3
-        row["tflops"] = flops / seconds / 1e12
-        row["gbps"] = moved / seconds / 1e9
-        row["pct_of_peak"] = 100 * max(
-            row["tflops"] / peaks["matmul_tflops"], row["gbps"] / peaks["copy_gbps"]
-        )
-        baseline = "eager" if row["kind"] == "adapter" else "peft"
-        ref = by_key.get((row["case"], row["mode"], baseline))
-        if ref and "median_ms" in ref and row["provider"] != baseline:
-            row["speedup_vs_baseline"] = ref["median_ms"] / row["median_ms"]
-
-
-def run_spider(device, dtype, level) -> list[dict]:
-    if device.type == "cuda":
-        shapes = llama_shapes(8 if level == "full" else 2)
-        reference = llama_shapes(1)
-    else:
-        hidden = {"full": 1024, "quick": 512, "smoke": 128}[level]
-        shapes = llama_shapes(2, hidden, int(hidden * 2.6875))
-        reference = None
-    steps = 3 if level == "smoke" else 10
-    rows = bench_spider_step(
-        shapes, _DTYPES[dtype], device, reference_shapes=reference, steps=steps, warmup=1
-    )
-    for row in rows:
-        row.update(suite="spider", case=f"spider {row['elements']:,} elements")
-    return rows
-
-
-def run_e2e(device, dtype, level, compile_) -> list[dict]:
-    settings = e2e.settings(device, dtype, level)
-    methods = ("lora",) if level == "smoke" else e2e.METHODS
-    providers = e2e.default_providers(device, dtype, compile_)
-    bar = _progress(1 + len(methods), "e2e")
-    rows = e2e.run(settings, methods, providers, progress=bar)
-    bar and bar.close()
-    return rows
-
-
-def run_bench(suite: str, level: str, out: Path, dtype: str | None, device: str | None,
+def run_bench(suite: str, level: str | None, out: Path, dtype: str | None, device: str | None,
               compile_: bool | None) -> dict:  # fmt: skip
-    """Run `suite` ("layers", "e2e", "spider", "all") at `level`; returns the written result."""
+    """Run `suite` ("layers", "e2e", "spider", "all") at `level` ("full", "quick", "smoke"; None:
+    full on a GPU, quick on a CPU); returns the written result. Raises ValueError naming the
+    argument when one is unusable, before any work."""
+    errors = bench_errors(out, device, dtype)
+    if suite not in (*SUITES, "all"):
+        errors.append(f"--suite {suite!r}: must be one of {', '.join((*SUITES, 'all'))}")
+    if errors:
+        raise ValueError("; ".join(errors))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
     compile_ = dev.type == "cuda" if compile_ is None else compile_
+    level, note = plan.resolve_level(level, dev)
     suites = SUITES if suite == "all" else (suite,)
-    started = time.time()
+    out.mkdir(exist_ok=True)  # the parent exists (checked): create the last component only
+    device_name = environment.device_name(dev)
+    print(f"fastpeft bench --{level} on {device_name}, {dtype}, git {environment.git_sha()}")
+    if note:
+        print(note)
+    for line in plan.describe(suites, level, dev, dtype, compile_):
+        print("  " + line)
+    print("  " + plan.format_estimate(*plan.estimate_seconds(suites, level, dev), dev), flush=True)
     peaks = measured_peaks(dev, quick=level != "full")
     meta = {
         "git_sha": environment.git_sha(),
-        "device": environment.device_name(dev),
+        "device": device_name,
         "versions": environment.versions(),
         "settings": {"suite": suite, "level": level, "dtype": dtype, "compile": compile_},
         "peaks": peaks,
     }
+    write = _Writer(out, f"bench_{suite}_{level}", {**meta, "suites": list(suites)})
+    finishers = {
+        "layers": lambda suite_rows: finish_layers(suite_rows, peaks, dtype),
+        "e2e": finish_e2e,
+        "spider": finish_spider,
+    }
+    runners = {"layers": run_layers, "e2e": run_e2e, "spider": run_spider}
     rows: list[dict] = []
-    if "layers" in suites:
-        layer_rows = run_layers(dev, dtype, level, compile_)
-        _derive_layer_metrics(layer_rows, peaks, dtype)
-        rows += layer_rows
-    if "e2e" in suites:
-        rows += run_e2e(dev, dtype, level, compile_)
-    if "spider" in suites:
-        rows += run_spider(dev, dtype, level)
-    meta["seconds"] = round(time.time() - started, 1)
-    print(f"fastpeft bench ({level}) on {meta['device']}, {dtype}, git {meta['git_sha']}")
-    print(f"measured peaks: {peaks['copy_gbps']:.0f} GB/s copy, "
-          f"{peaks['matmul_tflops']:.2f} TFLOP/s {peaks['matmul_dtype']} matmul")  # fmt: skip
+    done: list[str] = []
+    for name in suites:
+
+        def checkpoint(suite_rows: list[dict], name: str = name) -> None:
+            partial = copy.deepcopy(suite_rows)  # the finished rows get their meaning once
+            finishers[name](partial)
+            write(rows + partial, done, running=name)
+
+        suite_started = time.time()
+        try:
+            suite_rows = runners[name](dev, dtype, level, compile_, checkpoint)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted during {name}: what was measured is in {out}")
+            raise
+        if name == "layers":
+            # Measured again now and the better kept: a shared machine busy during one of the
+            # two measurements would otherwise put its slowness into every percentage.
+            peaks.update(best_peaks(peaks, measured_peaks(dev, quick=level != "full")))
+        finishers[name](suite_rows)
+        rows.extend(suite_rows)
+        done.append(name)
+        write(rows, done)
+        print(f"{name} done in {time.time() - suite_started:.0f} s (written to {out})", flush=True)
+    print(f"\nmeasured ceilings (best of {peaks['repetitions']} calls): "
+          f"{peaks['copy_gbps']:.0f} GB/s copy, "
+          f"{peaks['matmul_tflops']:.3g} TFLOP/s {peaks['matmul_dtype']} matmul")  # fmt: skip
+    print("\n" + format_summary(summarize(rows)))
     for name in suites:
         print(f"\n[{name}]\n" + results.format_table(rows, name))
-    name = f"bench_{suite}_{level}"
-    written = results.write_json_csv(out, name, meta, rows)
-    written += results.write_plots(out, name, meta, rows)
+    written = write(rows, done)
+    written += write_plots(out, f"bench_{suite}_{level}", meta, rows)
     print("\nwrote " + ", ".join(str(p) for p in written))
     return {**meta, "rows": rows, "files": [str(p) for p in written]}

@@ -18,16 +18,19 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
 
 
+def _git(*args: str) -> str:
+    out = subprocess.run(
+        ["git", *args], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+    )
+    return out.stdout.strip()
+
+
 def git_sha() -> str:
+    """The short commit, with "+dirty" when tracked files differ from it: the figures then come
+    from code that no commit holds."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip()
+        sha = _git("rev-parse", "--short", "HEAD")
+        return sha + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

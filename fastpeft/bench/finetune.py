@@ -21,17 +21,35 @@ from .llava_shapes import build_llava
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _resident_mb() -> float:
+def _status_mib(field: str) -> float | None:
+    """A size field of /proc/self/status (Linux) in MiB, or None where there is none."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def resident_mib() -> float:
     with open("/proc/self/statm") as handle:  # Linux: pages
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def peak_memory_mb(device: torch.device, baseline_mb: float = 0.0) -> float:
-    """GPU: the allocator's peak. CPU: the process's resident high-water mark above
-    `baseline_mb` (the resident size before the model was built: imports are not the run's)."""
+def peak_memory_mib(device: torch.device, baseline_mib: float = 0.0) -> float:
+    """Peak memory in MiB (2**20 bytes). GPU: the allocator's peak. CPU: the process's resident
+    high-water mark above `baseline_mib` (the resident size before the model was built: imports
+    are not the run's). The high-water mark is VmHWM, not getrusage's ru_maxrss: a spawned
+    process inherits its parent's ru_maxrss across fork and exec, so a large parent would hide
+    every child's own peak behind its own."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline_mb  # KiB
+    high_water = _status_mib("VmHWM")
+    if high_water is None:
+        high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return high_water - baseline_mib
 
 
 PROVIDERS = ("peft", "peft-bf16", "peft+compile", "fastpeft", "frozen")
@@ -60,11 +78,57 @@ def _prepare(args, provider: str, model):
     return module, setup.optimizer(), setup.trainable_parameters(), report
 
 
+def caption_batches(model, args, count: int) -> list[dict]:
+    """`count` synthetic caption batches for `model` on args.device, pixels in args.dtype."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    batches = []
+    for step in range(count):
+        batch = caption_batch(model.config, args.batch_size, args.prompt_len, seed=step)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+        batches.append(batch)
+    return batches
+
+
+class Run:
+    """One provider's prepared model and optimizer on a fixed list of batches: `step(i)` trains
+    on batch i (modulo their number) and returns its wall-clock seconds.
+
+    `check_loss` is the eval-mode loss of the first batch before training, for checking
+    providers against each other (dropout off, so it is exact up to rounding)."""
+
+    def __init__(self, args, provider: str, model, batches: list[dict]):
+        if provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+        self.provider = provider
+        self.device = torch.device(args.device)
+        torch.manual_seed(1)  # the adapters' initial values: the same for every provider
+        self.module, self.optimizer, self.trainable, self.report = _prepare(args, provider, model)
+        self.batches = batches
+        self.tokens_per_step = batches[0]["input_ids"].numel()
+        self.module.eval()
+        with torch.no_grad():
+            self.check_loss = float(self.module(**batches[0]).loss)
+        self.module.train(not args.dropout_off)
+        self.losses: list[float] = []
+
+    def step(self, i: int) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        loss = self.module(**self.batches[i % len(self.batches)]).loss
+        loss.backward()
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.losses.append(loss.item())  # (synchronises)
+        return time.perf_counter() - start
+
+
 def train(args, provider: str = "fastpeft") -> dict:
     """One fine-tuning run by `provider` (see PROVIDERS; "peft" means stock PEFT, or fastpeft's
-    eager adapters for method "adapter"); returns its losses, tokens/s and peak memory, and
-    `check_loss`: the eval-mode loss of the first batch before training, for checking providers
-    against each other. Times are the median step after the first."""
+    eager adapters for method "adapter"); returns its losses, tokens/s and peak memory (MiB), and
+    `check_loss` (see `Run`). Times are the median step after the first."""
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
     warnings.filterwarnings("ignore")
@@ -72,48 +136,27 @@ def train(args, provider: str = "fastpeft") -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    baseline_mb = 0.0 if device.type == "cuda" else _resident_mb()
+    baseline_mib = 0.0 if device.type == "cuda" else resident_mib()
     model = build_llava(args.size, dtype=dtype, device=device, seed=0)
-    torch.manual_seed(1)  # the adapters' initial values: the same for every provider
-    module, optimizer, trainable, report = _prepare(args, provider, model)
-    batches = []
-    for step in range(args.steps):
-        batch = caption_batch(model.config, args.batch_size, args.prompt_len, seed=step)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        batch["pixel_values"] = batch["pixel_values"].to(dtype)
-        batches.append(batch)
-    module.eval()
-    with torch.no_grad():
-        check_loss = float(module(**batches[0]).loss)
-    module.train(not args.dropout_off)
-    losses, seconds = [], []
-    for batch in batches:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        loss = module(**batch).loss
-        loss.backward()
-        if optimizer is not None:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))  # (synchronises)
-        seconds.append(time.perf_counter() - start)
+    run = Run(args, provider, model, caption_batches(model, args, args.steps))
+    seconds = [run.step(i) for i in range(args.steps)]
     # Step 0 pays for lazy initialisation and compilation; the median of the rest resists the
     # outliers a shared machine throws in.
     step_s = statistics.median(seconds[1:])
-    tokens = batches[0]["input_ids"].numel()
+    peak = peak_memory_mib(device, baseline_mib)
     result = {
         "provider": provider,
-        "losses": losses,
-        "check_loss": check_loss,
-        "tokens_per_step": tokens,
+        "losses": run.losses,
+        "check_loss": run.check_loss,
+        "tokens_per_step": run.tokens_per_step,
         "step_ms": 1e3 * step_s,
-        "tokens_per_s": tokens / step_s,
-        "peak_mb": peak_memory_mb(device, baseline_mb),
-        "trainable": trainable,
-        "report": report,
+        "tokens_per_s": run.tokens_per_step / step_s,
+        "peak_mib": peak,
+        "peak_mb": peak,  # the same MiB figure under its old name (examples/finetune_mllm.py)
+        "trainable": run.trainable,
+        "report": run.report,
     }
-    del module, optimizer, model
+    del run, model
     return result
 
 

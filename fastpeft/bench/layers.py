@@ -6,7 +6,9 @@ Providers: LoRA and IA3 — "base" (the frozen linear alone, input grads only: t
 "peft+compile" (torch.compile of the PEFT model), "fastpeft" (the PEFT model, patched).
 Adapters — "eager" (fastpeft's reference module unpatched), "eager+compile", "fastpeft".
 Every provider's output and input gradient are checked against the baseline ("peft" / "eager")
-with dropout off before it is timed: a provider that disagrees gets an error, not a number.
+with dropout off before it is timed: a provider that disagrees gets an error, not a number. The
+providers of one case and mode are timed interleaved (`timing.time_interleaved`), so each row
+carries per-repetition times that pair with its baseline's.
 """
 
 import copy
@@ -18,9 +20,11 @@ import torch.nn as nn
 from ..adapters import AdapterConfig
 from ..adapters.modules import BottleneckAdapter
 from ..patch import patch
-from .timing import time_call
+from .stats import spread
+from .timing import time_interleaved
 
 MODES = ("fwd", "bwd", "full")
+FLOOR = "base"  # the frozen linear alone: no method can cost less (LoRA and IA3 cases)
 LORA_RANKS = (16, 64, 128)
 # (label, K, N): Llama-7B projections: q/o, gate/up, down, and k/v with GQA (8 of 32 heads).
 LLM_SHAPES = (("q/o", 4096, 4096), ("gate/up", 4096, 11008), ("down", 11008, 4096))
@@ -101,6 +105,11 @@ def _peft_linear(case: LayerCase, dtype, device, autocast_adapter_dtype: bool) -
 
 def build_providers(case: LayerCase, dtype, device, compile_: bool) -> dict[str, nn.Module]:
     """Provider name -> module for `case`; the first entry after "base" is the baseline."""
+    if compile_:
+        # Every case runs the same forward code at new shapes: without a reset dynamo recompiles
+        # it case after case until its recompile limit (8), then silently runs it eagerly and
+        # the "+compile" rows would time eager code.
+        torch._dynamo.reset()
     if case.kind == "adapter":
         torch.manual_seed(0)
         config = AdapterConfig(bottleneck_size=case.r, dropout=0.05)
@@ -170,36 +179,49 @@ def flops_and_bytes(case: LayerCase, mode: str, elem: int) -> tuple[float, float
     return fwd_f + bwd_f, fwd_b + bwd_b
 
 
+def baseline_of(kind: str) -> str:
+    """The provider a kind's speedups are against: PEFT, or fastpeft's eager reference module
+    for bottleneck adapters (PEFT has none)."""
+    return "eager" if kind == "adapter" else "peft"
+
+
 def bench_case(case: LayerCase, dtype, device, compile_: bool, reps: int) -> list[dict]:
-    """Rows (one per provider × mode) for one case."""
+    """Rows (one per provider × mode) for one case, each with its per-repetition `times_ms`."""
     providers = build_providers(case, dtype, device, compile_)
-    baseline = "eager" if case.kind == "adapter" else "peft"
+    baseline = baseline_of(case.kind)
     xs = [torch.randn(case.M, case.K, device=device, dtype=dtype) for _ in range(2)]
     errors = _check(providers, baseline, xs[0], dtype)
     dy = torch.randn(case.M, case.N, device=device, dtype=dtype)
+    timed = {name: module for name, module in providers.items() if name not in errors}
+    samples = {
+        mode: time_interleaved(
+            {name: _call(module, mode, xs, dy) for name, module in timed.items()}, device, reps
+        )
+        for mode in MODES
+    }
     rows = []
-    for name, module in providers.items():
+    for name in providers:
         for mode in MODES:
             row = {"suite": "layers", "case": case.name(), "kind": case.kind, "shape": case.label}
             row.update(M=case.M, K=case.K, N=case.N, r=case.r, mode=mode, provider=name)
+            row["baseline"] = baseline
             if name in errors:
                 row["error"] = errors[name]
             else:
-                row.update(_time_mode(module, mode, xs, dy, device, reps).__dict__)
+                times = samples[mode][name]
+                s = spread(times)
+                row.update(median_ms=s.median, p20_ms=s.p20, p80_ms=s.p80, times_ms=times)
             rows.append(row)
     return rows
 
 
-def _time_mode(module, mode, xs, dy, device, reps):
-    leaves = [x.requires_grad_() for x in xs]
+def _call(module, mode, xs, dy):
+    """A no-argument call running `mode` once; inputs alternate so caches do not flatter."""
+    leaves = [x.detach().clone().requires_grad_() for x in xs]
     calls = iter(range(1 << 62))
     if mode == "fwd":
-        return time_call(lambda: module(leaves[next(calls) % 2]), device, reps)
+        return lambda: module(leaves[next(calls) % 2])
     if mode == "full":
-
-        def full():
-            module(leaves[next(calls) % 2]).backward(dy)
-
-        return time_call(full, device, reps)
+        return lambda: module(leaves[next(calls) % 2]).backward(dy)
     y = module(leaves[0])  # bwd: the backward of one retained graph, again and again
-    return time_call(lambda: y.backward(dy, retain_graph=True), device, reps)
+    return lambda: y.backward(dy, retain_graph=True)

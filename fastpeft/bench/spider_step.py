@@ -1,6 +1,7 @@
 """Per-step cost of SPIDER (SPEC §6) over a 7B-class set of tensors.
 
-Providers, each timed alone on fresh tensors (so peak memory is one provider's):
+Providers, each on its own tensors, timed interleaved (one step of each per repetition, order
+rotated) so the per-repetition ratios cancel a shared machine's drifts:
 
 - ``fastpeft``: ``fastpeft.spider.Spider(params).step()`` (three multi-tensor passes);
 - ``reference``: the paper-style per-tensor loop, ``fastpeft.reference.spider.SpiderReference``
@@ -16,7 +17,6 @@ reads g and G and writes G; pass 2 reads θ₀ and G; pass 3 reads θ₀, G and 
 from __future__ import annotations
 
 import gc
-import statistics
 import time
 from collections.abc import Callable, Sequence
 
@@ -24,6 +24,8 @@ import torch
 
 from ..reference.spider import SpiderReference
 from ..spider import Spider
+from .stats import paired_ratios, spread
+from .timing import time_interleaved
 
 
 def llama_shapes(layers: int, hidden: int = 4096, intermediate: int = 11008) -> list[tuple]:
@@ -50,15 +52,16 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def copy_bandwidth(device: torch.device, numel: int | None = None, repeats: int = 10) -> float:
+def copy_bandwidth(device: torch.device, numel: int | None = None, repeats: int = 30) -> float:
     """Measured device-to-device copy bandwidth in bytes/s (read + write of ``numel`` fp32;
-    default 512 MiB on a GPU, 64 MiB on the CPU: well past the caches either way)."""
+    default 512 MiB on a GPU, 128 MiB on the CPU: well past the caches either way), from the
+    fastest of ``repeats`` warmed-up copies: a ceiling, which a busy machine only lowers."""
     if numel is None:
-        numel = 1 << 27 if device.type == "cuda" else 1 << 24
+        numel = 1 << 27 if device.type == "cuda" else 1 << 25
     src = torch.randn(numel, device=device)
     dst = torch.empty_like(src)
     times = []
-    for _ in range(repeats + 2):
+    for _ in range(repeats + 3):
         _sync(device)
         start = time.perf_counter()
         dst.copy_(src)
@@ -66,7 +69,7 @@ def copy_bandwidth(device: torch.device, numel: int | None = None, repeats: int 
         times.append(time.perf_counter() - start)
     del src, dst
     _free(device)
-    return 2 * 4 * numel / statistics.median(times[2:])
+    return 2 * 4 * numel / min(times[3:])
 
 
 def _make(shapes: Sequence[tuple], dtype: torch.dtype, device: torch.device, seed: int):
@@ -79,41 +82,23 @@ def _make(shapes: Sequence[tuple], dtype: torch.dtype, device: torch.device, see
     return params
 
 
-def _time(fn: Callable[[], None], device: torch.device, steps: int, warmup: int) -> list[float]:
-    out = []
-    for i in range(warmup + steps):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        if i >= warmup:
-            out.append(time.perf_counter() - start)
-    return out
+def _peak_extra_mib(device: torch.device, before: int) -> float | None:
+    """MiB the allocator peaked at above `before` (GPU; None on a CPU, which has no such count)."""
+    if device.type != "cuda":
+        return None
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def _peak_reset(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak(device: torch.device) -> int | None:
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-
-
-def bench_provider(
-    provider: str,
-    shapes: Sequence[tuple],
-    dtype: torch.dtype,
-    device: torch.device,
-    steps: int = 10,
-    warmup: int = 2,
-    backend: str = "auto",
-) -> dict:
-    """Time one provider's step; returns a result row (times in ms, state bytes per element)."""
+def setup_provider(
+    provider: str, shapes: Sequence[tuple], dtype: torch.dtype, device: torch.device, backend: str
+) -> tuple[Callable[[], None], dict]:
+    """(one step of `provider` on fresh tensors, its row so far: state bytes per element and, on
+    a GPU, the peak memory its state and one step add above the parameters and gradients)."""
     params = _make(shapes, dtype, device, seed=0)
     numel = sum(p.numel() for p in params)
-    _peak_reset(device)
-    base = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
     row: dict = {"provider": provider, "dtype": str(dtype).replace("torch.", "")}
     if provider == "fastpeft":
         spider = Spider(params, backend=backend)
@@ -140,24 +125,12 @@ def bench_provider(
         fn = opt.step
     else:
         raise ValueError(f"unknown provider {provider!r}")
-    times = _time(fn, device, steps, warmup)
-    ordered = sorted(times)
-    row.update(
-        tensors=len(params),
-        elements=numel,
-        median_ms=round(1e3 * statistics.median(times), 3),
-        p20_ms=round(1e3 * ordered[int(0.2 * (len(ordered) - 1))], 3),
-        p80_ms=round(1e3 * ordered[int(0.8 * (len(ordered) - 1))], 3),
-        state_bytes_per_element=round(state / numel, 2),
-    )
-    if base is not None:
-        row["peak_extra_gib"] = round((_peak(device) - base) / 2**30, 2)
-    if provider == "fastpeft":
-        moved = spider_bytes_per_element(dtype) * numel
-        row["gbps"] = round(moved / statistics.median(times) / 1e9, 1)
-    del params, fn
-    _free(device)
-    return row
+    fn()  # one step counted in the peak (and a warm-up)
+    _sync(device)
+    if device.type == "cuda":
+        row["peak_extra_mib"] = round(_peak_extra_mib(device, before), 1)
+    row.update(tensors=len(params), elements=numel, state_bytes_per_element=round(state / numel, 2))
+    return fn, row
 
 
 def bench_spider_step(
@@ -170,35 +143,46 @@ def bench_spider_step(
     warmup: int = 2,
     backend: str = "auto",
 ) -> list[dict]:
-    """Rows for every provider, with speedups and the fraction of copy bandwidth.
+    """Rows for every provider (per-repetition `times_ms`, median, p20, p80), fastpeft's with
+    its speedup over the reference and time relative to AdamW (medians of per-repetition
+    ratios with p20 and p80) and its fraction of the copy bandwidth.
 
     ``reference_shapes`` (default: ``shapes``) lets the slow, memory-hungry paper loop run on a
-    subset; its time is then scaled by the element ratio (it is a per-tensor loop whose cost is
+    subset; its times are then scaled by the element ratio (it is a per-tensor loop whose cost is
     linear in the tensors), and the row says so.
     """
-    rows = []
+    fns, rows = {}, {}
     for provider in providers:
         use = reference_shapes if provider == "reference" and reference_shapes else shapes
-        row = bench_provider(provider, use, dtype, device, steps, warmup, backend)
-        if use is not shapes:
-            full = sum(torch.Size(s).numel() for s in shapes)
-            factor = full / row["elements"]
+        fns[provider], rows[provider] = setup_provider(provider, use, dtype, device, backend)
+    factors = {}
+    full = sum(torch.Size(s).numel() for s in shapes)
+    for provider, row in rows.items():
+        factors[provider] = full / row["elements"]
+        if row["elements"] != full:
             row["measured_on_elements"] = row["elements"]
             row["elements"] = full
-            for key in ("median_ms", "p20_ms", "p80_ms"):
-                row[key] = round(row[key] * factor, 3)
-            row["scaled"] = f"x{factor:.2f} from a subset"
-        rows.append(row)
-    by = {r["provider"]: r for r in rows}
-    fast = by.get("fastpeft")
+            row["scaled"] = f"x{factors[provider]:.2f} from a subset"
+    samples = time_interleaved(fns, device, steps, warmup)
+    for provider, row in rows.items():
+        times = [t * factors[provider] for t in samples[provider]]
+        s = spread(times)
+        row.update(median_ms=s.median, p20_ms=s.p20, p80_ms=s.p80, times_ms=times)
+    fast = rows.get("fastpeft")
     if fast:
-        if "reference" in by:
-            fast["speedup_vs_reference"] = round(
-                by["reference"]["median_ms"] / fast["median_ms"], 2
-            )
-        if "adamw" in by:
-            fast["ratio_to_adamw"] = round(fast["median_ms"] / by["adamw"]["median_ms"], 3)
+        moved = spider_bytes_per_element(dtype) * fast["elements"]
+        fast["gbps"] = round(moved / (fast["median_ms"] * 1e-3) / 1e9, 1)
+        if "reference" in rows:
+            ratio = spread(paired_ratios(rows["reference"]["times_ms"], fast["times_ms"]))
+            fast.update(speedup_vs_reference=ratio.median, speedup_vs_reference_p20=ratio.p20)
+            fast["speedup_vs_reference_p80"] = ratio.p80
+        if "adamw" in rows:
+            ratio = spread(paired_ratios(fast["times_ms"], rows["adamw"]["times_ms"]))
+            fast.update(time_vs_adamw=ratio.median, time_vs_adamw_p20=ratio.p20)
+            fast["time_vs_adamw_p80"] = ratio.p80
         bw = copy_bandwidth(device)
         fast["copy_gbps"] = round(bw / 1e9, 1)
         fast["fraction_of_copy_bw"] = round(fast["gbps"] * 1e9 / bw, 3)
-    return rows
+    del fns
+    _free(device)
+    return list(rows.values())

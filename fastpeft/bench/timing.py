@@ -1,22 +1,21 @@
 """Timing and device ceilings shared by the benchmark suites.
 
-GPU: `triton.testing.do_bench` (CUDA events, L2 flushed between calls) median with p20/p80. CPU:
-a wall-clock loop after warm-up; callers rotate inputs so caches do not flatter.
+Providers are timed interleaved: every repetition times each provider once, back to back, in an
+order rotated from one repetition to the next, so a slow drift of a shared machine (thermal,
+other processes) lands on every provider of that repetition alike instead of on whichever ran
+last. A repetition is one call, after warm-up rounds: wall-clock on a CPU (callers rotate inputs
+so caches do not flatter), CUDA events on a GPU with the L2 cache flushed before the call (as
+`triton.testing.do_bench` does, without its per-call set-up, which made a layer case cost ~25 s).
 """
 
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from .stats import quantile
 
-@dataclass
-class Timing:
-    median_ms: float
-    p20_ms: float
-    p80_ms: float
+_L2_FLUSH_BYTES = 256 << 20  # more than any current GPU's L2
 
 
 def sync(device: torch.device) -> None:
@@ -24,42 +23,111 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device, reps: int = 20) -> Timing:
-    """Median, p20 and p80 milliseconds of `fn()` on `device`."""
-    if device.type == "cuda":
-        import triton.testing
+def rotation(names: list[str], repetition: int) -> list[str]:
+    """The order of repetition `repetition`: `names` rotated by it (no provider always first)."""
+    k = repetition % len(names) if names else 0
+    return names[k:] + names[:k]
 
-        median, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
-        return Timing(median, p20, p80)
-    for _ in range(max(1, reps // 5)):
+
+class _Clock:
+    """Milliseconds of one call of a function on `device`."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            self.flush = torch.empty(_L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        if self.device.type != "cuda":
+            start = time.perf_counter()
+            fn()
+            return 1e3 * (time.perf_counter() - start)
+        self.flush.zero_()  # nothing of the previous call left in L2
+        self.start.record()
         fn()
+        self.end.record()
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    reps: int,
+    warmup: int | None = None,
+) -> dict[str, list[float]]:
+    """Milliseconds of each provider in each of `reps` repetitions (index i: repetition i for
+    every provider), after `warmup` untimed rounds (default reps // 5, at least 1)."""
+    names = list(fns)
+    for _ in range(max(1, reps // 5) if warmup is None else warmup):
+        for name in names:
+            fns[name]()
+            sync(device)
+    clock = _Clock(device)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in rotation(names, rep):
+            samples[name].append(clock(fns[name]))
+    return samples
+
+
+def _best_throughput(fn: Callable[[], object], device: torch.device, reps: int) -> dict:
+    """Seconds of `fn` as the best (fastest) and the median of `reps` warmed-up calls.
+
+    A ceiling is what the machine can do, so the best call is the estimate: a shared machine
+    only ever makes calls slower, never faster than the hardware allows."""
+    for _ in range(3):
+        fn()
+    sync(device)
     seconds = []
     for _ in range(reps):
+        sync(device)
         start = time.perf_counter()
         fn()
+        sync(device)
         seconds.append(time.perf_counter() - start)
-    ordered = sorted(seconds)
-    return Timing(
-        1e3 * statistics.median(seconds),
-        1e3 * ordered[int(0.2 * (len(ordered) - 1))],
-        1e3 * ordered[int(0.8 * (len(ordered) - 1))],
-    )
+    return {"best": min(seconds), "median": quantile(seconds, 0.5)}
 
 
-def measured_peaks(device: torch.device, quick: bool = True) -> dict[str, float]:
-    """The device's measured ceilings: copy bandwidth (GB/s, read + write counted) and dense
-    matmul throughput (TFLOP/s, bf16 on a GPU, fp32 on a CPU)."""
-    numel = (1 << 28) if device.type == "cuda" else (1 << 22 if quick else 1 << 24)
+def _copy_seconds(numel: int, device: torch.device, reps: int) -> dict:
     src = torch.empty(numel, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    copy = time_call(lambda: dst.copy_(src), device, reps=10)
-    size = 8192 if device.type == "cuda" else (1024 if quick else 2048)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _best_throughput(lambda: dst.copy_(src), device, reps)
+
+
+def measured_peaks(device: torch.device, quick: bool = True) -> dict[str, float | str]:
+    """The device's measured ceilings: copy bandwidth (GB/s, read + write counted) and dense
+    matmul throughput (TFLOP/s, bf16 on a GPU, fp32 on a CPU), each the best of many warmed-up
+    calls (the `_median` figures say how far a typical call falls short).
+
+    The copy moves 2 × 128 MiB on a CPU (past every cache: smaller copies partly hit the L3 and
+    swing from run to run) and 2 × 1 GiB on a GPU."""
+    gpu = device.type == "cuda"
+    numel = 1 << 28 if gpu else 1 << 25
+    reps = 30 if quick else 60
+    copy = _copy_seconds(numel, device, reps)
+    size = 8192 if gpu else (1024 if quick else 2048)
+    dtype = torch.bfloat16 if gpu else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    matmul = time_call(lambda: a @ b, device, reps=10)
+    matmul = _best_throughput(lambda: a @ b, device, reps)
+    moved, flops = 2 * numel * 4, 2 * size**3
     return {
-        "copy_gbps": 2 * numel * 4 / (copy.median_ms * 1e-3) / 1e9,
-        "matmul_tflops": 2 * size**3 / (matmul.median_ms * 1e-3) / 1e12,
+        "copy_gbps": moved / copy["best"] / 1e9,
+        "copy_gbps_median": moved / copy["median"] / 1e9,
+        "matmul_tflops": flops / matmul["best"] / 1e12,
+        "matmul_tflops_median": flops / matmul["median"] / 1e12,
         "matmul_dtype": str(dtype).replace("torch.", ""),
+        "repetitions": reps,
     }
+
+
+def best_peaks(first: dict, second: dict) -> dict:
+    """Two measurements of the ceilings as one: the higher of each (see `_best_throughput`)."""
+    merged = dict(first)
+    for key in ("copy_gbps", "copy_gbps_median", "matmul_tflops", "matmul_tflops_median"):
+        merged[key] = max(first[key], second[key])
+    merged["repetitions"] = first["repetitions"] + second["repetitions"]
+    return merged
