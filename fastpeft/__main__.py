@@ -131,9 +131,12 @@ def _env(args) -> None:
     if args.json:
         print(json.dumps(info, indent=2))
         return
+    problems = info.pop("warnings")
     width = max(map(len, info))
     for key, value in info.items():
         print(f"{key.ljust(width)}  {', '.join(value) if isinstance(value, list) else value}")
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,7 @@ def report() -> dict:
     """What `fastpeft env` prints: versions, device, usable backends, optional components."""
     from .. import __version__, _ext
     from .. import env as fastpeft_env
+    from .. import versions as tested_versions
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -86,6 +87,12 @@ def report() -> dict:
     )
     info["flash_attn"] = _optional_version("flash_attn") or "not installed (optional)"
     info["matplotlib"] = _optional_version("matplotlib") or "not installed (no PNG plots)"
+    oldest = {package: bounds[0] for package, bounds in tested_versions.TESTED.items()}
+    newest = {package: bounds[1] for package, bounds in tested_versions.TESTED.items()}
+    info["tested_with"] = ", ".join(
+        f"{package} {oldest[package]} to {newest[package]}" for package in oldest
+    )
+    info["warnings"] = tested_versions.untested_versions()
     return info
 
 

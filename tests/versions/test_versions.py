@@ -36,3 +36,14 @@ def test_untested_versions_names_each_package_outside_the_range(found, expected)
 def test_a_version_that_is_not_a_number_is_an_error():
     with pytest.raises(ValueError, match="version must start with a number"):
         versions.untested_versions({"transformers": "main", "peft": "0.21.2"})
+
+
+def test_env_warns_when_the_installed_release_is_outside_the_tested_range(monkeypatch, capsys):
+    from fastpeft.__main__ import main
+
+    installed = versions.installed("transformers")
+    monkeypatch.setitem(versions.TESTED, "transformers", ("99.0.0", "99.1.0"))
+    main(["env"])
+    out = capsys.readouterr()
+    assert "tested_with   transformers 99.0.0 to 99.1.0" in out.out
+    assert f"warning: transformers {installed} is older than the oldest tested" in out.err
