@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .env import bench_out_dir
 
 
 class _DEFAULTS(argparse.ArgumentDefaultsHelpFormatter):
@@ -62,7 +63,11 @@ def _bench_parser(commands) -> None:
     )
     bench.set_defaults(bench_parser=bench)  # for errors that name "fastpeft bench"
     bench.add_argument(
-        "--suite", choices=["layers", "e2e", "spider", "all"], default="all", help="what to run"
+        "--suite",
+        choices=["layers", "e2e", "spider", "all", "proof"],
+        default="all",
+        help="what to run; proof: the GPU proof kit (gpu tests, ceilings, headline layers, "
+        "SPIDER, e2e, summary.md with every target's verdict) under --budget",
     )
     level = bench.add_mutually_exclusive_group()
     level.add_argument(
@@ -89,8 +94,16 @@ def _bench_parser(commands) -> None:
     bench.add_argument(
         "--out",
         type=Path,
-        default=Path("bench-results"),
-        help="output directory: an existing one, or a new one in an existing directory",
+        default=Path(bench_out_dir() or "bench-results"),
+        help="output directory: an existing one, or a new one in an existing directory "
+        "($OUT when set)",
+    )
+    bench.add_argument(
+        "--budget",
+        type=float,
+        default=420.0,
+        help="seconds the proof suite may take in all (--suite proof only); later parts are "
+        "skipped, and say so, when it runs out",
     )
     bench.add_argument(
         "--dtype",
@@ -110,12 +123,19 @@ def _bench_parser(commands) -> None:
 
 def _bench(args) -> int:
     from .bench.cli import run_bench
-    from .bench.validate import bench_errors
+    from .bench.validate import bench_errors, proof_errors
 
     errors = bench_errors(args.out, args.device, args.dtype)
+    if args.suite == "proof":
+        errors += proof_errors(args.level, args.device, args.budget)
     if errors:  # before any work: a bad --out found after the run would waste the run
         args.bench_parser.error("; ".join(errors))
     try:
+        if args.suite == "proof":
+            from .bench.proof import run_proof
+
+            run_proof(args.out, args.budget, args.level == "smoke", args.device, args.dtype)
+            return 0
         run_bench(args.suite, args.level, args.out, args.dtype, args.device, args.compile_)
     except KeyboardInterrupt:
         return 130

@@ -4,6 +4,8 @@
   meant for tests on machines without a GPU).
 - ``FASTPEFT_BACKEND``: overrides ``backend="auto"`` (``triton`` or ``torch``), e.g. to compare
   paths without editing code.
+- ``OUT``: where ``fastpeft bench`` writes when ``--out`` is not given (the device machines that
+  run the GPU proof kit collect what lands there).
 """
 
 import os
@@ -17,4 +19,10 @@ def triton_interpret() -> bool:
 def backend_override() -> str | None:
     """The backend forced by FASTPEFT_BACKEND, or None."""
     value = os.environ.get("FASTPEFT_BACKEND", "").strip().lower()
+    return value or None
+
+
+def bench_out_dir() -> str | None:
+    """The folder named by OUT (bench's default output folder when set), or None."""
+    value = os.environ.get("OUT", "").strip()
     return value or None

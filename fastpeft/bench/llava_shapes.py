@@ -23,9 +23,14 @@ def llava_config(size: str):
     from ..testing._common import _llama_text_kwargs
     from ..testing.llama_models import llava_config as make_config
 
-    if size not in LLAVA_SIZES:
-        raise ValueError(f"size must be one of {tuple(LLAVA_SIZES)}, got {size!r}")
-    d, layers, heads, kv, mlp, vocab, px, patch, vd, vlayers, vheads, vmlp = LLAVA_SIZES[size]
+    # "7b:8": the 7b shape cut to 8 decoder layers (what a time budget allows of a full step).
+    name, _, cut = size.partition(":")
+    if name not in LLAVA_SIZES or (cut and not (cut.isdigit() and int(cut) > 0)):
+        raise ValueError(
+            f"size must be one of {tuple(LLAVA_SIZES)} (or 'NAME:LAYERS'), got {size!r}"
+        )
+    d, layers, heads, kv, mlp, vocab, px, patch, vd, vlayers, vheads, vmlp = LLAVA_SIZES[name]
+    layers = int(cut) if cut else layers
     text = _llama_text_kwargs(d, layers, vocab, heads, kv, mlp)
     text["max_position_embeddings"] = 4096
     return make_config(text, vd, vlayers, vheads, vmlp, image=px, patch=patch)

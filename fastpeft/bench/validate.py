@@ -54,3 +54,16 @@ def check_dtype(dtype: str | None) -> str | None:
 def bench_errors(out: Path, device: str | None, dtype: str | None) -> list[str]:
     """Every problem with the arguments, in the order they are listed in `--help`."""
     return [e for e in (check_out(out), check_dtype(dtype), check_device(device)) if e]
+
+
+def proof_errors(level: str | None, device: str | None, budget: float) -> list[str]:
+    """Problems only the proof suite has: it runs at full shapes on a GPU or as a smoke check."""
+    errors = []
+    if level == "quick":
+        errors.append("--quick: the proof suite runs full shapes on a GPU, or --smoke")
+    cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    if cpu and level != "smoke":
+        errors.append("--suite proof: no CUDA device here; pass --smoke to check the code path")
+    if not budget > 0:
+        errors.append(f"--budget {budget:g}: must be a positive number of seconds")
+    return errors
