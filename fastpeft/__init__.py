@@ -24,6 +24,7 @@ __all__ = [
     "patch",
     "remove_adapters",
     "save_adapters",
+    "FastPeftCallback",
     "Spider",
     "SpiderCallback",
     "unpatch",
@@ -32,9 +33,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # SpiderCallback subclasses transformers' TrainerCallback: import transformers on first use.
+    # The callbacks subclass transformers' TrainerCallback: import transformers on first use.
     if name == "SpiderCallback":
         from .spider import SpiderCallback
 
         return SpiderCallback
+    if name == "FastPeftCallback":
+        from .trainer_callback import FastPeftCallback
+
+        return FastPeftCallback
     raise AttributeError(f"module 'fastpeft' has no attribute {name!r}")

@@ -248,3 +248,81 @@ def test_spider_callback_with_gradient_accumulation(tmp_path):
     moved = [p.detach() != t0 for p, t0 in zip(spider.params, spider.theta0, strict=True)]
     assert any(bool(m.any()) for m in moved)
     assert any(bool((~m).any()) for m in moved)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_fastpeft_callback_patches_at_train_begin_and_matches_unpatched(tmp_path):
+    plain = _lora_llava()
+    switched = copy.deepcopy(plain)  # patched by the callback, not by hand
+    exact = testing.fp64_copy(plain)
+    callback = fastpeft.FastPeftCallback(backend="torch")
+    records = _Records()
+    trainer_logger = logging.getLogger("transformers.trainer")
+    trainer_logger.addHandler(records)
+    level = trainer_logger.level
+    trainer_logger.setLevel(logging.INFO)
+    try:
+        runs = {}
+        for name, model, callbacks in (
+            ("plain", plain, None),
+            ("switched", switched, [callback]),
+            ("exact", exact, None),
+        ):
+            trainer = _trainer(model, _args(tmp_path / name, max_steps=3), callbacks=callbacks)
+            trainer.train()
+            losses = torch.tensor(_losses(trainer), dtype=torch.float64)
+            runs[name] = (losses, _lora_params(model))
+        assert not any(fastpeft.is_patched(m) for m in plain.modules())  # copies stay apart
+        # A second train() (as when resuming) patches nothing twice and logs nothing again.
+        _trainer(switched, _args(tmp_path / "again", max_steps=1), callbacks=[callback]).train()
+    finally:
+        trainer_logger.removeHandler(records)
+        trainer_logger.setLevel(level)
+
+    assert callback.report is not None and len(callback.report.patched) > 0
+    assert [m for m in records.messages if m.startswith("fastpeft: patched")] == [
+        str(callback.report)
+    ]
+    assert fused_calls(switched) > 0 and fused_calls(plain) == 0 and _fallbacks(switched) == {}
+    (want_losses, want), (got_losses, got), (exact_losses, exact_params) = (
+        runs["plain"],
+        runs["switched"],
+        runs["exact"],
+    )
+    assert_within_reference_budget(got_losses.float(), want_losses.float(), exact_losses)
+    # (The extra one-step train() above moved `switched` on: compare the 3-step snapshot.)
+    assert_all_within_reference_budget(got, want, exact_params, what="param", norm="rms")
+
+
+def test_fastpeft_callback_with_spider_and_gradient_checkpointing(tmp_path):
+    model = _lora_llava()
+    spider = fastpeft.Spider(model)
+    callbacks = [fastpeft.FastPeftCallback(backend="torch"), fastpeft.SpiderCallback(spider)]
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+    trainer = _trainer(model, args, callbacks=callbacks)
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(_losses(trainer))))
+    assert fused_calls(model) > 0 and _fallbacks(model) == {}
+    assert spider.steps == trainer.state.global_step == 3
+
+
+def test_fastpeft_callback_checks_its_arguments():
+    with pytest.raises(ValueError, match="backend"):
+        fastpeft.FastPeftCallback(backend="cuda")
+    with pytest.raises(TypeError, match="strict must be a bool"):
+        fastpeft.FastPeftCallback(strict="yes")

@@ -1,0 +1,54 @@
+"""FastPeftCallback: `fastpeft.patch` where Hugging Face Trainer users already look.
+
+`callbacks=[fastpeft.FastPeftCallback()]` patches the model the Trainer trains once training
+begins, i.e. after whatever wrapped it with PEFT (the user, or a trainer that takes a
+`peft_config`), after gradient checkpointing was switched on and before the first step, and logs
+the patch report once to the Trainer's logger.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.utils import logging
+
+from .patch import PatchReport, patch
+
+logger = logging.get_logger("transformers.trainer")
+
+
+class FastPeftCallback(TrainerCallback):
+    """Patches the Trainer's model with `fastpeft.patch` at ``on_train_begin``.
+
+    Args:
+        backend: as for `fastpeft.patch` ("auto", "triton" or "torch").
+        strict: as for `fastpeft.patch`: raise, listing every reason, when a PEFT layer cannot
+            take the fused path.
+
+    `report` holds the `PatchReport` once training began. The hook sees the unwrapped model
+    (DDP, FSDP and torch.compile wrappers call its forward), and patching is per instance and
+    idempotent, so a second `train()` (resuming, for one) patches nothing twice and logs once.
+    Evaluation before the first `train()` runs unpatched, with PEFT's own (equal) numbers.
+    """
+
+    def __init__(self, backend: str = "auto", strict: bool = False) -> None:
+        from .ops import _dispatch
+
+        _dispatch.check_backend_name(backend)
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+        self.backend = backend
+        self.strict = strict
+        self.report: PatchReport | None = None
+
+    def on_train_begin(self, args, state, control, model: Any = None, **kwargs):
+        if model is None:
+            raise ValueError(
+                "FastPeftCallback: the Trainer passed no model to on_train_begin; "
+                "patch the model yourself with fastpeft.patch(model)"
+            )
+        first = self.report is None
+        self.report = patch(model, backend=self.backend, strict=self.strict)
+        if first and state.is_world_process_zero:
+            logger.info(str(self.report))
