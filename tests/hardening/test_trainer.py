@@ -259,11 +259,12 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_fastpeft_callback_patches_at_train_begin_and_matches_unpatched(tmp_path):
-    plain = _lora_llava()
-    switched = copy.deepcopy(plain)  # patched by the callback, not by hand
-    exact = testing.fp64_copy(plain)
+def test_fastpeft_callback_patches_at_train_begin_like_patching_by_hand(tmp_path):
+    by_hand = _lora_llava()
+    switched = copy.deepcopy(by_hand)  # patched by the callback instead
+    fastpeft.patch(by_hand, backend="torch")
     callback = fastpeft.FastPeftCallback(backend="torch")
+    assert not any(fastpeft.is_patched(m) for m in switched.modules())
     records = _Records()
     trainer_logger = logging.getLogger("transformers.trainer")
     trainer_logger.addHandler(records)
@@ -272,15 +273,12 @@ def test_fastpeft_callback_patches_at_train_begin_and_matches_unpatched(tmp_path
     try:
         runs = {}
         for name, model, callbacks in (
-            ("plain", plain, None),
+            ("by_hand", by_hand, None),
             ("switched", switched, [callback]),
-            ("exact", exact, None),
         ):
             trainer = _trainer(model, _args(tmp_path / name, max_steps=3), callbacks=callbacks)
             trainer.train()
-            losses = torch.tensor(_losses(trainer), dtype=torch.float64)
-            runs[name] = (losses, _lora_params(model))
-        assert not any(fastpeft.is_patched(m) for m in plain.modules())  # copies stay apart
+            runs[name] = (_losses(trainer), _lora_params(model))
         # A second train() (as when resuming) patches nothing twice and logs nothing again.
         _trainer(switched, _args(tmp_path / "again", max_steps=1), callbacks=[callback]).train()
     finally:
@@ -291,15 +289,12 @@ def test_fastpeft_callback_patches_at_train_begin_and_matches_unpatched(tmp_path
     assert [m for m in records.messages if m.startswith("fastpeft: patched")] == [
         str(callback.report)
     ]
-    assert fused_calls(switched) > 0 and fused_calls(plain) == 0 and _fallbacks(switched) == {}
-    (want_losses, want), (got_losses, got), (exact_losses, exact_params) = (
-        runs["plain"],
-        runs["switched"],
-        runs["exact"],
-    )
-    assert_within_reference_budget(got_losses.float(), want_losses.float(), exact_losses)
-    # (The extra one-step train() above moved `switched` on: compare the 3-step snapshot.)
-    assert_all_within_reference_budget(got, want, exact_params, what="param", norm="rms")
+    assert fused_calls(switched) > 0 and _fallbacks(switched) == {}
+    # The callback does exactly what patching by hand does (whose numbers the gradient
+    # accumulation test above judges against unpatched PEFT and fp64): the same run, bit for bit.
+    (want_losses, want), (got_losses, got) = runs["by_hand"], runs["switched"]
+    assert got_losses == want_losses and len(got_losses) == 3
+    assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
 
 
 def test_fastpeft_callback_with_spider_and_gradient_checkpointing(tmp_path):
