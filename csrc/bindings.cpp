@@ -37,16 +37,12 @@ constexpr bool kHasCuda =
 at::Tensor abs_moments(const std::vector<at::Tensor>& tensors) {
   if (tensors.empty()) return at::zeros({0, 3}, at::TensorOptions().dtype(at::kDouble));
   const c10::Device device = check_tensor_list(tensors, "abs_moments");
-  TORCH_CHECK_VALUE(device.is_cpu() || device.is_cuda(), "abs_moments: unsupported device ",
-                    device, " (expected cpu or cuda)");
-  if (device.is_cuda()) {
+  if (on_cuda(device, "abs_moments")) {
 #ifdef FASTPEFT_WITH_CUDA
     GilReleasedForWork no_gil;
     return abs_moments_cuda(tensors);
 #else
-    TORCH_CHECK(false, "abs_moments: tensors are on ", device,
-                " but fastpeft._C was built without CUDA support; rebuild it with a CUDA build of "
-                "torch and the CUDA toolkit: pip install -e . --no-build-isolation");
+    TORCH_CHECK(false, "abs_moments: tensors are on ", device, " but ", kBuiltWithoutCuda);
 #endif
   }
   GilReleasedForWork no_gil;

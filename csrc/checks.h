@@ -44,6 +44,22 @@ inline void check_list_elem(const at::Tensor& t, size_t i, const c10::Device& de
                       ", strides ", t.strides(), "); call .contiguous() first");
 }
 
+// True for CUDA tensors (the caller then routes to the CUDA implementation), false for CPU ones;
+// any other device is a ValueError. Shared so that every entry point accepts the same devices and
+// words the refusal the same way.
+inline bool on_cuda(const c10::Device& device, const char* fn) {
+  if (device.is_cuda()) return true;
+  TORCH_CHECK_VALUE(device.is_cpu(), fn, ": unsupported device ", device,
+                    " (expected cpu or cuda)");
+  return false;
+}
+
+// Tail of the error a CPU-only build raises for CUDA tensors ("<fn>: tensors are on ... but "
+// followed by this), kept in one place so every entry point gives the same rebuild instructions.
+inline constexpr const char* kBuiltWithoutCuda =
+    "fastpeft._C was built without CUDA support; rebuild it with a CUDA build of torch and the "
+    "CUDA toolkit: pip install -e . --no-build-isolation";
+
 // Validates a whole list and returns the common device. The list must be non-empty.
 inline c10::Device check_tensor_list(const std::vector<at::Tensor>& tensors, const char* fn) {
   TORCH_CHECK_VALUE(!tensors.empty(), fn, ": expected a non-empty tensor list");

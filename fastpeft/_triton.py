@@ -1,4 +1,4 @@
-"""Whether and how Triton kernels can run here, and the launch settings that depend on it."""
+"""Whether Triton kernels can run here (launch settings: fastpeft/triton_path/launch.py)."""
 
 import torch
 
@@ -43,15 +43,3 @@ def why_unusable(device: torch.device) -> str:
             "backend='torch'"
         )
     return f"Triton kernels do not run on device type {device.type!r}"
-
-
-def upcast_dots(device: torch.device) -> bool:
-    """Upcast 16-bit tiles before tl.dot: the interpreter's 16-bit dot is unreliable."""
-    return device.type == "cpu"
-
-
-def dot_precision(device: torch.device) -> str:
-    """fp32 dot precision matching torch: TF32 only where torch's matmul allows it."""
-    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"

@@ -2,7 +2,8 @@
 
 - ``TRITON_INTERPRET=1``: Triton kernels run on CPU tensors through Triton's interpreter (slow;
   meant for tests on machines without a GPU).
-- ``FASTPEFT_BACKEND``: overrides ``backend="auto"`` (``triton`` or ``torch``), e.g. to compare
+- ``FASTPEFT_BACKEND``: overrides ``backend="auto"`` for every method that has the named backend
+  (``torch``, ``triton``, ``cpp``, ``cuda``; fastpeft/dispatch.py applies it), e.g. to compare
   paths without editing code.
 - ``OUT``: where ``fastpeft bench`` writes when ``--out`` is not given (the device machines that
   run the GPU proof kit collect what lands there).

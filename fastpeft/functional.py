@@ -1,77 +1,26 @@
-"""Public functional API: the fused ops with full argument checking."""
+"""The public functional API: every fused op's wrapper, with full argument checking.
+
+Each wrapper checks its arguments (fastpeft/checks.py), resolves the backend with the one
+dispatcher (fastpeft/dispatch.py), draws the dropout seeds, flattens to 2-D and calls the custom op
+(fastpeft/ops/).
+"""
 
 import math
 
 import torch
 
-from .ops import _dispatch
+from . import checks, dispatch
+from .ops import adapter as adapter_ops
 from .ops import ia3 as ia3_ops
 from .ops import lora as lora_ops
-from .ops.adapter import adapter, adapter_pair  # noqa: F401  (public; checks live with the op)
-
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _require_tensor(value, name: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {value.dtype}")
-    return value
-
-
-def _check_base_linear(x, weight, bias, extra: dict) -> tuple[int, int]:
-    """Checks shared by the fused linears: x [..., K], weight [N, K], bias [N], one device."""
-    named = {"x": x, "weight": weight, **extra}
-    for name, value in named.items():
-        _require_tensor(value, name)
-    if bias is not None:
-        named["bias"] = _require_tensor(bias, "bias")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
-    N, K = weight.shape
-    if x.dim() < 1 or x.shape[-1] != K:
-        raise ValueError(
-            f"x must have shape [..., K] with K = weight.shape[1] = {K}, got {tuple(x.shape)}"
-        )
-    if bias is not None and tuple(bias.shape) != (N,):
-        raise ValueError(f"bias must have shape [N={N}], got {tuple(bias.shape)}")
-    if x.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
-        raise TypeError(
-            f"x, weight and bias must share one dtype, got x {x.dtype}, weight {weight.dtype}"
-            + (f", bias {bias.dtype}" if bias is not None else "")
-        )
-    devices = {name: t.device for name, t in named.items()}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"all tensors must be on one device, got {devices}")
-    if weight.requires_grad or (bias is not None and bias.requires_grad):
-        raise ValueError("weight and bias must be frozen (requires_grad=False) for the fused path")
-    return N, K
-
-
-def _check_lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p) -> None:
-    N, K = _check_base_linear(x, weight, bias, {"lora_a": lora_a, "lora_b": lora_b})
-    if lora_a.dim() != 2 or lora_a.shape[1] != K:
-        raise ValueError(f"lora_a must have shape [R, K={K}], got {tuple(lora_a.shape)}")
-    R = lora_a.shape[0]
-    if R == 0:
-        raise ValueError("lora_a must have rank R >= 1, got shape (0, K)")
-    if lora_b.dim() != 2 or tuple(lora_b.shape) != (N, R):
-        raise ValueError(f"lora_b must have shape [N={N}, R={R}], got {tuple(lora_b.shape)}")
-    if lora_a.dtype != lora_b.dtype:
-        raise TypeError(
-            f"lora_a and lora_b must share one dtype, got {lora_a.dtype} and {lora_b.dtype}"
-        )
-    if isinstance(scaling, torch.Tensor):
-        if scaling.dim() != 0 or not scaling.is_floating_point():
-            raise ValueError(
-                "scaling must be a finite number or a 0-d floating-point tensor, got a "
-                f"{scaling.dtype} tensor of shape {tuple(scaling.shape)}"
-            )
-    elif not isinstance(scaling, (int, float)) or not math.isfinite(scaling):
-        raise ValueError(f"scaling must be a finite number, got {scaling!r}")
-    if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+def _draw_seeds(count: int, p: float, device: torch.device) -> torch.Tensor | None:
+    """`count` dropout seeds drawn from torch's generator, None without dropout. Drawn inside the
+    graph (a tensor op), so the ops stay pure and compile-friendly."""
+    if p == 0:
+        return None
+    return torch.randint(0, 2**31 - 1, (count,), device=device, dtype=torch.int64)
 
 
 def _scaling_for_op(scaling, lora_b: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -121,39 +70,18 @@ def lora_linear(
     lora_a and lora_b; weight and bias must not require grad. Returns y [..., N] in x's dtype.
     ``backend``: "auto" (Triton on CUDA, PyTorch elsewhere), "triton" or "torch".
     """
-    _check_lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p)
-    resolved = _dispatch.resolve(backend, x.device)
-    if resolved == "triton" and lora_a.shape[0] > 256:
-        raise ValueError(f"backend='triton' supports LoRA rank <= 256, got {lora_a.shape[0]}")
+    checks.lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p)
     leading, K = x.shape[:-1], x.shape[-1]
     x2d = x.reshape(-1, K)
-    seed = None
-    if dropout_p > 0:
-        seed = torch.randint(0, 2**31 - 1, (1,), device=x.device, dtype=torch.int64)
+    shape = (x2d.shape[0], weight.shape[0], K)
+    sizes = {"rank": lora_a.shape[0]}
+    resolved = dispatch.resolve("lora", backend, x.device, x.dtype, sizes, shape=shape)
+    seed = _draw_seeds(1, dropout_p, x.device)
     scaling, lora_b = _scaling_for_op(scaling, lora_b)
     y, _, _ = lora_ops.lora_linear_fwd(
         x2d, weight, bias, lora_a, lora_b, seed, scaling, float(dropout_p), resolved
     )
     return y.reshape(*leading, weight.shape[0])
-
-
-def _check_ia3_args(x, weight, bias, ia3_l, feedforward) -> None:
-    if not isinstance(feedforward, bool):
-        raise TypeError(f"feedforward must be a bool, got {type(feedforward).__name__}")
-    N, K = _check_base_linear(x, weight, bias, {"ia3_l": ia3_l})
-    if feedforward:
-        want, what = (K,), f"[K={K}] (feedforward=True: input scaling)"
-    else:
-        want, what = (N,), f"[N={N}] (feedforward=False: output scaling)"
-    if tuple(ia3_l.shape) != want:
-        raise ValueError(
-            f"ia3_l must have shape {what}, got {tuple(ia3_l.shape)} "
-            "(PEFT stores it as [N, 1] or [1, K]: pass ia3_l.flatten())"
-        )
-    if ia3_l.dtype not in (torch.float32, weight.dtype):
-        raise TypeError(
-            f"ia3_l must be float32 or weight's dtype {weight.dtype}, got {ia3_l.dtype}"
-        )
 
 
 def ia3_linear(
@@ -175,12 +103,103 @@ def ia3_linear(
     must not require grad. Returns y [..., N] in x's dtype. ``backend``: "auto" (Triton on CUDA,
     PyTorch elsewhere), "triton" or "torch".
     """
-    _check_ia3_args(x, weight, bias, ia3_l, feedforward)
-    resolved = _dispatch.resolve(backend, x.device)
+    checks.ia3_args(x, weight, bias, ia3_l, feedforward)
     leading, K = x.shape[:-1], x.shape[-1]
+    shape = (x.numel() // max(K, 1), weight.shape[0], K)
+    resolved = dispatch.resolve("ia3", backend, x.device, x.dtype, shape=shape)
     # z (the base output) is stored for dl only when ia3_l will get a gradient.
     save_z = not feedforward and ia3_l.requires_grad and torch.is_grad_enabled()
     y, _ = ia3_ops.ia3_linear_fwd(
         x.reshape(-1, K), weight, bias, ia3_l, feedforward, save_z, resolved
     )
     return y.reshape(*leading, weight.shape[0])
+
+
+def adapter(
+    z: torch.Tensor,
+    w_down: torch.Tensor,
+    w_up: torch.Tensor,
+    scaling: float = 1.0,
+    activation: str = "tanh",
+    dropout_p: float = 0.0,
+    residual: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fused bottleneck adapter: ``residual + scaling · act(drop(z) w_downᵀ) w_upᵀ``.
+
+    z [..., d] (fp32, fp16 or bf16); w_down [H, d] and w_up [d, H] share the adapter dtype, which
+    may differ from z's (fp32 adapters on a 16-bit model: z is cast to it for the bottleneck and
+    the sum is rounded once to the residual's dtype). ``residual`` [..., d] defaults to z (a pre-
+    or post-adapter); pass the base output for a parallel adapter. ``activation`` is one of tanh,
+    relu, gelu (exact erf form) or silu. ``dropout_p`` is inverted dropout on z for the bottleneck
+    (pass 0 in eval mode); its mask comes from counter-based random numbers seeded from torch's
+    global generator and is regenerated, not stored, for the backward. Gradients flow to z,
+    w_down, w_up and residual; only pre [M, H] is saved. Returns [..., d] in the residual's dtype.
+    ``backend``: "auto" (Triton on CUDA, PyTorch elsewhere), "triton" or "torch".
+    """
+    checks.adapter_input(z, "z")
+    checks.adapter_weights(z, w_down, w_up, ("w_down", "w_up"))
+    tensors = {"z": z, "w_down": w_down, "w_up": w_up}
+    if residual is not None:
+        checks.require_tensor(residual, "residual")
+        if residual.shape != z.shape:
+            raise ValueError(
+                f"residual must have z's shape {tuple(z.shape)}, got {tuple(residual.shape)}"
+            )
+        tensors["residual"] = residual
+    checks.adapter_settings(tensors, scaling, activation, dropout_p)
+    d = z.shape[-1]
+    sizes, shape = {"bottleneck": w_down.shape[0]}, (z.numel() // d, d)
+    resolved = dispatch.resolve("adapter", backend, z.device, z.dtype, sizes, shape=shape)
+    res2d = None if residual is None else residual.reshape(-1, d)
+    out, _, _ = adapter_ops.adapter_fwd(
+        z.reshape(-1, d), w_down, w_up, res2d, _draw_seeds(1, dropout_p, z.device),
+        float(scaling), float(dropout_p), activation, resolved,
+    )  # fmt: skip
+    return out.reshape(z.shape)
+
+
+def adapter_pair(
+    x: torch.Tensor,
+    w_down_1: torch.Tensor,
+    w_up_1: torch.Tensor,
+    w_down_2: torch.Tensor,
+    w_up_2: torch.Tensor,
+    scaling: float = 1.0,
+    activation: str = "tanh",
+    dropout_p: float = 0.0,
+    *,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two pre-adapters on one input: ``(x + A1(x), x + A2(x))``, x read once.
+
+    Paper A's LLaVA placement puts one adapter on gate_proj's input and an independent one on
+    up_proj's; both see the same x [..., d]. Each A is as in :func:`adapter` (same scaling,
+    activation and dropout probability, independent dropout masks). All four weights share one
+    dtype and w_down_2/w_up_2 have w_down_1/w_up_1's shapes. Returns (u, v), each [..., d] in x's
+    dtype; gradients flow to x and all four weights.
+    """
+    checks.adapter_input(x, "x")
+    checks.adapter_pair_weights(x, w_down_1, w_up_1, w_down_2, w_up_2)
+    tensors = {"x": x, "w_down_1": w_down_1, "w_up_1": w_up_1}
+    tensors.update(w_down_2=w_down_2, w_up_2=w_up_2)
+    checks.adapter_settings(tensors, scaling, activation, dropout_p)
+    d = x.shape[-1]
+    sizes, shape = {"bottleneck": w_down_1.shape[0]}, (x.numel() // d, d)
+    resolved = dispatch.resolve("adapter_pair", backend, x.device, x.dtype, sizes, shape=shape)
+    u, v, _, _ = adapter_ops.adapter_pair_fwd(
+        x.reshape(-1, d), w_down_1, w_up_1, w_down_2, w_up_2,
+        _draw_seeds(2, dropout_p, x.device), float(scaling), float(dropout_p), activation, resolved,
+    )  # fmt: skip
+    return u.reshape(x.shape), v.reshape(x.shape)
+
+
+def dropout_keep_mask(
+    seed: torch.Tensor, shape: tuple[int, int], p: float, *, backend: str = "auto"
+) -> torch.Tensor:
+    """The bool keep-mask the fused LoRA and adapter ops apply to an input of `shape` [M, K] for
+    the one-element `seed` (a pair's adapter i uses ``seed[i : i + 1]``). Tests and debugging
+    only: the training path never materialises it."""
+    resolved = dispatch.resolve("lora", backend, seed.device)
+    return dispatch.implementation("lora", resolved).keep_mask(seed, shape[0], shape[1], p)

@@ -33,9 +33,9 @@ class FastPeftCallback(TrainerCallback):
     """
 
     def __init__(self, backend: str = "auto", strict: bool = False) -> None:
-        from .ops import _dispatch
+        from . import dispatch
 
-        _dispatch.check_backend_name(backend)
+        dispatch.check_backend_name(backend)
         if not isinstance(strict, bool):
             raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
         self.backend = backend

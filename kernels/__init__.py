@@ -1,8 +1,8 @@
 """Triton device code for fastpeft, installed as ``fastpeft.kernels``.
 
-Only ``fastpeft.ops`` imports these modules. The folder is mapped onto ``fastpeft.kernels`` by the
-package-dir setting in pyproject.toml; no top-level ``kernels`` package is installed (a popular
-PyPI package has that name).
+Only ``fastpeft.triton_path`` imports these modules. The folder is mapped onto
+``fastpeft.kernels`` by the package-dir setting in pyproject.toml; no top-level ``kernels`` package
+is installed (a popular PyPI package has that name).
 
 When Python runs from the repository root, this folder is importable as ``kernels`` anyway, and
 transformers probes ``import kernels`` to detect the hub-kernels package. Raising here would break

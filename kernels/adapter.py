@@ -283,19 +283,6 @@ def adapter_dz_kernel(
 
 
 @triton.jit
-def adapter_keep_mask_kernel(
-    seed_ptr, out_ptr, M, K, p,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    # Writes the keep-mask the adapter kernels use for an [M, K] input and the seed at seed_ptr
-    # (tests and debugging only; the training path never materialises it).
-    offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    keep = dropout_keep(tl.load(seed_ptr), offs_m, offs_k, K, p)
-    store_tile(out_ptr, keep.to(tl.int8), offs_m, offs_k, K, 1, M, K)
-
-
-@triton.jit
 def adapter_activation_kernel(
     x_ptr, y_ptr, dydx_ptr, N,
     ACTIVATION: tl.constexpr, BLOCK: tl.constexpr,

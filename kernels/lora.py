@@ -161,16 +161,3 @@ def lora_dx_kernel(
         keep = dropout_keep(tl.load(seed_ptr), offs_m, offs_k, K, p)
         low_rank = tl.where(keep, low_rank / (1.0 - p), 0.0)
     store_tile(dx_ptr, acc + low_rank, offs_m, offs_k, stride_dxm, stride_dxk, M, K)
-
-
-@triton.jit
-def dropout_keep_mask_kernel(
-    seed_ptr, out_ptr, M, K, p,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    # Writes the keep-mask the LoRA kernels use for an [M, K] input (for tests and debugging only;
-    # the training path never materialises it).
-    offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    keep = dropout_keep(tl.load(seed_ptr), offs_m, offs_k, K, p)
-    store_tile(out_ptr, keep.to(tl.int8), offs_m, offs_k, K, 1, M, K)

@@ -15,10 +15,10 @@
 // Numerics shared with the Triton and CUDA paths: sums in float64, per-tensor scalars derived in
 // float64 then rounded once to float32, per-element math in float32.
 //
-// Determinism: every tensor is cut into fixed kChunk-element chunks; a chunk is reduced by one
-// thread in a fixed order into its own partial slot and the partials of a tensor are combined in
-// chunk order, so results do not depend on the thread count (nor on which of the AVX2/baseline
-// clones of the vectorised block kernel runs).
+// Determinism: every tensor is cut into fixed kChunk-element chunks (chunk_map.h, shared with
+// abs_moments.cpp); a chunk is reduced by one thread in a fixed order into its own partial slot and
+// the partials of a tensor are combined in chunk order, so results do not depend on the thread
+// count (nor on which of the AVX2/baseline clones of the vectorised block kernel runs).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "chunk_map.h"
 
 namespace fastpeft {
 
@@ -51,8 +52,6 @@ void spider_blend_cuda(const std::vector<at::Tensor>& w, const std::vector<at::T
                        const at::Tensor& ft, const at::Tensor& sel);
 
 namespace {
-
-constexpr int64_t kChunk = int64_t{1} << 16;  // elements per partial; must never depend on threads
 
 // Per-tensor scalars of R(T), derived from a (Σ|T|, ΣT², numel) row.
 struct RStats {
@@ -183,47 +182,6 @@ inline void to_float(const T* src, int64_t n, float* dst) {
   for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]);
 }
 
-// Chunks of all tensors share one parallel_for so that many small tensors spread over threads.
-struct ChunkMap {
-  std::vector<int64_t> numel;
-  std::vector<int64_t> begin;  // begin[i]: first chunk of tensor i; begin[n]: total chunks
-
-  explicit ChunkMap(const std::vector<at::Tensor>& ts) : numel(ts.size()), begin(ts.size() + 1, 0) {
-    for (size_t i = 0; i < ts.size(); ++i) {
-      numel[i] = ts[i].numel();
-      begin[i + 1] = begin[i] + (numel[i] + kChunk - 1) / kChunk;
-    }
-  }
-  int64_t total() const { return begin.back(); }
-
-  // fn(tensor, chunk, offset, length) for every chunk, in parallel.
-  template <typename F>
-  void for_each(const F& fn) const {
-    at::parallel_for(0, total(), /*grain_size=*/1, [&](int64_t lo, int64_t hi) {
-      // Owner of chunk lo: the last tensor whose first chunk is <= lo (empty tensors own none).
-      int64_t t = std::upper_bound(begin.begin(), begin.end(), lo) - begin.begin() - 1;
-      for (int64_t c = lo; c < hi; ++c) {
-        while (c >= begin[t + 1]) ++t;
-        const int64_t off = (c - begin[t]) * kChunk;
-        fn(t, c, off, std::min(kChunk, numel[t] - off));
-      }
-    });
-  }
-
-  // out[i, 0:2] = Σ partial[c, 0:2] over tensor i's chunks, in chunk order.
-  void combine(const std::vector<double>& partial, double* out, int64_t width) const {
-    for (size_t i = 0; i + 1 < begin.size(); ++i) {
-      double a = 0.0, b = 0.0;
-      for (int64_t c = begin[i]; c < begin[i + 1]; ++c) {
-        a += partial[2 * c];
-        b += partial[2 * c + 1];
-      }
-      out[width * i] = a;
-      out[width * i + 1] = b;
-    }
-  }
-};
-
 template <typename T>
 void accumulate_chunk(float* G, const T* g, int64_t len, double* out) {
   Sum8 s, q;
@@ -305,11 +263,7 @@ at::Tensor accumulate_cpu(const std::vector<at::Tensor>& G, const std::vector<at
       accumulate_chunk(dst, grads[t].const_data_ptr<scalar_t>() + off, len, &partial[2 * c]);
     });
   });
-  at::Tensor out = at::empty({static_cast<int64_t>(G.size()), 3}, at::dtype(at::kDouble));
-  double* o = out.data_ptr<double>();
-  map.combine(partial, o, 3);
-  for (size_t i = 0; i < G.size(); ++i) o[3 * i + 2] = static_cast<double>(map.numel[i]);
-  return out;
+  return map.moments(partial);
 }
 
 std::vector<RStats> all_stats(const at::Tensor& moments) {
@@ -407,23 +361,13 @@ c10::Device check_lists(std::initializer_list<NamedList> lists, const char* fn) 
   return *device;
 }
 
-// True for CUDA tensors (the caller then routes to the CUDA implementation), false for CPU ones.
-bool on_cuda(const c10::Device& device, const char* fn) {
-  if (device.is_cuda()) return true;
-  TORCH_CHECK_VALUE(device.is_cpu(), fn, ": unsupported device ", device,
-                    " (expected cpu or cuda)");
-  return false;
-}
-
 }  // namespace
 
 #ifndef FASTPEFT_WITH_CUDA
 // CPU-only build: the CUDA entry points exist and explain how to get them.
 namespace {
 [[noreturn]] void no_cuda(const char* fn) {
-  TORCH_CHECK(false, fn, ": tensors are on a CUDA device but fastpeft._C was built without CUDA "
-              "support; rebuild it with a CUDA build of torch and the CUDA toolkit: "
-              "pip install -e . --no-build-isolation");
+  TORCH_CHECK(false, fn, ": tensors are on a CUDA device but ", kBuiltWithoutCuda);
 }
 }  // namespace
 

@@ -20,14 +20,16 @@
 
 #include <cstdint>
 
+#include "common.cuh"
+#include "launchers.h"
+
 namespace {
 
-// dtype codes of the public launcher; torch_glue.cpp keeps an identical copy.
-enum DtypeCode : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3 };
+using namespace fastpeft;               // DtypeCode (launchers.h)
+using namespace fastpeft::cuda_common;  // block reductions and locate (common.cuh)
 
 constexpr int64_t kChunk = int64_t{1} << 16;            // elements per block in pass 1
 constexpr int kThreads = 256;                           // fixed: the reduction tree depends on it
-constexpr int kWarps = kThreads / 32;
 constexpr int kMaxSegs = 64;                            // segments per pass-1 launch
 constexpr int kMaxRows = 128;                           // tensors per pass-2 launch
 constexpr int64_t kMaxBlocksPerLaunch = int64_t{1} << 30;  // below the 2^31-1 grid.x limit
@@ -79,62 +81,24 @@ __device__ void thread_sums(const T* __restrict__ p, int64_t len, double& s, dou
   }
 }
 
-// Fixed-shape block reduction of (s, q); the result is valid in thread 0.
-__device__ void block_sum2(double& s, double& q) {
-  __shared__ double sh[2][kWarps];
-  for (int o = 16; o > 0; o >>= 1) {
-    s += __shfl_down_sync(0xffffffffu, s, o);
-    q += __shfl_down_sync(0xffffffffu, q, o);
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) { sh[0][warp] = s; sh[1][warp] = q; }
-  __syncthreads();
-  if (warp == 0) {
-    s = lane < kWarps ? sh[0][lane] : 0.0;
-    q = lane < kWarps ? sh[1][lane] : 0.0;
-    for (int o = 16; o > 0; o >>= 1) {
-      s += __shfl_down_sync(0xffffffffu, s, o);
-      q += __shfl_down_sync(0xffffffffu, q, o);
-    }
-  }
-}
-
 __global__ void __launch_bounds__(kThreads) partial_kernel(SegTable tab, double* partials) {
-  const int b = blockIdx.x;
-  // Segment owning block b: the last one with block0 <= b (binary search, uniform per block).
-  int lo = 0, hi = tab.count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (tab.block0[mid] <= b) lo = mid; else hi = mid - 1;
-  }
-  const int64_t off = (tab.chunk0[lo] + (b - tab.block0[lo])) * kChunk;
-  const int64_t rest = tab.numel[lo] - off;
-  const int64_t len = rest < kChunk ? rest : kChunk;
+  const Where at = locate<kChunk>(tab);
+  const void* p = tab.ptr[at.seg];
   double s = 0.0, q = 0.0;
-  switch (tab.dtype[lo]) {  // validated on the host
-    case kF32: thread_sums(static_cast<const float*>(tab.ptr[lo]) + off, len, s, q); break;
-    case kF16: thread_sums(static_cast<const __half*>(tab.ptr[lo]) + off, len, s, q); break;
-    case kBF16: thread_sums(static_cast<const __nv_bfloat16*>(tab.ptr[lo]) + off, len, s, q); break;
-    default: thread_sums(static_cast<const double*>(tab.ptr[lo]) + off, len, s, q); break;
+  switch (tab.dtype[at.seg]) {  // validated on the host
+    case kF32: thread_sums(static_cast<const float*>(p) + at.off, at.len, s, q); break;
+    case kF16: thread_sums(static_cast<const __half*>(p) + at.off, at.len, s, q); break;
+    case kBF16: thread_sums(static_cast<const __nv_bfloat16*>(p) + at.off, at.len, s, q); break;
+    default: thread_sums(static_cast<const double*>(p) + at.off, at.len, s, q); break;
   }
-  block_sum2(s, q);
-  if (threadIdx.x == 0) {
-    double* dst = partials + 2 * (tab.partial0 + b);
-    dst[0] = s;
-    dst[1] = q;
-  }
+  block_sum2_store<kThreads>(s, q, partials + 2 * (tab.partial0 + blockIdx.x));
 }
 
 __global__ void __launch_bounds__(kThreads)
 finalize_kernel(RowTable tab, const double* __restrict__ partials, double* out) {
   const int r = blockIdx.x;
-  const double* src = partials + 2 * tab.first[r];
-  double s = 0.0, q = 0.0;
-  for (int64_t k = threadIdx.x; k < tab.count[r]; k += kThreads) {
-    s += src[2 * k];
-    q += src[2 * k + 1];
-  }
-  block_sum2(s, q);
+  double s, q;
+  block_sum_rows<kThreads>(partials + 2 * tab.first[r], tab.count[r], s, q);
   if (threadIdx.x == 0) {
     double* dst = out + 3 * (tab.row0 + r);
     dst[0] = s;
@@ -147,17 +111,13 @@ int64_t num_chunks(int64_t numel) { return (numel + kChunk - 1) / kChunk; }
 
 }  // namespace
 
-// Bytes of device workspace fastpeft_abs_moments_cuda needs for these numels (may be 0).
+// The two launchers are declared and documented in launchers.h.
 extern "C" int64_t fastpeft_abs_moments_cuda_workspace_bytes(const int64_t* numels, int n) {
   int64_t chunks = 0;
   for (int i = 0; i < n; ++i) chunks += num_chunks(numels[i]);
   return chunks * 2 * static_cast<int64_t>(sizeof(double));
 }
 
-// ptrs/numels/dtype_codes: host arrays of length n describing contiguous device tensors.
-// out: device [n, 3] doubles. workspace: device buffer of the size given above.
-// Everything is enqueued on `stream`; returns the first launch error, or cudaErrorInvalidValue
-// (before launching anything) for a bad dtype code or a negative numel.
 extern "C" cudaError_t fastpeft_abs_moments_cuda(const void* const* ptrs, const int64_t* numels,
                                                  const int* dtype_codes, int n, double* out,
                                                  double* workspace, cudaStream_t stream) {

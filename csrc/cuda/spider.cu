@@ -20,14 +20,16 @@
 
 #include <cstdint>
 
+#include "common.cuh"
+#include "launchers.h"
+
 namespace {
 
-// dtype codes of the public launchers; spider_glue.cpp keeps an identical copy.
-enum DtypeCode : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3 };
+using namespace fastpeft;               // DtypeCode (launchers.h)
+using namespace fastpeft::cuda_common;  // block reductions and locate (common.cuh)
 
 constexpr int64_t kChunk = int64_t{1} << 16;               // elements per block
 constexpr int kThreads = 256;                              // fixed: the reduction tree uses it
-constexpr int kWarps = kThreads / 32;
 constexpr int kMaxSegs = 64;                               // segments per pass launch
 constexpr int kMaxRows = 128;                              // tensors per finalize launch
 constexpr int64_t kMaxBlocksPerLaunch = int64_t{1} << 30;  // below the 2^31-1 grid.x limit
@@ -101,45 +103,6 @@ __device__ __forceinline__ float c_raw(float t0, float g, const RStats& pre, con
   return ip < ift ? __fdividef(ift, ip + ift) : 0.f;
 }
 
-// Fixed-shape block reduction of (s, q); the result is valid in thread 0.
-__device__ void block_sum2(double& s, double& q) {
-  __shared__ double sh[2][kWarps];
-  for (int o = 16; o > 0; o >>= 1) {
-    s += __shfl_down_sync(0xffffffffu, s, o);
-    q += __shfl_down_sync(0xffffffffu, q, o);
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) { sh[0][warp] = s; sh[1][warp] = q; }
-  __syncthreads();
-  if (warp == 0) {
-    s = lane < kWarps ? sh[0][lane] : 0.0;
-    q = lane < kWarps ? sh[1][lane] : 0.0;
-    for (int o = 16; o > 0; o >>= 1) {
-      s += __shfl_down_sync(0xffffffffu, s, o);
-      q += __shfl_down_sync(0xffffffffu, q, o);
-    }
-  }
-}
-
-// This block's segment, element offset and length within its tensor.
-struct Where {
-  int seg;
-  int64_t off;
-  int64_t len;
-};
-
-__device__ Where locate(const SegTable& tab) {
-  const int b = blockIdx.x;
-  int lo = 0, hi = tab.count - 1;  // last segment with block0 <= b (uniform per block)
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (tab.block0[mid] <= b) lo = mid; else hi = mid - 1;
-  }
-  const int64_t off = (tab.chunk0[lo] + (b - tab.block0[lo])) * kChunk;
-  const int64_t rest = tab.numel[lo] - off;
-  return {lo, off, rest < kChunk ? rest : kChunk};
-}
-
 template <typename T>
 __device__ void accumulate_range(float* __restrict__ G, const T* __restrict__ g, int64_t len,
                                  double& s, double& q) {
@@ -196,41 +159,31 @@ __device__ void blend_range(T* __restrict__ w, const T* __restrict__ t0,
   }
 
 __global__ void __launch_bounds__(kThreads) accumulate_kernel(SegTable tab, double* partials) {
-  const Where at = locate(tab);
+  const Where at = locate<kChunk>(tab);
   float* G = static_cast<float*>(tab.a[at.seg]) + at.off;
   double s = 0.0, q = 0.0;
   FASTPEFT_SPIDER_DISPATCH(tab.dtype[at.seg],
       accumulate_range(G, static_cast<const T*>(tab.b[at.seg]) + at.off, at.len, s, q));
-  block_sum2(s, q);
-  if (threadIdx.x == 0) {
-    double* dst = partials + 2 * (tab.partial0 + blockIdx.x);
-    dst[0] = s;
-    dst[1] = q;
-  }
+  block_sum2_store<kThreads>(s, q, partials + 2 * (tab.partial0 + blockIdx.x));
 }
 
 __global__ void __launch_bounds__(kThreads)
 select_kernel(SegTable tab, const double* __restrict__ pre, const double* __restrict__ ft,
               double* partials) {
-  const Where at = locate(tab);
+  const Where at = locate<kChunk>(tab);
   const int t = tab.tensor[at.seg];
   const RStats sp = r_stats(pre + 3 * t), sf = r_stats(ft + 3 * t);
   double s = 0.0, cnt = 0.0;
   FASTPEFT_SPIDER_DISPATCH(tab.dtype[at.seg],
       select_range(static_cast<const T*>(tab.b[at.seg]) + at.off, tab.G[at.seg] + at.off, at.len,
                    sp, sf, s, cnt));
-  block_sum2(s, cnt);
-  if (threadIdx.x == 0) {
-    double* dst = partials + 2 * (tab.partial0 + blockIdx.x);
-    dst[0] = s;
-    dst[1] = cnt;
-  }
+  block_sum2_store<kThreads>(s, cnt, partials + 2 * (tab.partial0 + blockIdx.x));
 }
 
 __global__ void __launch_bounds__(kThreads)
 blend_kernel(SegTable tab, const double* __restrict__ pre, const double* __restrict__ ft,
              const double* __restrict__ sel) {
-  const Where at = locate(tab);
+  const Where at = locate<kChunk>(tab);
   const int t = tab.tensor[at.seg];
   const double count = sel[2 * t + 1];
   if (!(count > 0.0)) return;  // nothing selected: the tensor is left untouched (block-uniform)
@@ -246,13 +199,8 @@ blend_kernel(SegTable tab, const double* __restrict__ pre, const double* __restr
 __global__ void __launch_bounds__(kThreads)
 finalize_kernel(RowTable tab, const double* __restrict__ partials, double* out, int width) {
   const int r = blockIdx.x;
-  const double* src = partials + 2 * tab.first[r];
-  double s = 0.0, q = 0.0;
-  for (int64_t k = threadIdx.x; k < tab.count[r]; k += kThreads) {
-    s += src[2 * k];
-    q += src[2 * k + 1];
-  }
-  block_sum2(s, q);
+  double s, q;
+  block_sum_rows<kThreads>(partials + 2 * tab.first[r], tab.count[r], s, q);
   if (threadIdx.x == 0) {
     double* dst = out + width * (tab.row0 + r);
     dst[0] = s;
@@ -331,14 +279,14 @@ cudaError_t finalize(const int64_t* numels, int n, const double* workspace, doub
 
 }  // namespace
 
-// Bytes of device workspace the two reducing passes need for these numels (may be 0).
+// The four launchers are declared and documented in launchers.h.
 extern "C" int64_t fastpeft_spider_workspace_bytes(const int64_t* numels, int n) {
   int64_t chunks = 0;
   for (int i = 0; i < n; ++i) chunks += num_chunks(numels[i]);
   return chunks * 2 * static_cast<int64_t>(sizeof(double));
 }
 
-// Pass 1. G[i] (fp32) += g[i] (dtype_codes[i]); out: device [n, 3] (Σ|G|, ΣG², numel).
+// Pass 1 (accumulate).
 extern "C" cudaError_t fastpeft_spider_accumulate_cuda(float* const* G, const void* const* g,
                                                        const int* dtype_codes,
                                                        const int64_t* numels, int n, double* out,
@@ -354,8 +302,7 @@ extern "C" cudaError_t fastpeft_spider_accumulate_cuda(float* const* G, const vo
   return finalize(numels, n, workspace, out, 3, stream);
 }
 
-// Pass 2. out: device [n, 2] (Σ c_raw, count) from θ₀ (dtype_codes[i]), G and the device
-// moments tables pre/ft [n, 3].
+// Pass 2 (select sums).
 extern "C" cudaError_t fastpeft_spider_select_cuda(const void* const* theta0,
                                                    const float* const* G, const int* dtype_codes,
                                                    const int64_t* numels, int n,
@@ -373,8 +320,7 @@ extern "C" cudaError_t fastpeft_spider_select_cuda(const void* const* theta0,
   return finalize(numels, n, workspace, out, 2, stream);
 }
 
-// Pass 3. w[i] ← θ₀ + min(c_raw / m, 1) (w − θ₀) in place (w and θ₀ of dtype_codes[i]); sel is
-// the device [n, 2] output of pass 2 (after any all-reduce).
+// Pass 3 (blend).
 extern "C" cudaError_t fastpeft_spider_blend_cuda(void* const* w, const void* const* theta0,
                                                   const float* const* G, const int* dtype_codes,
                                                   const int64_t* numels, int n, const double* pre,

@@ -10,37 +10,10 @@
 
 #include <vector>
 
-// Defined in spider.cu; no shared header so that file stays free of torch includes.
-extern "C" int64_t fastpeft_spider_workspace_bytes(const int64_t* numels, int n);
-extern "C" cudaError_t fastpeft_spider_accumulate_cuda(float* const* G, const void* const* g,
-                                                       const int* dtype_codes,
-                                                       const int64_t* numels, int n, double* out,
-                                                       double* workspace, cudaStream_t stream);
-extern "C" cudaError_t fastpeft_spider_select_cuda(const void* const* theta0,
-                                                   const float* const* G, const int* dtype_codes,
-                                                   const int64_t* numels, int n,
-                                                   const double* pre, const double* ft,
-                                                   double* out, double* workspace,
-                                                   cudaStream_t stream);
-extern "C" cudaError_t fastpeft_spider_blend_cuda(void* const* w, const void* const* theta0,
-                                                  const float* const* G, const int* dtype_codes,
-                                                  const int64_t* numels, int n, const double* pre,
-                                                  const double* ft, const double* sel,
-                                                  cudaStream_t stream);
+#include "glue_common.h"  // dtype_code, check_launch; launchers.h declares the launchers
 
 namespace fastpeft {
 namespace {
-
-// Must match DtypeCode in spider.cu.
-int dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return 0;
-    case at::kHalf: return 1;
-    case at::kBFloat16: return 2;
-    case at::kDouble: return 3;
-    default: TORCH_CHECK_VALUE(false, "spider: unsupported dtype ", t);
-  }
-}
 
 // Raw views of one call's tensor lists.
 struct Tables {
@@ -56,7 +29,7 @@ struct Tables {
     TORCH_CHECK_VALUE(static_cast<size_t>(n) == G_list.size(), "spider: too many tensors");
     for (int i = 0; i < n; ++i) {
       numels[i] = G_list[i].numel();
-      codes[i] = dtype_code(typed_list[i].scalar_type());
+      codes[i] = dtype_code(typed_list[i].scalar_type(), "spider");
       typed[i] = typed_list[i].const_data_ptr();
       G[i] = G_list[i].mutable_data_ptr<float>();  // written by pass 1 only
     }
@@ -72,10 +45,6 @@ at::TensorOptions f64_on(const at::Tensor& t) {
   return at::TensorOptions().dtype(at::kDouble).device(t.device());
 }
 
-void check(cudaError_t err, const char* fn) {
-  TORCH_CHECK(err == cudaSuccess, fn, ": CUDA launch failed: ", cudaGetErrorString(err));
-}
-
 double* ptr_or_null(at::Tensor& t) { return t.numel() > 0 ? t.data_ptr<double>() : nullptr; }
 
 }  // namespace
@@ -87,10 +56,10 @@ at::Tensor spider_accumulate_cuda(const std::vector<at::Tensor>& G,
   at::Tensor out = at::empty({tab.n, 3}, f64_on(G[0]));
   at::Tensor ws = tab.workspace(f64_on(G[0]));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  check(fastpeft_spider_accumulate_cuda(tab.G.data(), tab.typed.data(), tab.codes.data(),
-                                        tab.numels.data(), tab.n, out.data_ptr<double>(),
-                                        ptr_or_null(ws), stream),
-        "spider_accumulate");
+  check_launch(fastpeft_spider_accumulate_cuda(tab.G.data(), tab.typed.data(), tab.codes.data(),
+                                               tab.numels.data(), tab.n, out.data_ptr<double>(),
+                                               ptr_or_null(ws), stream),
+               "spider_accumulate");
   return out;
 }
 
@@ -102,11 +71,12 @@ at::Tensor spider_select_sums_cuda(const std::vector<at::Tensor>& theta0,
   at::Tensor out = at::empty({tab.n, 2}, f64_on(G[0]));
   at::Tensor ws = tab.workspace(f64_on(G[0]));
   std::vector<const float*> Gc(tab.G.begin(), tab.G.end());
-  check(fastpeft_spider_select_cuda(tab.typed.data(), Gc.data(), tab.codes.data(),
-                                    tab.numels.data(), tab.n, pre.const_data_ptr<double>(),
-                                    ft.const_data_ptr<double>(), out.data_ptr<double>(),
-                                    ptr_or_null(ws), c10::cuda::getCurrentCUDAStream().stream()),
-        "spider_select_sums");
+  check_launch(
+      fastpeft_spider_select_cuda(tab.typed.data(), Gc.data(), tab.codes.data(), tab.numels.data(),
+                                  tab.n, pre.const_data_ptr<double>(), ft.const_data_ptr<double>(),
+                                  out.data_ptr<double>(), ptr_or_null(ws),
+                                  c10::cuda::getCurrentCUDAStream().stream()),
+      "spider_select_sums");
   return out;
 }
 
@@ -118,11 +88,12 @@ void spider_blend_cuda(const std::vector<at::Tensor>& w, const std::vector<at::T
   std::vector<void*> wp(tab.n);
   for (int i = 0; i < tab.n; ++i) wp[i] = w[i].data_ptr();
   std::vector<const float*> Gc(tab.G.begin(), tab.G.end());
-  check(fastpeft_spider_blend_cuda(wp.data(), tab.typed.data(), Gc.data(), tab.codes.data(),
-                                   tab.numels.data(), tab.n, pre.const_data_ptr<double>(),
-                                   ft.const_data_ptr<double>(), sel.const_data_ptr<double>(),
-                                   c10::cuda::getCurrentCUDAStream().stream()),
-        "spider_blend_");
+  check_launch(
+      fastpeft_spider_blend_cuda(wp.data(), tab.typed.data(), Gc.data(), tab.codes.data(),
+                                 tab.numels.data(), tab.n, pre.const_data_ptr<double>(),
+                                 ft.const_data_ptr<double>(), sel.const_data_ptr<double>(),
+                                 c10::cuda::getCurrentCUDAStream().stream()),
+      "spider_blend_");
 }
 
 }  // namespace fastpeft

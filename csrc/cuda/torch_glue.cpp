@@ -10,28 +10,9 @@
 #include <vector>
 
 #include "../checks.h"
-
-// Defined in abs_moments.cu; no shared header so that file stays free of torch includes.
-extern "C" int64_t fastpeft_abs_moments_cuda_workspace_bytes(const int64_t* numels, int n);
-extern "C" cudaError_t fastpeft_abs_moments_cuda(const void* const* ptrs, const int64_t* numels,
-                                                 const int* dtype_codes, int n, double* out,
-                                                 double* workspace, cudaStream_t stream);
+#include "glue_common.h"  // dtype_code, check_launch; launchers.h declares the launchers
 
 namespace fastpeft {
-namespace {
-
-// Must match DtypeCode in abs_moments.cu.
-int dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return 0;
-    case at::kHalf: return 1;
-    case at::kBFloat16: return 2;
-    case at::kDouble: return 3;
-    default: TORCH_CHECK_VALUE(false, "abs_moments: unsupported dtype ", t);
-  }
-}
-
-}  // namespace
 
 // `tensors` must already have passed check_tensor_list() and live on one CUDA device.
 at::Tensor abs_moments_cuda(const std::vector<at::Tensor>& tensors) {
@@ -45,7 +26,7 @@ at::Tensor abs_moments_cuda(const std::vector<at::Tensor>& tensors) {
   for (int i = 0; i < n; ++i) {
     ptrs[i] = tensors[i].const_data_ptr();
     numels[i] = tensors[i].numel();
-    codes[i] = dtype_code(tensors[i].scalar_type());
+    codes[i] = dtype_code(tensors[i].scalar_type(), "abs_moments");
   }
 
   const auto opts = at::TensorOptions().dtype(at::kDouble).device(tensors[0].device());
@@ -58,7 +39,7 @@ at::Tensor abs_moments_cuda(const std::vector<at::Tensor>& tensors) {
   const cudaError_t err = fastpeft_abs_moments_cuda(
       ptrs.data(), numels.data(), codes.data(), n, out.data_ptr<double>(),
       ws_bytes > 0 ? ws.data_ptr<double>() : nullptr, c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(err == cudaSuccess, "abs_moments: CUDA launch failed: ", cudaGetErrorString(err));
+  check_launch(err, "abs_moments");
   return out;
 }
 

@@ -8,8 +8,11 @@ is exact. Hooks are identified by function, not by handle, so deep-copied models
 import torch
 import torch.nn as nn
 
+from .. import registry
 from ..model_structure import find_language_model
+from ..patching import engine
 from .config import AdapterConfig
+from .hooks import HOOKS
 from .modules import BottleneckAdapter
 
 ADAPTER_ATTRS = {
@@ -19,21 +22,6 @@ ADAPTER_ATTRS = {
 }
 CONFIG_ATTR = "_fastpeft_adapter_config"
 FROZEN_ATTR = "_fastpeft_requires_grad_before_adapters"
-
-
-def _pre_hook(module, args):
-    return (module.fastpeft_pre_adapter(args[0]), *args[1:])
-
-
-def _post_hook(module, args, output):
-    return module.fastpeft_post_adapter(output)
-
-
-def _parallel_hook(module, args, output):
-    return module.fastpeft_parallel_adapter(args[0], residual=output)
-
-
-_HOOKS = {"pre": _pre_hook, "post": _post_hook, "parallel": _parallel_hook}
 
 
 def _placement_names(config: AdapterConfig) -> list[tuple[str, str]]:
@@ -108,17 +96,19 @@ def add_adapters(
             adapter = BottleneckAdapter(dim, config, dtype, weight.device, out_dim=out_dim)
             module.add_module(ADAPTER_ATTRS[kind], adapter)
             if kind == "pre":
-                module.register_forward_pre_hook(_HOOKS[kind])
+                module.register_forward_pre_hook(HOOKS[kind])
             else:
-                module.register_forward_hook(_HOOKS[kind])
+                module.register_forward_hook(HOOKS[kind])
             placements.append(f"{full_names[id(module)]}:{kind}")
     config.placements = tuple(placements)
     setattr(model, CONFIG_ATTR, config)
     if fused:
-        from ..patch import patch_adapters
-
-        patch_adapters(model)
+        engine.run(model, _adapter_methods(), "auto", strict=False)
     return model
+
+
+def _adapter_methods() -> list[registry.Method]:
+    return [registry.get(name) for name in registry.ADAPTER_METHODS]
 
 
 def adapter_modules(model: nn.Module) -> list[tuple[str, BottleneckAdapter]]:
@@ -126,13 +116,12 @@ def adapter_modules(model: nn.Module) -> list[tuple[str, BottleneckAdapter]]:
 
 
 def remove_adapters(model: nn.Module) -> nn.Module:
-    """Take out every fastpeft adapter and hook; restore the parameters' requires_grad flags."""
+    """Take out every fastpeft adapter and hook; restore the parameters' requires_grad flags.
+    Only the adapters' fused forwards are undone: patched LoRA or IA3 layers stay patched."""
     if not has_adapters(model):
         raise ValueError("model has no fastpeft adapters (add_adapters was not called on it)")
-    from ..patch import unpatch
-
-    unpatch(model)
-    ours = set(_HOOKS.values())
+    engine.unpatch(model, registry.ADAPTER_METHODS)
+    ours = set(HOOKS.values())
     for module in list(model.modules()):
         for attr in ADAPTER_ATTRS.values():
             if attr in module._modules:

@@ -8,7 +8,8 @@ a quarter of Llama-7B's dimensions and the small LLaVA for longer), "quick" (min
 
 import torch
 
-from . import e2e, layers
+from . import cases, e2e
+from .cases.layer_case import LayerCase, first_of_each_kind, sizes
 from .spider_step import llama_shapes
 
 # Seconds each suite took on the 2-thread AMD EPYC VM this was developed on (fp32; GPU: rough
@@ -39,21 +40,14 @@ def resolve_level(requested: str | None, device: torch.device) -> tuple[str, str
 
 def layer_settings(device: torch.device, level: str) -> tuple[int, int, tuple, int]:
     """(dimension divisor, M, LoRA ranks, repetitions)."""
-    if device.type == "cuda":
-        return (1, 8192, layers.LORA_RANKS, 30) if level == "full" else (1, 4096, (16, 128), 20)
-    return {
-        "full": (4, 1024, layers.LORA_RANKS, 20),
-        "quick": (8, 512, (16, 128), 12),
-        "smoke": (32, 64, (16,), 3),
-    }[level]
+    return sizes(device, level)
 
 
-def layer_cases(device: torch.device, level: str) -> list[layers.LayerCase]:
-    scale, M, ranks, _ = layer_settings(device, level)
-    cases = layers.layer_cases(scale, M, ranks)
-    if level == "smoke":  # one case per kind
-        cases = [next(c for c in cases if c.kind == kind) for kind in ("lora", "ia3", "adapter")]
-    return cases
+def layer_cases(device: torch.device, level: str) -> list[LayerCase]:
+    """The cases of every method in the layers suite, in registry order (smoke: the first of
+    each)."""
+    found = [case for module in cases.modules("layers") for case in module.cases(device, level)]
+    return first_of_each_kind(found, lambda case: case.kind) if level == "smoke" else found
 
 
 def spider_settings(device: torch.device, level: str) -> tuple[list, list | None, int]:
@@ -72,10 +66,10 @@ def describe(suites, level: str, device: torch.device, dtype: str, compile_: boo
     lines = []
     if "layers" in suites:
         scale, M, ranks, reps = layer_settings(device, level)
-        cases = layer_cases(device, level)
+        count = len(layer_cases(device, level))
         dims = "Llama-7B dims" + (f" / {scale}" if scale > 1 else "")
         lines.append(
-            f"layers: {len(cases)} cases at M={M}, {dims}, LoRA r in {ranks}; fwd, bwd, full; "
+            f"layers: {count} cases at M={M}, {dims}, LoRA r in {ranks}; fwd, bwd, full; "
             f"{reps} interleaved repetitions"
         )
     if "e2e" in suites:

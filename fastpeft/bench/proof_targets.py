@@ -1,24 +1,33 @@
 """The proof suite's verdicts: each target beside its measured figure, "met", "missed" or "not
-measured", and, where a kernel target is missed, the kernels the profiler saw in that row."""
+measured", and, where a kernel target is missed, the kernels the profiler saw in that row.
+
+Each method's targets live in its case module (fastpeft/bench/cases/, `proof_targets`), judged
+here in registry order; the e2e targets, on the e2e suite's own methods, follow them.
+"""
 
 from collections.abc import Callable
 
-# (target, the text beside it, which row and figure it is judged on)
-LORA_FROZEN, LORA_PEFT = 1.08, 1.35
-IA3_FROZEN, ADAPTER_EAGER = 1.03, 2.0
-SPIDER_ADAMW = 1.10  # "about one fused AdamW step": within 10%
+from . import cases
+from .e2e import METHODS as E2E_METHODS
+
 E2E_SPEEDUP, E2E_MEMORY, E2E_FROZEN = 1.4, 0.75, 1.15
 
 
-def _rows(parts: dict, name: str) -> list[dict]:
+def rows_of(parts: dict, name: str) -> list[dict]:
     return parts.get(name, {}).get("rows", [])
 
 
-def _fast_full(rows: list[dict], pick: Callable[[dict], bool]) -> list[dict]:
+def fastpeft_full_rows(parts: dict, kind: str, pick: Callable[[dict], bool] = lambda r: True):
+    """The timed fastpeft rows of the layers part's `kind` cases in mode "full" that `pick`
+    keeps."""
     return [
         r
-        for r in rows
-        if r["provider"] == "fastpeft" and r.get("mode") == "full" and pick(r) and "times_ms" in r
+        for r in rows_of(parts, "layers")
+        if r["provider"] == "fastpeft"
+        and r.get("mode") == "full"
+        and r["kind"] == kind
+        and pick(r)
+        and "times_ms" in r
     ]
 
 
@@ -27,7 +36,7 @@ def _kernels(row: dict) -> str:
     return "; ".join(f"{k['kernel']} {k['ms']:.3g} ms ({100 * k['share']:.0f}%)" for k in top[:3])
 
 
-def _judge(name: str, rows: list[dict], key: str, limit: float, at_most: bool, unit="x") -> dict:
+def judge_rows(name: str, rows: list[dict], key: str, limit: float, at_most: bool, unit="x"):
     """Worst row's `key` against `limit` (at most or at least)."""
     target = f"{'<=' if at_most else '>='} {limit:g}{unit}"
     values = [(r[key], r) for r in rows if key in r]
@@ -44,44 +53,22 @@ def _judge(name: str, rows: list[dict], key: str, limit: float, at_most: bool, u
 
 def judge(parts: dict) -> list[dict]:
     """Every target's entry; `parts` maps part name to its recorded entry (with "rows")."""
-    layer_rows = _rows(parts, "layers")
-    headline = _fast_full(
-        layer_rows,
-        lambda r: (
-            r["kind"] == "lora"
-            and r["r"] == 16
-            and r["K"] == r["N"]
-            and r["weights"] == "float32"
-            and r["dropout"] > 0
-        ),
-    )[:1]
-    ia3 = _fast_full(layer_rows, lambda r: r["kind"] == "ia3")
-    adapters = _fast_full(layer_rows, lambda r: r["kind"] == "adapter")
-    spider = [r for r in _rows(parts, "spider") if r["provider"] == "fastpeft"]
-    e2e = [r for r in _rows(parts, "e2e") if r["provider"] == "fastpeft" and "step_ms" in r]
+    entries = [entry for module in cases.modules() for entry in module.proof_targets(parts)]
+    return entries + _e2e(parts)
+
+
+def _e2e(parts: dict) -> list[dict]:
+    e2e = [r for r in rows_of(parts, "e2e") if r["provider"] == "fastpeft" and "step_ms" in r]
     lora_e2e = [r for r in e2e if r["method"] == "lora"]
     entries = [
-        _judge(
-            "LoRA r16 4096² fwd+bwd vs frozen linear", headline, "time_vs_base", LORA_FROZEN, True
-        ),
-        _judge("LoRA r16 4096² fwd+bwd vs PEFT", headline, "speedup_vs_peft", LORA_PEFT, False),
-        _judge("IA3 fwd+bwd vs frozen linear (worst case)", ia3, "time_vs_base", IA3_FROZEN, True),
-        _judge(
-            "adapter fwd+bwd vs eager (worst case)",
-            adapters,
-            "speedup_vs_eager",
-            ADAPTER_EAGER,
-            False,
-        ),
-        _judge("SPIDER step vs one fused AdamW step", spider, "time_vs_adamw", SPIDER_ADAMW, True),
-        _judge("e2e LoRA tokens/s vs PEFT", lora_e2e, "speedup_vs_peft", E2E_SPEEDUP, False),
-        _judge("e2e LoRA peak memory vs PEFT", lora_e2e, "memory_vs_peft", E2E_MEMORY, True),
+        judge_rows("e2e LoRA tokens/s vs PEFT", lora_e2e, "speedup_vs_peft", E2E_SPEEDUP, False),
+        judge_rows("e2e LoRA peak memory vs PEFT", lora_e2e, "memory_vs_peft", E2E_MEMORY, True),
     ]
     ran = sorted({r["method"] for r in e2e})
-    frozen = _judge(
+    frozen = judge_rows(
         "e2e every method vs the frozen step (worst)", e2e, "time_vs_frozen", E2E_FROZEN, True
     )
-    missing = [m for m in ("lora", "ia3", "adapter", "prefix") if m not in ran]
+    missing = [m for m in E2E_METHODS if m not in ran]
     if missing and frozen["verdict"] == "met":
         frozen["verdict"] = "not measured"  # met by the methods that ran; the others unknown
     if missing:

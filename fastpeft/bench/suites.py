@@ -30,11 +30,7 @@ def run_layers(device, dtype, level, compile_, checkpoint: Checkpoint = None) ->
     bar = _progress(len(cases), "layers")
     rows = []
     for case in cases:
-        case_rows = layers.bench_case(case, _DTYPES[dtype], device, compile_, reps)
-        for row in case_rows:
-            if row["provider"] == layers.FLOOR:
-                row["role"] = "floor"
-        rows += case_rows
+        rows += layers.bench_case(case, _DTYPES[dtype], device, compile_, reps)
         bar and bar.update(1)
         checkpoint and checkpoint(rows)
     bar and bar.close()
@@ -48,7 +44,7 @@ def finish_layers(rows: list[dict], peaks: dict, dtype: str) -> None:
         if "median_ms" not in row:
             continue
         # The floor is the frozen linear alone: none of the adapter's work is its to count.
-        r = 0 if row["provider"] == layers.FLOOR else row["r"]
+        r = 0 if row.get("role") == "floor" else row["r"]
         case = layers.LayerCase(row["kind"], row["shape"], row["M"], row["K"], row["N"], r)
         flops, moved = layers.flops_and_bytes(case, row["mode"], elem)
         seconds = row["median_ms"] * 1e-3

@@ -1,1 +1,1 @@
-"""torch.library custom ops: argument checks, allocation, kernel launch, fake and autograd rules."""
+"""torch.library custom ops: schemas, fake and autograd rules; each calls the chosen backend."""

@@ -32,22 +32,17 @@ What the backward keeps (the dl design):
   on a 16-bit base with an fp32 l, keeps an fp32 copy of x for its mul backward instead).
 
 `ia3_linear_fwd` returns (y, z); z is an empty tensor unless the output case saves it. One
-custom-op boundary per patched module call, with explicit fake and autograd rules so the ops pass
+custom-op boundary per patched module call (`backend` names the implementation the dispatcher
+chose; all share one signature), with explicit fake and autograd rules so the ops pass
 torch.library.opcheck and compile with fullgraph=True.
 """
 
 import torch
 
-from . import _counters, ia3_torch
+from .. import dispatch
+from . import _counters
 
 _EMPTY = (0,)
-
-
-def _triton_impl():
-    # Imported lazily: importing fastpeft must not import or compile Triton kernels.
-    from . import ia3_triton
-
-    return ia3_triton
 
 
 def _saves_z(feedforward: bool, save_z: bool) -> bool:
@@ -67,7 +62,7 @@ def ia3_linear_fwd(
     """(y, z) for 2-D x; z = x Wᵀ + b is returned (for dl) only in the output case with save_z."""
     _counters.record("ia3_fwd", backend)
     save_z = _saves_z(feedforward, save_z)
-    impl = _triton_impl() if backend == "triton" else ia3_torch
+    impl = dispatch.implementation("ia3", backend)
     y, z = impl.forward(x, weight, bias, ia3_l, feedforward, save_z)
     return y, (z if z is not None else x.new_empty(_EMPTY))
 
@@ -91,7 +86,7 @@ def ia3_linear_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dl); each is an empty tensor when not needed. `saved` is x (input case) or z."""
     _counters.record("ia3_bwd", backend)
-    impl = _triton_impl() if backend == "triton" else ia3_torch
+    impl = dispatch.implementation("ia3", backend)
     dx, dl = impl.backward(dy, saved, weight, ia3_l, feedforward, need_dx, need_dl)
     return (
         dx if dx is not None else dy.new_empty(_EMPTY),

@@ -14,23 +14,18 @@ Backward (W and b frozen, so no dW or db):
 
 `lora_linear_fwd` returns (y, t, keep): t is saved for the backward; keep is the dropout mask
 where one must be stored (the PyTorch path off the CPU); it is empty wherever the mask is
-regenerated from `seed` (Triton, and the CPU path through fastpeft._C). One custom-op
-boundary per patched module call, with explicit fake and autograd rules so the ops pass
-torch.library.opcheck and compile with fullgraph=True.
+regenerated from `seed` (Triton, and the CPU path through fastpeft._C). `backend` names the
+implementation the dispatcher chose (fastpeft/dispatch.py); every implementation has the same
+signatures and outputs. One custom-op boundary per patched module call, with explicit fake and
+autograd rules so the ops pass torch.library.opcheck and compile with fullgraph=True.
 """
 
 import torch
 
-from . import _counters, _dropout_torch, lora_torch
+from .. import dispatch
+from . import _counters
 
 _EMPTY = (0,)
-
-
-def _triton_impl():
-    # Imported lazily: importing fastpeft must not import or compile Triton kernels.
-    from . import lora_triton
-
-    return lora_triton
 
 
 @torch.library.custom_op("fastpeft::lora_linear_fwd", mutates_args=())
@@ -46,20 +41,16 @@ def lora_linear_fwd(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _counters.record("lora_fwd", backend)
-    if backend == "triton":
-        y, t = _triton_impl().forward(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p)
-        return y, t, x.new_empty(_EMPTY, dtype=torch.bool)
-    return lora_torch.forward(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p)
+    impl = dispatch.implementation("lora", backend)
+    return impl.forward(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p)
 
 
 @lora_linear_fwd.register_fake
 def _(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p, backend):
     M, N, R = x.shape[0], weight.shape[0], lora_a.shape[0]
+    keep_shape = dispatch.implementation("lora", backend).mask_shape(x, dropout_p)
     y = x.new_empty((M, N))
     t = x.new_empty((M, R), dtype=lora_a.dtype)
-    keep_shape = _EMPTY
-    if backend == "torch" and dropout_p > 0 and not _dropout_torch.counter_based(x.device):
-        keep_shape = tuple(x.shape)
     return y, t, x.new_empty(keep_shape, dtype=torch.bool)
 
 
@@ -80,14 +71,9 @@ def lora_linear_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dA, dB); dx is an empty tensor when need_dx is False."""
     _counters.record("lora_bwd", backend)
-    if backend == "triton":
-        dx, da, db = _triton_impl().backward(
-            dy, x, weight, lora_a, lora_b, t, seed, scaling, dropout_p, need_dx
-        )
-    else:
-        dx, da, db = lora_torch.backward(
-            dy, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, need_dx
-        )
+    dx, da, db = dispatch.implementation("lora", backend).backward(
+        dy, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, need_dx
+    )
     return (dx if dx is not None else x.new_empty(_EMPTY)), da, db
 
 
@@ -128,10 +114,3 @@ def _backward(ctx, dy, _dt, _dkeep):
 
 
 lora_linear_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def dropout_keep_mask(seed: torch.Tensor, shape: tuple[int, int], p: float, backend: str):
-    """The bool keep-mask `backend` derives from `seed` for an input of `shape` (for tests)."""
-    if backend == "triton":
-        return _triton_impl().dropout_keep_mask(seed, shape[0], shape[1], p)
-    return _dropout_torch.keep_mask(torch.empty(shape, device=seed.device), p, seed)

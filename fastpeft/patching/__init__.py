@@ -1,1 +1,1 @@
-"""Patchers: per-module-type fused forwards installed per instance."""
+"""Patchers: per-method fused forwards installed per module instance, and their engine."""

@@ -3,26 +3,21 @@
 import torch
 import torch.nn as nn
 
+from .. import functional
+from ..adapters.modules import BottleneckAdapter
+from ..registry import FLOAT_DTYPES
 from . import base
-
-KIND = "adapter"
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_BOTTLENECK = 1024
 
 
 def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from ..adapters.modules import BottleneckAdapter
-
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BottleneckAdapter)]
 
 
 def ineligibility_reasons(module: nn.Module) -> list[str]:
     reasons = []
     dtypes = {module.down.weight.dtype, module.up.weight.dtype}
-    if len(dtypes) != 1 or not dtypes <= set(_FLOAT_DTYPES):
+    if len(dtypes) != 1 or not dtypes <= set(FLOAT_DTYPES):
         reasons.append(f"adapter weight dtypes {sorted(map(str, dtypes))} not one fp32/fp16/bf16")
-    if module.down.weight.shape[0] > MAX_BOTTLENECK:
-        reasons.append(f"bottleneck {module.down.weight.shape[0]} > {MAX_BOTTLENECK}")
     if type(module.dropout) is not nn.Dropout:
         reasons.append(f"dropout is {type(module.dropout).__name__}, not nn.Dropout")
     return reasons
@@ -33,7 +28,7 @@ def dropout_p(module: nn.Module) -> float:
 
 
 def call_fallback_reason(module: nn.Module, z: torch.Tensor, residual) -> str | None:
-    if z.dtype not in _FLOAT_DTYPES:
+    if z.dtype not in FLOAT_DTYPES:
         return "input dtype is not fp32/fp16/bf16"
     if torch.is_autocast_enabled(z.device.type):
         return "autocast enabled"
@@ -47,15 +42,13 @@ def call_fallback_reason(module: nn.Module, z: torch.Tensor, residual) -> str | 
 
 def fused_forward(self: nn.Module, z: torch.Tensor, residual: torch.Tensor | None = None):
     """Replacement for BottleneckAdapter.forward (bound per instance)."""
-    from ..ops import adapter as adapter_ops
-
     state = base.state_of(self)
     reason = call_fallback_reason(self, z, residual)
     if reason is not None:
         base.count(state, reason)
         return base.original_forward(self)(z, residual)
     base.count(state)
-    return adapter_ops.adapter(
+    return functional.adapter(
         z,
         self.down.weight,
         self.up.weight,

@@ -9,10 +9,11 @@ Applies to Llama-style MLPs (gate_proj, up_proj, down_proj, act_fn: Llama, Qwen2
 import torch
 import torch.nn as nn
 
+from .. import functional
+from ..adapters.hooks import pre_hook
 from . import adapter as single
 from . import base
 
-KIND = "adapter pair"
 _MLP_ATTRS = ("gate_proj", "up_proj", "down_proj", "act_fn")
 
 
@@ -30,9 +31,12 @@ def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def ineligibility_reasons(mlp: nn.Module) -> list[str]:
-    from ..adapters.placement import _pre_hook
+def members(mlp: nn.Module) -> list[nn.Module]:
+    """The two pre-adapters this MLP's fused forward computes itself: owned by the pair."""
+    return list(_pair(mlp))
 
+
+def ineligibility_reasons(mlp: nn.Module) -> list[str]:
     reasons = []
     first, second = _pair(mlp)
     for adapter in (first, second):
@@ -42,7 +46,7 @@ def ineligibility_reasons(mlp: nn.Module) -> list[str]:
     if first.dropout.p != second.dropout.p or first.down.weight.dtype != second.down.weight.dtype:
         reasons.append("gate/up adapters differ in dropout or dtype")
     for proj in (mlp.gate_proj, mlp.up_proj):
-        if list(proj._forward_pre_hooks.values()) != [_pre_hook] or proj._forward_hooks:
+        if list(proj._forward_pre_hooks.values()) != [pre_hook] or proj._forward_hooks:
             reasons.append("gate/up projections carry other hooks (only the pre-adapter's allowed)")
             break
     return reasons
@@ -50,8 +54,6 @@ def ineligibility_reasons(mlp: nn.Module) -> list[str]:
 
 def fused_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """Replacement for the MLP's forward (bound per instance)."""
-    from ..ops import adapter as adapter_ops
-
     state = base.state_of(self)
     first, second = _pair(self)
     reason = "extra forward arguments" if args or kwargs else None
@@ -61,7 +63,7 @@ def fused_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Te
         base.count(state, reason)
         return base.original_forward(self)(x, *args, **kwargs)
     base.count(state)
-    u, v = adapter_ops.adapter_pair(
+    u, v = functional.adapter_pair(
         x,
         first.down.weight,
         first.up.weight,

@@ -1,8 +1,8 @@
-"""Per-instance forward replacement shared by the patchers.
+"""Per-instance forward replacement, and the eligibility and routing shared by the patchers.
 
 A patched module gets a `forward` bound on the instance (the class is never touched), and a
-`PatchState` that remembers what to restore. Modules wrapped by accelerate hooks keep their hook:
-the hook's `_old_forward` is what gets replaced.
+`PatchState` that remembers what to restore and which method installed it. Modules wrapped by
+accelerate hooks keep their hook: the hook's `_old_forward` is what gets replaced.
 """
 
 import types
@@ -13,14 +13,18 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from ..registry import FLOAT_DTYPES
+
 STATE_ATTR = "_fastpeft_state"
 
 
 @dataclass
 class PatchState:
-    """What a patched module needs: its backend request, the forward to restore, call counts."""
+    """What a patched module needs: its backend request, the forward to restore, the method that
+    installed it (a registry name), call counts."""
 
     backend: str
+    method: str
     forward_attr: str
     previous_instance_forward: Callable | None
     fallbacks: Counter = field(default_factory=Counter)  # eager calls only (see `count`)
@@ -51,14 +55,15 @@ def original_forward(module: nn.Module) -> Callable:
     return types.MethodType(type(module).forward, module)
 
 
-def install(module: nn.Module, fused_forward: Callable, backend: str) -> None:
-    """Bind `fused_forward(module, *args, **kwargs)` as the module's forward; idempotent."""
+def install(module: nn.Module, fused_forward: Callable, backend: str, method: str) -> None:
+    """Bind `fused_forward(module, *args, **kwargs)` as the module's forward for `method`;
+    idempotent (patching again updates the backend)."""
     if is_patched(module):
         state_of(module).backend = backend
         return
     attr = _forward_attr(module)
     previous = module.__dict__.get(attr)
-    module.__dict__[STATE_ATTR] = PatchState(backend, attr, previous)
+    module.__dict__[STATE_ATTR] = PatchState(backend, method, attr, previous)
     setattr(module, attr, types.MethodType(fused_forward, module))
 
 
@@ -86,9 +91,6 @@ def count(state: PatchState, fallback_reason: str | None = None) -> None:
         state.fallbacks[fallback_reason] += 1
 
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def _is_plain_tensor(t: torch.Tensor) -> bool:
     if type(t) in (torch.Tensor, nn.Parameter):
         return True
@@ -108,7 +110,7 @@ def base_linear_reasons(base_layer: nn.Module) -> list[str]:
         ]
     reasons = []
     weight = base_layer.weight
-    if weight.dtype not in _FLOAT_DTYPES:
+    if weight.dtype not in FLOAT_DTYPES:
         reasons.append(f"base weight dtype {weight.dtype} is not fp32, fp16 or bf16")
     elif not _is_plain_tensor(weight):
         reasons.append(
@@ -138,3 +140,37 @@ def peft_call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) 
     ):
         return "base layer trainable"
     return None
+
+
+def peft_linear_reasons(module: nn.Module, linear_class: type, label: str) -> list[str]:
+    """Why a PEFT tuner layer (LoRA, IA3) is not a plain `linear_class` over a frozen plain
+    nn.Linear, which is what the fused linears compute; [] if it is."""
+    if not isinstance(module, linear_class):
+        return [f"{label} layer type {type(module).__name__} is not supported (only Linear)"]
+    if type(module) is not linear_class:
+        # e.g. TorchaoLoraLinear: a quantised weight behind PEFT's own Linear forward.
+        return [
+            f"{label} layer type {type(module).__name__} subclasses peft's "
+            f"{label.lower()}.Linear (quantised or custom); only {label.lower()}.Linear itself "
+            "is supported"
+        ]
+    reasons = base_linear_reasons(module.get_base_layer())
+    if getattr(module, "fan_in_fan_out", False):
+        reasons.append("fan_in_fan_out=True (Conv1D-style weight)")
+    return reasons
+
+
+def routed_forward(call_fallback_reason: Callable, fused_call: Callable) -> Callable:
+    """A patched forward: the module's own forward for calls `call_fallback_reason(module, x, args,
+    kwargs)` gives a reason for (counted under it), else `fused_call(module, x, backend)`."""
+
+    def forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        state = state_of(self)
+        reason = call_fallback_reason(self, x, args, kwargs)
+        if reason is not None:
+            count(state, reason)
+            return original_forward(self)(x, *args, **kwargs)
+        count(state)
+        return fused_call(self, x, state.backend)
+
+    return forward

@@ -11,8 +11,6 @@ import torch.nn as nn
 from .. import functional
 from . import base
 
-KIND = "IA3"
-
 
 def ia3_layer_types() -> tuple[type, type]:
     """(peft IA3Layer, peft ia3 Linear); imported lazily so `import fastpeft` stays light."""
@@ -50,16 +48,7 @@ def _adapter_reasons(module: nn.Module) -> list[str]:
 def ineligibility_reasons(module: nn.Module) -> list[str]:
     """Every reason `module` (a PEFT IA3 layer) cannot take the fused path; [] if it can."""
     _, ia3_linear = ia3_layer_types()
-    if not isinstance(module, ia3_linear):
-        return [f"IA3 layer type {type(module).__name__} is not supported (only Linear)"]
-    if type(module) is not ia3_linear:
-        return [
-            f"IA3 layer type {type(module).__name__} subclasses peft's ia3.Linear "
-            "(quantised or custom); only ia3.Linear itself is supported"
-        ]
-    reasons = base.base_linear_reasons(module.get_base_layer())
-    if getattr(module, "fan_in_fan_out", False):
-        reasons.append("fan_in_fan_out=True (Conv1D-style weight)")
+    reasons = base.peft_linear_reasons(module, ia3_linear, "IA3")
     if reasons:  # the adapter checks below assume a plain linear base
         return reasons
     return _adapter_reasons(module)
@@ -74,14 +63,7 @@ def call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) -> st
     return reasons[0] if reasons else None
 
 
-def fused_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """Replacement for peft.tuners.ia3.layer.Linear.forward (bound per instance)."""
-    state = base.state_of(self)
-    reason = call_fallback_reason(self, x, args, kwargs)
-    if reason is not None:
-        base.count(state, reason)
-        return base.original_forward(self)(x, *args, **kwargs)
-    base.count(state)
+def _fused_call(self: nn.Module, x: torch.Tensor, backend: str) -> torch.Tensor:
     base_layer = self.get_base_layer()
     return functional.ia3_linear(
         x,
@@ -89,5 +71,9 @@ def fused_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Te
         base_layer.bias,
         self.ia3_l[self.active_adapters[0]].flatten(),  # PEFT's [N, 1] / [1, K] as 1-D
         self.is_feedforward,
-        backend=state.backend,
+        backend=backend,
     )
+
+
+# Replacement for peft.tuners.ia3.layer.Linear.forward (bound per instance).
+fused_forward = base.routed_forward(call_fallback_reason, _fused_call)

@@ -5,20 +5,20 @@ at patch time. Adapter state can change after patching (set_adapter, disable_ada
 mixed-batch `adapter_names=` call, a hot-swap replacing the factors), so `call_fallback_reason`
 re-checks it on every call and routes that call to PEFT's own forward.
 
-Only what the fused op computes exactly is taken over: one active adapter whose forward is vanilla
-LoRA's (no variant, or one on the short list below), bias-free plain nn.Linear factors of the
-expected shapes, a number or 0-d tensor scaling. Any layout PEFT adds later that this module does
-not know is skipped with a reason at patch time, never guessed at or crashed on.
+Only what a fused op computes exactly is taken over: one active adapter whose variant has a
+fused forward (`fused_calls`: vanilla LoRA, and variants whose forward is vanilla LoRA's), bias-free
+plain nn.Linear factors of the expected shapes, a number or 0-d tensor scaling. Any variant or
+layout PEFT adds later that this module does not know is skipped with its name as the reason at
+patch time, never guessed at or crashed on. A fused DoRA would be one more entry in `fused_calls`.
+Rank limits belong to the implementations (the dispatcher picks one that takes the rank).
 """
 
 import torch
 import torch.nn as nn
 
 from .. import functional
+from ..registry import FLOAT_DTYPES
 from . import base
-
-KIND = "LoRA"
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def lora_layer_types() -> tuple[type, type]:
@@ -45,13 +45,25 @@ def _vanilla_forward_variants() -> tuple[type, ...]:
     return tuple(c for c in (getattr(variants, n, None) for n in names) if isinstance(c, type))
 
 
-def _variant_reason(module: nn.Module, name: str) -> str | None:
+def fused_calls() -> dict:
+    """LoRA variant type (None: plain LoRA) -> the fused call computing its forward."""
+    calls = {None: _fused_lora}
+    calls.update(dict.fromkeys(_vanilla_forward_variants(), _fused_lora))
+    return calls
+
+
+def _variant_type(module: nn.Module, name: str):
     variant = module.lora_variant.get(name)
-    if variant is None and not module.use_dora.get(name, False):
+    if variant is None and module.use_dora.get(name, False):
+        return "DoRA"  # PEFT versions that flag DoRA without a variant object
+    return None if variant is None else type(variant)
+
+
+def _variant_reason(module: nn.Module, name: str) -> str | None:
+    variant = _variant_type(module, name)
+    if variant in fused_calls():
         return None
-    if variant is not None and type(variant) in _vanilla_forward_variants():
-        return None
-    label = type(variant).__name__ if variant is not None else "DoRA"
+    label = variant if isinstance(variant, str) else variant.__name__
     return f"LoRA variant {label} (DoRA and other variants keep PEFT's forward)"
 
 
@@ -72,7 +84,7 @@ def _factor_reasons(module: nn.Module, name: str) -> list[str]:
     if lora_b.bias is not None:
         reasons.append("lora_bias=True (lora_B has a bias)")
     a, b = lora_a.weight, lora_b.weight
-    if a.dtype != b.dtype or a.dtype not in _FLOAT_DTYPES:
+    if a.dtype != b.dtype or a.dtype not in FLOAT_DTYPES:
         reasons.append(f"adapter dtypes {a.dtype}/{b.dtype} are not one of fp32, fp16, bf16")
     N, K = module.get_base_layer().weight.shape
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != K or tuple(b.shape) != (N, a.shape[0]):
@@ -80,8 +92,6 @@ def _factor_reasons(module: nn.Module, name: str) -> list[str]:
             f"LoRA factor shapes A {tuple(a.shape)}, B {tuple(b.shape)} do not fit the base "
             f"weight [{N}, {K}] (expected A [R, {K}], B [{N}, R])"
         )
-    elif a.shape[0] > 256:
-        reasons.append(f"rank {a.shape[0]} > 256 (the kernels keep the rank in registers)")
     return reasons
 
 
@@ -119,20 +129,9 @@ def _adapter_reasons(module: nn.Module) -> list[str]:
 def ineligibility_reasons(module: nn.Module) -> list[str]:
     """Every reason `module` (a PEFT LoRA layer) cannot take the fused path; [] if it can."""
     _, lora_linear = lora_layer_types()
-    if not isinstance(module, lora_linear):
-        return [f"LoRA layer type {type(module).__name__} is not supported (only Linear)"]
-    if type(module) is not lora_linear:
-        # e.g. TorchaoLoraLinear: a quantised weight behind PEFT's own Linear forward.
-        return [
-            f"LoRA layer type {type(module).__name__} subclasses peft's lora.Linear "
-            "(quantised or custom); only lora.Linear itself is supported"
-        ]
-    base_layer = module.get_base_layer()
-    reasons = base.base_linear_reasons(base_layer)
-    if getattr(module, "fan_in_fan_out", False):
-        reasons.append("fan_in_fan_out=True (Conv1D-style weight)")
-    if type(base_layer) is not nn.Linear:  # the adapter checks below read the base weight's shape
-        return reasons
+    reasons = base.peft_linear_reasons(module, lora_linear, "LoRA")
+    if not isinstance(module, lora_linear) or type(module.get_base_layer()) is not nn.Linear:
+        return reasons  # the adapter checks below read the base weight's shape
     return reasons + _adapter_reasons(module)
 
 
@@ -153,14 +152,7 @@ def call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) -> st
     return None
 
 
-def fused_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """Replacement for peft.tuners.lora.layer.Linear.forward (bound per instance)."""
-    state = base.state_of(self)
-    reason = call_fallback_reason(self, x, args, kwargs)
-    if reason is not None:
-        base.count(state, reason)
-        return base.original_forward(self)(x, *args, **kwargs)
-    base.count(state)
+def _fused_lora(self: nn.Module, x: torch.Tensor, backend: str) -> torch.Tensor:
     name = self.active_adapters[0]
     base_layer = self.get_base_layer()
     dropout = self.lora_dropout[name]
@@ -173,5 +165,15 @@ def fused_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Te
         self.lora_B[name].weight,
         self.scaling[name],
         dropout_p,
-        backend=state.backend,
+        backend=backend,
     )
+
+
+def _fused_call(self: nn.Module, x: torch.Tensor, backend: str) -> torch.Tensor:
+    # The active adapter's variant picks the fused call (call_fallback_reason checked it has one).
+    name = self.active_adapters[0]
+    return fused_calls()[_variant_type(self, name)](self, x, backend)
+
+
+# Replacement for peft.tuners.lora.layer.Linear.forward (bound per instance).
+fused_forward = base.routed_forward(call_fallback_reason, _fused_call)

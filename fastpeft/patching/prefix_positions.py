@@ -24,7 +24,6 @@ import torch.nn as nn
 
 from . import base
 
-KIND = "prefix M-RoPE"
 _GRID_KEYS = ("image_grid_thw", "video_grid_thw")
 # The forward's cache argument: `cache` from transformers 5.24, `past_key_values` before.
 CACHE_KWARGS = ("cache", "past_key_values")

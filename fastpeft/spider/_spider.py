@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
-from ..ops import importance
-from ..ops import importance_torch as torch_impl
+from .. import dispatch
+from ..torch_path import importance as torch_impl
 from . import _params
+from ._moments import moments
 from ._params import ModelOrParams
 
 _FORMAT = "fastpeft.spider/1"
@@ -57,8 +58,7 @@ class Spider:
         named = _params.collect(model_or_params, owner="Spider")
         if not named:
             raise ValueError("Spider: no trainable parameters (none has requires_grad=True)")
-        if backend not in importance.BACKENDS:
-            raise ValueError(f"backend must be one of {importance.BACKENDS}, got {backend!r}")
+        dispatch.check_backend_name(backend)
         self._backend = backend
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -76,19 +76,14 @@ class Spider:
         self._groups: list[_Group] = []
         for (device, dtype, _), idx in keys.items():
             groups = _params.shard_groups(self.params[idx[0]])
-            pre = importance.moments([self.theta0[i] for i in idx]).to(device)
+            pre = moments([self.theta0[i] for i in idx]).to(device)
             _params.all_reduce_(pre, groups)
             self._groups.append(_Group(idx, device, dtype, groups, pre))
         for g in self._groups:
             g.backend = self._resolve(g)
 
     def _resolve(self, group: _Group) -> str:
-        backend = importance.resolve(self._backend, group.device)
-        if backend == "triton" and group.dtype == torch.float64:
-            if self._backend == "triton":
-                raise ValueError("Spider backend='triton' does not support float64 parameters")
-            backend = "torch"  # "auto" without the CUDA extension
-        return backend
+        return dispatch.resolve("spider", self._backend, group.device, group.dtype)
 
     @property
     def backends(self) -> list[str]:
@@ -104,8 +99,8 @@ class Spider:
             if len(group.plans) >= _MAX_PLANS:
                 group.plans.clear()
             idx = [group.indices[k] for k in active]
-            plan = importance.make_plan(
-                group.backend, [self.theta0[i] for i in idx], [self.G[i] for i in idx]
+            plan = dispatch.implementation("spider", group.backend).Plan(
+                [self.theta0[i] for i in idx], [self.G[i] for i in idx], group.backend
             )
             pre = group.pre
             if len(active) != len(group.indices):

@@ -1,5 +1,5 @@
 """What every tiny-model factory shares: special token ids, seeding, dtype casting, the Llama-style
-text config."""
+text config and the arguments that set it."""
 
 from __future__ import annotations
 
@@ -29,6 +29,31 @@ def _build(model_class, config, seed: int, dtype: torch.dtype, attn_implementati
     with _seeded(seed):
         model = model_class._from_config(config, attn_implementation=attn_implementation)
     return model.to(dtype)
+
+
+def _text_and_build(
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vocab_size: int = 128,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The text-model and build arguments every tiny factory takes (keyword only), with their one
+    set of defaults: a Llama-style text model (GQA, intermediate 3·hidden unless given, ids 0/1/2
+    pad/bos/eos) built in fp32 under ``seed`` and cast to ``dtype``.
+
+    Returns ``(text, build)``: the text-config kwargs (:func:`_llama_text_kwargs`) and the keyword
+    arguments of :func:`_build`.
+    """
+    text = _llama_text_kwargs(
+        hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
+    )
+    return text, dict(seed=seed, dtype=dtype, attn_implementation=attn_implementation)
 
 
 def _llama_text_kwargs(

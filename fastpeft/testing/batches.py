@@ -39,6 +39,35 @@ def causal_lm_batch(
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _image_first_batch(
+    model: nn.Module,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    n_img: int,
+    pixel_shape: tuple[int, ...],
+) -> dict[str, torch.Tensor]:
+    """Rows ``[bos, <image> × n_img, text...]`` with labels -100 on the image tokens, and random
+    normal ``pixel_values`` [B, *pixel_shape]: drawn after the ids from the one `seed` generator,
+    in fp32, then cast to the model's dtype (so batches of one seed agree across dtypes)."""
+    device, dtype = _model_device_dtype(model)
+    config = model.config
+    if seq_len < n_img + 2:
+        raise ValueError(f"seq_len={seq_len} too short for {n_img} image tokens + bos + text")
+    image_id = config.image_token_id
+    g = torch.Generator().manual_seed(seed)
+    ids = _text_tokens(g, (batch_size, seq_len), config.text_config.vocab_size, reserved=1)
+    ids[:, 0] = BOS_ID
+    ids[:, 1 : 1 + n_img] = image_id
+    pixel_values = torch.randn(batch_size, *pixel_shape, generator=g)
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "labels": ids.masked_fill(ids == image_id, -100).to(device),
+        "pixel_values": pixel_values.to(device=device, dtype=dtype),
+    }
+
+
 def llava_image_tokens(config: Any) -> int:
     """Number of placeholder tokens (= features) one image produces in a LLaVA model."""
     v = config.vision_config
@@ -57,26 +86,9 @@ def llava_batch(
     and ``pixel_values`` [B, 3, H, W] in the model's dtype (drawn in fp32, then cast, so batches of
     one seed agree across dtypes).
     """
-    device, dtype = _model_device_dtype(model)
-    config = model.config
-    n_img = llava_image_tokens(config)
-    if seq_len < n_img + 2:
-        raise ValueError(f"seq_len={seq_len} too short for {n_img} image tokens + bos + text")
-    vocab = config.text_config.vocab_size
-    image_id = config.image_token_id
-    g = torch.Generator().manual_seed(seed)
-    ids = _text_tokens(g, (batch_size, seq_len), vocab, reserved=1)
-    ids[:, 0] = BOS_ID
-    ids[:, 1 : 1 + n_img] = image_id
-    labels = ids.masked_fill(ids == image_id, -100)
-    size = config.vision_config.image_size
-    pixel_values = torch.randn(batch_size, 3, size, size, generator=g)
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": torch.ones_like(ids).to(device),
-        "labels": labels.to(device),
-        "pixel_values": pixel_values.to(device=device, dtype=dtype),
-    }
+    size = model.config.vision_config.image_size
+    n_img = llava_image_tokens(model.config)
+    return _image_first_batch(model, batch_size, seq_len, seed, n_img, (3, size, size))
 
 
 def idefics3_image_tokens(config: Any) -> int:
@@ -91,21 +103,6 @@ def idefics3_batch(
     """An Idefics3 training batch with one image per sample, laid out like :func:`llava_batch`
     (``[bos, <image> × n_img, text...]``), with ``pixel_values`` [B, 1, 3, H, W] (Idefics3 takes
     a list of images per sample; all-zero images count as padding, so they are random normal)."""
-    device, dtype = _model_device_dtype(model)
-    config = model.config
-    n_img = idefics3_image_tokens(config)
-    if seq_len < n_img + 2:
-        raise ValueError(f"seq_len={seq_len} too short for {n_img} image tokens + bos + text")
-    image_id = config.image_token_id
-    g = torch.Generator().manual_seed(seed)
-    ids = _text_tokens(g, (batch_size, seq_len), config.text_config.vocab_size, reserved=1)
-    ids[:, 0] = BOS_ID
-    ids[:, 1 : 1 + n_img] = image_id
-    size = config.vision_config.image_size
-    pixel_values = torch.randn(batch_size, 1, 3, size, size, generator=g)
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": torch.ones_like(ids).to(device),
-        "labels": ids.masked_fill(ids == image_id, -100).to(device),
-        "pixel_values": pixel_values.to(device=device, dtype=dtype),
-    }
+    size = model.config.vision_config.image_size
+    n_img = idefics3_image_tokens(model.config)
+    return _image_first_batch(model, batch_size, seq_len, seed, n_img, (1, 3, size, size))

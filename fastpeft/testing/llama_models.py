@@ -1,24 +1,21 @@
-"""Tiny Llama-based models: text-only Llama, LLaVA (CLIP + projector + Llama), Idefics3."""
+"""Tiny Llama-based models: text-only Llama, LLaVA (CLIP + projector + Llama), Idefics3.
+
+Every factory also takes the text-model and build arguments of
+:func:`~fastpeft.testing._common._text_and_build` (keyword only: ``hidden_size``, ``num_layers``,
+``vocab_size``, ``num_heads``, ``num_kv_heads``, ``intermediate_size``, ``dtype``, ``seed``,
+``attn_implementation``), so their defaults live in one place.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import nn
 
-from ._common import _build, _llama_text_kwargs
+from ._common import _build, _text_and_build
 
 
-def tiny_llama(
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    vocab_size: int = 128,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    attn_implementation: str = "sdpa",
-) -> nn.Module:
+def tiny_llama(**text_and_build: Any) -> nn.Module:
     """A randomly initialised ``LlamaForCausalLM`` (GQA, intermediate 3·hidden by default).
 
     Built in fp32 under ``seed`` (the caller's RNG state is left untouched), then cast to
@@ -27,12 +24,8 @@ def tiny_llama(
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        **_llama_text_kwargs(
-            hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
-        )
-    )
-    return _build(LlamaForCausalLM, config, seed, dtype, attn_implementation)
+    text, build = _text_and_build(**text_and_build)
+    return _build(LlamaForCausalLM, LlamaConfig(**text), **build)
 
 
 def llava_config(text: dict, hidden: int, layers: int, heads: int, mlp: int, image: int, patch):
@@ -64,20 +57,13 @@ def llava_config(text: dict, hidden: int, layers: int, heads: int, mlp: int, ima
 
 
 def tiny_llava(
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    vocab_size: int = 128,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
+    *,
     image_size: int = 28,
     patch_size: int = 14,
     vision_hidden_size: int = 32,
     vision_layers: int = 2,
     vision_heads: int = 2,
-    attn_implementation: str = "sdpa",
+    **text_and_build: Any,
 ) -> nn.Module:
     """A randomly initialised ``LlavaForConditionalGeneration``: CLIP vision tower + 2-layer GELU
     projector + Llama text model.
@@ -89,29 +75,20 @@ def tiny_llava(
     """
     from transformers import LlavaForConditionalGeneration
 
-    text = _llama_text_kwargs(
-        hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
-    )
+    text, build = _text_and_build(**text_and_build)
     config = llava_config(
         text, vision_hidden_size, vision_layers, vision_heads, 2 * vision_hidden_size,
         image_size, patch_size,
     )  # fmt: skip
-    return _build(LlavaForConditionalGeneration, config, seed, dtype, attn_implementation)
+    return _build(LlavaForConditionalGeneration, config, **build)
 
 
 def tiny_idefics3(
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    vocab_size: int = 128,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
+    *,
     image_size: int = 32,
     patch_size: int = 8,
     scale_factor: int = 2,
-    attn_implementation: str = "sdpa",
+    **text_and_build: Any,
 ) -> nn.Module:
     """A randomly initialised ``Idefics3ForConditionalGeneration`` (SmolVLM's architecture): a
     SigLIP-style vision model, a pixel-shuffle + linear connector, a Llama text model.
@@ -129,11 +106,7 @@ def tiny_idefics3(
             f"image_size={image_size} must be a multiple of patch_size={patch_size} giving a "
             f"patch grid divisible by scale_factor={scale_factor}"
         )
-    text = LlamaConfig(
-        **_llama_text_kwargs(
-            hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
-        )
-    )
+    text, build = _text_and_build(**text_and_build)
     vision = Idefics3VisionConfig(
         hidden_size=32,
         num_hidden_layers=2,
@@ -143,10 +116,10 @@ def tiny_idefics3(
         patch_size=patch_size,
     )
     config = Idefics3Config(
-        text_config=text,
+        text_config=LlamaConfig(**text),
         vision_config=vision,
         scale_factor=scale_factor,
-        image_token_id=vocab_size - 1,
+        image_token_id=text["vocab_size"] - 1,
         tie_word_embeddings=False,
     )
-    return _build(Idefics3ForConditionalGeneration, config, seed, dtype, attn_implementation)
+    return _build(Idefics3ForConditionalGeneration, config, **build)

@@ -1,4 +1,8 @@
-"""Tiny Qwen2-VL / Qwen2.5-VL models and their batches (flattened patches, M-RoPE inputs)."""
+"""Tiny Qwen2-VL / Qwen2.5-VL models and their batches (flattened patches, M-RoPE inputs).
+
+Both factories also take the text-model and build arguments of
+:func:`~fastpeft.testing._common._text_and_build` (keyword only), as the Llama-based ones do.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._common import BOS_ID, _build, _llama_text_kwargs
+from ._common import BOS_ID, _build, _text_and_build
 from .batches import _model_device_dtype, _text_tokens
 
 
@@ -20,21 +24,21 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def _qwen_text_kwargs(hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, inter):
-    head_dim = hidden_size // num_heads
-    if hidden_size % num_heads or head_dim % 2 or num_heads % num_kv_heads:
-        raise ValueError(f"bad head layout: hidden={hidden_size} heads={num_heads}/{num_kv_heads}")
-    text = _llama_text_kwargs(hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, inter)
-    text["rope_parameters"] = {
+def _qwen_config(config_class: type, text: dict[str, Any], vision: dict[str, Any]) -> Any:
+    """A Qwen2-VL-style config: the Llama-style `text` kwargs with M-RoPE sections sized for the
+    text head_dim, the `vision` tower, and the special ids at the top of the vocabulary."""
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    if head_dim % 2:
+        raise ValueError(f"bad head layout: head_dim={head_dim} must be even (M-RoPE)")
+    rope = {
         "rope_type": "default",
         "rope_theta": 1_000_000.0,
         "mrope_section": _mrope_section(head_dim),
     }
-    return text
-
-
-def _qwen_token_ids(vocab_size: int) -> dict[str, int]:
-    return dict(
+    vocab_size = text["vocab_size"]
+    return config_class(
+        text_config={**text, "rope_parameters": rope},
+        vision_config=vision,
         image_token_id=vocab_size - 1,
         video_token_id=vocab_size - 2,
         vision_end_token_id=vocab_size - 3,
@@ -43,21 +47,14 @@ def _qwen_token_ids(vocab_size: int) -> dict[str, int]:
 
 
 def tiny_qwen2_vl(
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    vocab_size: int = 128,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
+    *,
     vision_embed_dim: int = 32,
     vision_depth: int = 2,
     vision_heads: int = 2,
     patch_size: int = 14,
     spatial_merge_size: int = 2,
     temporal_patch_size: int = 2,
-    attn_implementation: str = "sdpa",
+    **text_and_build: Any,
 ) -> nn.Module:
     """A randomly initialised ``Qwen2VLForConditionalGeneration`` with a tiny vision tower and
     M-RoPE sections sized for the text head_dim.
@@ -68,15 +65,13 @@ def tiny_qwen2_vl(
     """
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    text = _qwen_text_kwargs(
-        hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
-    )
+    text, build = _text_and_build(**text_and_build)
     if (vision_embed_dim // vision_heads) % 4:
         raise ValueError("vision head dim must be a multiple of 4 (2-D axial rope)")
     vision = dict(
         depth=vision_depth,
         embed_dim=vision_embed_dim,
-        hidden_size=hidden_size,
+        hidden_size=text["hidden_size"],
         mlp_ratio=2,
         num_heads=vision_heads,
         in_channels=3,
@@ -84,32 +79,20 @@ def tiny_qwen2_vl(
         spatial_merge_size=spatial_merge_size,
         temporal_patch_size=temporal_patch_size,
     )
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(vocab_size))
-    return _build(Qwen2VLForConditionalGeneration, config, seed, dtype, attn_implementation)
+    config = _qwen_config(Qwen2VLConfig, text, vision)
+    return _build(Qwen2VLForConditionalGeneration, config, **build)
 
 
-def tiny_qwen2_5_vl(
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    vocab_size: int = 128,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    attn_implementation: str = "sdpa",
-) -> nn.Module:
+def tiny_qwen2_5_vl(**text_and_build: Any) -> nn.Module:
     """A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` (tiny windowed vision tower,
     patch 14, merge 2; the same special ids and batches as :func:`tiny_qwen2_vl`)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    text = _qwen_text_kwargs(
-        hidden_size, num_layers, vocab_size, num_heads, num_kv_heads, intermediate_size
-    )
+    text, build = _text_and_build(**text_and_build)
     vision = dict(
         depth=2,
         hidden_size=32,
-        out_hidden_size=hidden_size,
+        out_hidden_size=text["hidden_size"],
         intermediate_size=64,
         num_heads=2,
         in_channels=3,
@@ -119,8 +102,8 @@ def tiny_qwen2_5_vl(
         fullatt_block_indexes=[1],
         window_size=56,
     )
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(vocab_size))
-    return _build(Qwen2_5_VLForConditionalGeneration, config, seed, dtype, attn_implementation)
+    config = _qwen_config(Qwen2_5_VLConfig, text, vision)
+    return _build(Qwen2_5_VLForConditionalGeneration, config, **build)
 
 
 def qwen2_vl_image_tokens(config: Any, grid_thw: Sequence[int]) -> int:

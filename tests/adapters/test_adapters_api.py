@@ -97,6 +97,22 @@ def test_remove_adapters_restores_the_base_model():
         fastpeft.remove_adapters(model)
 
 
+def test_remove_adapters_leaves_patched_lora_layers_patched():
+    # LoRA on the attention, adapters on the MLP: taking the adapters out must undo only their
+    # fused forwards, never silently slow the rest of the model down.
+    model = testing.make_lora_model(testing.tiny_llama(), targets=["q_proj", "v_proj"])
+    fastpeft.add_adapters(model, _config())
+    report = fastpeft.patch(model, backend="torch")
+    kinds = {report.kinds[n] for n in report.patched}
+    assert kinds == {"LoRA", "adapter pair", "adapter"}
+    lora_layers = [n for n in report.patched if report.kinds[n] == "LoRA"]
+    fastpeft.remove_adapters(model)
+    modules = dict(model.named_modules())
+    assert lora_layers and all(fastpeft.is_patched(modules[n]) for n in lora_layers)
+    assert not any(fastpeft.is_patched(m) for n, m in modules.items() if n.endswith("mlp"))
+    assert fastpeft.unpatch(model) == len(lora_layers)
+
+
 def test_save_load_round_trip_is_exact(tmp_path):
     model = fastpeft.add_adapters(testing.tiny_llava(), _config(layers=(1,)))
     with torch.no_grad():

@@ -38,9 +38,10 @@ def test_fused_adapters_equal_eager(family, backend, non_linearity):
     fused = copy.deepcopy(eager)
     report = fastpeft.patch(fused, backend=backend)
     kinds = sorted(report.kinds[n] for n in report.patched)
-    # Per layer: one gate/up pair (an MLP) and three adapter modules; the pair's two adapters are
-    # bypassed at run time, the down_proj post-adapter runs the single fused op.
-    assert kinds == ["adapter"] * 6 + ["adapter pair"] * 2 and not report.skipped
+    # Per layer: one gate/up pair (an MLP, which owns its two pre-adapters and computes them
+    # itself) and the down_proj post-adapter, which runs the single fused op.
+    assert kinds == ["adapter"] * 2 + ["adapter pair"] * 2 and not report.skipped
+    assert str(report).startswith("fastpeft: patched 2 adapter pair + 2 adapter modules")
     batch = make_batch(eager)
     want = testing.forward_backward(eager, batch)
     exact = testing.fp64_forward_backward(eager, batch)

@@ -32,7 +32,9 @@ def test_smoke_run_writes_json_csv_per_suite_and_plots(smoke_run):
     assert {r["suite"] for r in rows} == {"layers", "e2e", "spider"}
     assert not [r for r in rows if "error" in r], "a provider disagreed with its baseline"
     layer = {(r["kind"], r["provider"], r["mode"]) for r in rows if r["suite"] == "layers"}
-    for kind, providers in (("lora", ("base", "peft", "fastpeft")), ("adapter", ("eager",))):
+    expected = {"lora": ("base", "peft", "fastpeft"), "adapter": ("eager",)}
+    expected["adapter_pair"] = ("eager", "fastpeft")
+    for kind, providers in expected.items():
         assert {(kind, p, m) for p in providers for m in layers.MODES} <= layer
     timed = [r for r in rows if r["suite"] == "layers"]
     assert all(r["p20_ms"] <= r["median_ms"] <= r["p80_ms"] for r in timed)

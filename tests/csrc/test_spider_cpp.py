@@ -1,11 +1,11 @@
 """fastpeft._C SPIDER entry points (csrc/cpu/spider.cpp) against the PyTorch path
-(fastpeft/ops/importance_torch.py), plus argument checks. Model-level tests: tests/spider."""
+(fastpeft/torch_path/importance.py), plus argument checks. Model-level tests: tests/spider."""
 
 import pytest
 import torch
 
 from fastpeft import _C, testing
-from fastpeft.ops import importance_torch as ref
+from fastpeft.torch_path import importance as ref
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 # 0-d, 1 element, a constant tensor, zeros, and 150K elements (three 64K-element chunks).

@@ -1,15 +1,17 @@
 """GPU tier: the real Triton IA3 kernels in bf16 at realistic shapes (skipped without CUDA)."""
 
+from functools import partial
+
 import pytest
 import torch
 
 import fastpeft
 from fastpeft import testing
-from fastpeft.ops import _counters
 from fastpeft.ops import ia3 as ops
 
 from ..ops.test_ia3_ops import NAMES, make_inputs, run_op, run_reference
 from ..patching.test_ia3_patch import make_ia3_model
+from .patched_llava import check_bf16_llava_patched_matches_peft
 
 pytestmark = pytest.mark.gpu
 
@@ -65,25 +67,7 @@ def test_m_times_k_beyond_int32(feedforward):
 
 @pytest.mark.parametrize("autocast_adapter_dtype", [True, False], ids=["fp32-l", "bf16-l"])
 def test_bf16_llava_patched_matches_peft(autocast_adapter_dtype):
-    model = make_ia3_model(
-        testing.tiny_llava(hidden_size=256, dtype=torch.bfloat16).cuda(),
-        autocast_adapter_dtype=autocast_adapter_dtype,
-    )
-    batch = testing.llava_batch(model, seq_len=64)
-    model.zero_grad()
-    want = model(**batch)
-    want.loss.backward()
-    want_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    report = fastpeft.patch(model)
-    assert report.backend == "triton" and not report.skipped and len(report.patched) == 6
-    model.zero_grad()
-    _counters.reset()
-    got = model(**batch)
-    got.loss.backward()
-    assert _counters.launches["ia3_fwd:triton"] == len(report.patched)
-    assert _counters.launches["ia3_bwd:triton"] == len(report.patched)
-    assert abs(got.loss.item() - want.loss.item()) < 2e-2 * abs(want.loss.item())
-    for n, g in want_grads.items():
-        p = dict(model.named_parameters())[n]
-        rel = (p.grad.float() - g.float()).norm() / g.float().norm()
-        assert rel < 5e-2, f"{n}: relative grad error {rel:.3e}"
+    wrap = partial(make_ia3_model, autocast_adapter_dtype=autocast_adapter_dtype)
+    launches = ("ia3_fwd:triton", "ia3_bwd:triton")
+    report = check_bf16_llava_patched_matches_peft(wrap, launches)
+    assert len(report.patched) == 6

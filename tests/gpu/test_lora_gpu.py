@@ -1,13 +1,15 @@
 """GPU tier: the real Triton kernels in bf16 at realistic shapes (skipped without CUDA)."""
 
+from functools import partial
+
 import pytest
 import torch
 
-import fastpeft
 from fastpeft import testing
-from fastpeft.ops import _counters
 
 from ..ops.lora_cases import keep_mask, make_inputs, run_op, run_reference
+from ..ops.op_checks import check_within_budget
+from .patched_llava import check_bf16_llava_patched_matches_peft
 
 pytestmark = pytest.mark.gpu
 NAMES = ("y", "dx", "dA", "dB")
@@ -26,12 +28,7 @@ def test_bf16_base_within_budget(adapter_dtype, shape, p):
     with testing.tf32_disabled():
         ref32 = run_reference(inputs, 2.0, keep, p, dtype=torch.float32)
         same = run_reference(inputs, 2.0, keep, p)
-    for name, g, r32, rs in zip(NAMES, got, ref32, same, strict=True):
-        assert g.dtype == rs.dtype
-        if g.dtype == torch.float32:  # fp32 adapter grads: PEFT computes them in fp32 as well
-            testing.assert_close_fp32(g, rs, rtol=1e-3, name=name)
-        else:
-            testing.assert_within_dtype_budget(g, r32, rs, name=name)
+    check_within_budget(got, ref32, same, NAMES, fp32_rtol=1e-3)
 
 
 def test_m_times_k_beyond_int32():
@@ -45,24 +42,5 @@ def test_m_times_k_beyond_int32():
 
 @pytest.mark.parametrize("autocast_adapter_dtype", [True, False])
 def test_bf16_llava_patched_matches_peft(autocast_adapter_dtype):
-    model = testing.make_lora_model(
-        testing.tiny_llava(hidden_size=256, dtype=torch.bfloat16).cuda(),
-        autocast_adapter_dtype=autocast_adapter_dtype,
-    )
-    batch = testing.llava_batch(model, seq_len=64)
-    model.zero_grad()
-    want = model(**batch)
-    want.loss.backward()
-    want_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    report = fastpeft.patch(model)
-    assert report.backend == "triton" and not report.skipped
-    model.zero_grad()
-    _counters.reset()
-    got = model(**batch)
-    got.loss.backward()
-    assert _counters.launches["lora_fwd:triton"] == len(report.patched)
-    assert abs(got.loss.item() - want.loss.item()) < 2e-2 * abs(want.loss.item())
-    for n, g in want_grads.items():
-        p = dict(model.named_parameters())[n]
-        rel = (p.grad.float() - g.float()).norm() / g.float().norm()
-        assert rel < 5e-2, f"{n}: relative grad error {rel:.3e}"
+    wrap = partial(testing.make_lora_model, autocast_adapter_dtype=autocast_adapter_dtype)
+    check_bf16_llava_patched_matches_peft(wrap, ("lora_fwd:triton",))

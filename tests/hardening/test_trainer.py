@@ -318,6 +318,6 @@ def test_fastpeft_callback_with_spider_and_gradient_checkpointing(tmp_path):
 
 def test_fastpeft_callback_checks_its_arguments():
     with pytest.raises(ValueError, match="backend"):
-        fastpeft.FastPeftCallback(backend="cuda")
+        fastpeft.FastPeftCallback(backend="fast")
     with pytest.raises(TypeError, match="strict must be a bool"):
         fastpeft.FastPeftCallback(strict="yes")

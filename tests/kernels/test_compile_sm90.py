@@ -1,12 +1,13 @@
 """Every Triton kernel launch the host code makes must compile for an H100 (sm_90), GPU or not.
 
 The CPU tier runs the kernels through Triton's interpreter, which accepts programs that the GPU
-compiler rejects and never allocates shared memory. compile_sm90.py drives the real host
-launchers at realistic shapes, records their launches and compiles each distinct one for sm_90
-ahead of time with Triton's bundled ptxas: no GPU or driver is needed. It runs in a subprocess
-because Triton decides at kernel-definition time whether to interpret (conftest.py turns the
-interpreter on for this process). This test runs its representative subset (about 100 distinct
-compiles, 1-1.5 minutes on 2 cores); the full sweep (about 375, 7-14 minutes on 2 cores) is
+compiler rejects and never allocates shared memory. compile_sm90.py has every registered method's
+compile_check driver (fastpeft/triton_path/samples.py) drive the real host code at realistic
+shapes, records the launches configured for Hopper and compiles each distinct one for sm_90 ahead
+of time with Triton's bundled ptxas: no GPU or driver is needed. It runs in a subprocess because
+Triton decides at kernel-definition time whether to interpret (conftest.py turns the interpreter
+on for this process). This test runs its representative subset (about 115 distinct compiles,
+1-2 minutes on 2 cores); the full sweep (about 385, about 12 minutes on 2 cores) is
 
     python tests/kernels/compile_sm90.py --all
 """
@@ -19,34 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from .hopper_launches import checked_methods, kernels_to_launch
+
 SCRIPT = Path(__file__).with_name("compile_sm90.py")
 ROOT = Path(__file__).resolve().parents[2]
 SKIP_EXIT = 77  # the script's "Triton cannot compile for sm_90 here" status
-
-EXPECTED_KERNELS = {
-    # kernels/lora.py
-    "lora_down_kernel",
-    "lora_fwd_kernel",
-    "lora_dy_b_kernel",
-    "lora_da_kernel",
-    "lora_dx_kernel",
-    "dropout_keep_mask_kernel",
-    # kernels/ia3.py
-    "ia3_out_fwd_kernel",
-    "ia3_out_bwd_kernel",
-    "ia3_out_dl_kernel",
-    "ia3_in_fwd_kernel",
-    "ia3_in_bwd_kernel",
-    # kernels/adapter.py
-    "adapter_down_kernel",
-    "adapter_up_kernel",
-    "adapter_dpre_kernel",
-    "adapter_dw_up_kernel",
-    "adapter_dw_down_kernel",
-    "adapter_dz_kernel",
-    "adapter_keep_mask_kernel",
-    "adapter_activation_kernel",
-}
 
 
 def _records(stdout: str) -> list[dict]:
@@ -104,6 +82,12 @@ def test_every_kernel_launch_compiles_for_sm90():
         reasons = [r["skip"] for r in records if "skip" in r]
         pytest.skip(f"Triton cannot compile for sm_90 here: {reasons[0] if reasons else '?'}")
     assert proc.returncode == 0, _explain(proc, records, "sm_90 compile check failed")
+    # The script checks both itself; asserting them here too guards against a script that
+    # silently drove less (a method dropped from its plan, a kernel module it no longer scans).
+    summary = next(r["summary"] for r in records if "summary" in r)
+    silent = sorted({m.name for m in checked_methods()} - set(summary["methods"]))
+    assert not silent, _explain(proc, records, f"methods that launched nothing: {silent}")
     compiled = {r["kernel"] for r in records if r.get("status") == "ok"}
-    missing = sorted(EXPECTED_KERNELS - compiled)
+    expected = {name for names in kernels_to_launch().values() for name in names}
+    missing = sorted(expected - compiled)
     assert not missing, _explain(proc, records, f"kernels never launched and compiled: {missing}")

@@ -7,6 +7,7 @@ adapter's delta as large as z. Paper A's N(0, 0.02²) would let a wrong kernel h
 
 import torch
 
+from fastpeft import functional
 from fastpeft.ops import adapter as ops
 from fastpeft.reference import adapter as reference
 
@@ -84,10 +85,12 @@ def run_pair_op(inputs, scaling, activation, p, backend, seed):
 
 
 def keep_mask(backend, seed, shape, p):
-    return ops.dropout_keep_mask(seed, shape, p, backend) if p > 0 else None
+    return functional.dropout_keep_mask(seed, shape, p, backend=backend) if p > 0 else None
 
 
 def pair_keep_masks(backend, seed, shape, p):
     if p == 0:
         return None, None
-    return tuple(ops.dropout_keep_mask(seed[i : i + 1], shape, p, backend) for i in range(2))
+    return tuple(
+        functional.dropout_keep_mask(seed[i : i + 1], shape, p, backend=backend) for i in range(2)
+    )

@@ -2,6 +2,7 @@
 
 import torch
 
+from fastpeft import functional
 from fastpeft.ops import lora as ops
 from fastpeft.reference.lora import lora_linear as reference
 
@@ -39,4 +40,4 @@ def run_op(inputs, scaling, p, backend, seed):
 
 
 def keep_mask(backend, seed, shape, p):
-    return ops.dropout_keep_mask(seed, shape, p, backend) if p > 0 else None
+    return functional.dropout_keep_mask(seed, shape, p, backend=backend) if p > 0 else None

@@ -5,10 +5,10 @@ from functools import partial
 import pytest
 import torch
 
+from fastpeft import functional
 from fastpeft.ops import _counters
 from fastpeft.ops import adapter as ops
 from fastpeft.reference import adapter as reference
-from fastpeft.testing import assert_close_fp32, assert_within_dtype_budget
 from fastpeft.tolerance import assert_matches_reference
 
 from .adapter_cases import (
@@ -23,6 +23,7 @@ from .adapter_cases import (
     run_pair_reference,
     run_reference,
 )
+from .op_checks import check_compiled_matches_eager, check_within_budget
 
 BACKENDS = ["triton", "torch"]
 ACTIVATIONS = list(reference.ACTIVATIONS)
@@ -30,18 +31,6 @@ ACTIVATIONS = list(reference.ACTIVATIONS)
 # spans two H blocks.
 SHAPES = {"tanh": (50, 40, 16), "relu": (50, 70, 48), "gelu": (33, 64, 32), "silu": (47, 45, 24)}
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
-
-
-def _within_budget(got, ref32, ref_same, names, label):
-    for name, g, r32, rs in zip(names, got, ref32, ref_same, strict=True):
-        if rs is None:
-            assert g is None
-            continue
-        assert g.dtype == rs.dtype, f"{label} {name}: dtype {g.dtype} != {rs.dtype}"
-        if g.dtype == torch.float32:  # fp32 adapter grads: the reference computes them in fp32
-            assert_close_fp32(g, rs, rtol=1e-4, name=f"{label} {name}")
-        else:
-            assert_within_dtype_budget(g, r32, rs, name=f"{label} {name}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -68,7 +57,7 @@ def test_kernel_activation_formulas_to_the_ulp(activation, device):
     # against float64 torch: act within 3 ulp + |x| ulp + twice torch's own fp32 error; act'
     # (|act'| <= 1.13) within 4 ulp of 1 plus twice torch's error. GEMM-level tests cannot see a
     # few-ulp slip in a coefficient.
-    from fastpeft.ops import adapter_triton
+    from fastpeft.triton_path import adapter as adapter_triton
 
     mags = torch.logspace(-20, 1, 2000)
     x = torch.cat([torch.linspace(-12, 12, 24001), mags, -mags]).to(device)
@@ -108,7 +97,7 @@ def test_fp16_within_dtype_budget(backend, activation, w_dtype, p, device):
     keep = keep_mask(backend, seed, shape[:2], p)
     ref32 = run_reference(inputs, 2.0, activation, keep, p, dtype=torch.float32)
     ref_same = run_reference(inputs, 2.0, activation, keep, p)
-    _within_budget(got, ref32, ref_same, NAMES, backend)
+    check_within_budget(got, ref32, ref_same, NAMES, fp32_rtol=1e-4, label=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -137,7 +126,7 @@ def test_pair_fp16_within_dtype_budget(backend, w_dtype, p, device):
     keeps = pair_keep_masks(backend, seed, (45, 50), p)
     ref32 = run_pair_reference(inputs, 1.5, "gelu", keeps, p, dtype=torch.float32)
     ref_same = run_pair_reference(inputs, 1.5, "gelu", keeps, p)
-    _within_budget(got, ref32, ref_same, PAIR_NAMES, backend)
+    check_within_budget(got, ref32, ref_same, PAIR_NAMES, fp32_rtol=1e-4, label=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -173,7 +162,7 @@ def test_wrappers_keep_leading_dims_strides_and_dropout(backend, device):
     z3 = wide[..., ::2].detach().requires_grad_()  # non-contiguous, 3-D
     dy3 = dy.reshape(2, 23, 35)
     torch.manual_seed(123)
-    out = ops.adapter(z3, w_down, w_up, 1.25, "tanh", 0.3, backend=backend)
+    out = functional.adapter(z3, w_down, w_up, 1.25, "tanh", 0.3, backend=backend)
     out.backward(dy3)
     torch.manual_seed(123)
     keep = keep_mask(backend, _replayed_seed(1, device), (46, 35), 0.3).reshape(2, 23, 35)
@@ -191,7 +180,7 @@ def test_wrappers_keep_leading_dims_strides_and_dropout(backend, device):
     x, *weights, du, dv = make_pair_inputs(2 * 23, 35, 20, torch.float32, torch.float32, device)
     x3 = x.detach().reshape(2, 23, 35).requires_grad_()
     torch.manual_seed(7)
-    u, v = ops.adapter_pair(x3, *weights, 0.5, "gelu", 0.2, backend=backend)
+    u, v = functional.adapter_pair(x3, *weights, 0.5, "gelu", 0.2, backend=backend)
     torch.autograd.backward([u, v], [du.reshape(u.shape), dv.reshape(v.shape)])
     torch.manual_seed(7)
     keeps = pair_keep_masks(backend, _replayed_seed(2, device), (46, 35), 0.2)
@@ -206,20 +195,6 @@ def test_wrappers_keep_leading_dims_strides_and_dropout(backend, device):
 
     got = (u.detach(), v.detach(), x3.grad, *(w.grad for w in weights))
     assert_matches_reference(got, pair_reference, PAIR_NAMES, backend)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_dropout_masks(backend, device):
-    p, shape = 0.3, (96, 80)
-    masks = [keep_mask(backend, torch.tensor([s], device=device), shape, p) for s in (1, 1, 2)]
-    assert torch.equal(masks[0], masks[1]), "same seed must give the same mask"
-    assert not torch.equal(masks[0], masks[2]), "different seeds must give different masks"
-    kept = masks[0].float().mean().item()
-    sigma = (p * (1 - p) / masks[0].numel()) ** 0.5
-    assert abs(kept - (1 - p)) < 5 * sigma, f"kept fraction {kept:.4f}, expected {1 - p}"
-    # Two independent masks agree on p² + (1 - p)² of the elements; a shared one on all.
-    agree = (masks[0] == masks[2]).float().mean().item()
-    assert abs(agree - (p * p + (1 - p) ** 2)) < 10 * sigma
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -240,9 +215,9 @@ def test_dropout_gradients_use_forward_masks(backend, device):
 def test_torch_path_with_stored_masks(monkeypatch):
     # Off the CPU (or without fastpeft._C) the PyTorch path stores 1-byte keep-masks instead of
     # regenerating them: force that branch and replay the masks the forward op returns.
-    from fastpeft.ops import adapter_torch
+    from fastpeft.torch_path import dropout
 
-    monkeypatch.setattr(adapter_torch, "counter_based", lambda device: False)
+    monkeypatch.setattr(dropout, "counter_based", lambda device: False)
     inputs = make_inputs(30, 36, 20, torch.float32, torch.float32, "cpu", residual=True)
     args = (*inputs[:4], torch.tensor([5]), 1.5, 0.4, "gelu", "torch")
     torch.library.opcheck(ops.adapter_fwd, args)
@@ -275,7 +250,7 @@ def test_triton_backward_is_deterministic(device):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_input(backend, device):
     z, w_down, w_up, _, _ = make_inputs(0, 24, 16, torch.float32, torch.float32, device)
-    out = ops.adapter(z, w_down, w_up, backend=backend)
+    out = functional.adapter(z, w_down, w_up, backend=backend)
     out.sum().backward()
     assert out.shape == (0, 24) and torch.equal(w_down.grad, torch.zeros_like(w_down))
 
@@ -316,7 +291,6 @@ def test_opcheck_pair(backend, p, device):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 def test_compile_fullgraph_matches_eager(backend, compiler, device):
-    torch._dynamo.reset()
     z, w_down, w_up, res, _ = make_inputs(
         2 * 19, 40, 24, torch.float32, torch.float32, device, True
     )
@@ -324,25 +298,17 @@ def test_compile_fullgraph_matches_eager(backend, compiler, device):
     z3, res3, x3 = (t.detach().reshape(2, 19, 40) for t in (z, res, x))
 
     def step(z, res, w_down, w_up, x, w_down_1, w_up_1, w_down_2, w_up_2):
-        a = ops.adapter(z, w_down, w_up, 1.5, "gelu", residual=res, backend=backend)
-        b = ops.adapter(a, w_down, w_up, 0.5, "tanh", backend=backend)  # a post-adapter
-        u, v = ops.adapter_pair(x, w_down_1, w_up_1, w_down_2, w_up_2, 2.0, "silu", backend=backend)
+        a = functional.adapter(z, w_down, w_up, 1.5, "gelu", residual=res, backend=backend)
+        b = functional.adapter(a, w_down, w_up, 0.5, "tanh", backend=backend)  # a post-adapter
+        u, v = functional.adapter_pair(
+            x, w_down_1, w_up_1, w_down_2, w_up_2, 2.0, "silu", backend=backend
+        )
         return (b * b).sum() + (u * v).sum()
 
-    def grads(fn):
-        leaves = [t.detach().clone().requires_grad_() for t in (z3, res3, w_down, w_up, x3)]
-        leaves += [w.detach().clone().requires_grad_() for w in weights]
-        loss = fn(*leaves)
-        loss.backward()
-        return loss.detach(), *(t.grad for t in leaves)
-
-    eager = grads(step)
-    _counters.reset()
-    compiled = grads(torch.compile(step, fullgraph=True, backend=compiler))
-    assert _counters.launches[f"adapter_fwd:{backend}"] == 2
-    assert _counters.launches[f"adapter_pair_bwd:{backend}"] == 1
-    for i, (c, e) in enumerate(zip(compiled, eager, strict=True)):
-        assert_close_fp32(c, e, rtol=1e-5, name=f"output {i}")
+    inputs = (z3, res3, w_down, w_up, x3, *weights)
+    names = [f"output {i}" for i in range(1 + len(inputs))]  # the loss, then each leaf's grad
+    launches = {f"adapter_fwd:{backend}": 2, f"adapter_pair_bwd:{backend}": 1}
+    check_compiled_matches_eager(step, inputs, compiler, names, launches)
 
 
 def test_compile_fullgraph_with_dropout_runs(device):
@@ -352,8 +318,8 @@ def test_compile_fullgraph_with_dropout_runs(device):
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def step(x):
-        u, v = ops.adapter_pair(x, *weights, 1.0, "tanh", 0.1, backend="torch")
-        return ops.adapter(u + v, weights[0], weights[1], 1.0, "relu", 0.1, backend="torch")
+        u, v = functional.adapter_pair(x, *weights, 1.0, "tanh", 0.1, backend="torch")
+        return functional.adapter(u + v, weights[0], weights[1], 1.0, "relu", 0.1, backend="torch")
 
     y = step(x)
     y.sum().backward()
@@ -390,24 +356,24 @@ def test_bad_arguments_raise(name, mutate, error):
     args = dict(z=z, w_down=w_down, w_up=w_up, scaling=1.0, activation="tanh", dropout_p=0.0)
     mutate(args)
     with pytest.raises(error, match=name):
-        ops.adapter(**args)
+        functional.adapter(**args)
 
 
 def test_pair_bad_arguments_raise():
     x, wd1, wu1, wd2, wu2, _, _ = make_pair_inputs(6, 8, 4, torch.float32, torch.float32, "cpu")
     with pytest.raises(ValueError, match="w_down_2"):
-        ops.adapter_pair(x, wd1, wu1, wd2[:2], wu2[:, :2])
+        functional.adapter_pair(x, wd1, wu1, wd2[:2], wu2[:, :2])
     with pytest.raises(TypeError, match="w_down_2"):
-        ops.adapter_pair(x, wd1, wu1, wd2.half(), wu2.half())
+        functional.adapter_pair(x, wd1, wu1, wd2.half(), wu2.half())
     with pytest.raises(ValueError, match="w_up_1"):
-        ops.adapter_pair(x, wd1, wu1[:-1], wd2, wu2)
+        functional.adapter_pair(x, wd1, wu1[:-1], wd2, wu2)
     with pytest.raises(ValueError, match="x"):
-        ops.adapter_pair(x[:, :0], wd1, wu1, wd2, wu2)
+        functional.adapter_pair(x[:, :0], wd1, wu1, wd2, wu2)
 
 
 def test_auto_backend_is_torch_on_cpu(monkeypatch):
     monkeypatch.delenv("FASTPEFT_BACKEND", raising=False)
     z, w_down, w_up, _, _ = make_inputs(6, 8, 4, torch.float32, torch.float32, "cpu")
     _counters.reset()
-    ops.adapter(z, w_down, w_up)
+    functional.adapter(z, w_down, w_up)
     assert _counters.launches["adapter_fwd:torch"] == 1

@@ -12,6 +12,9 @@ from fastpeft.ops import ia3 as ops
 from fastpeft.reference.ia3 import ia3_linear as reference
 from fastpeft.testing import assert_close_fp32, assert_within_dtype_budget
 from fastpeft.tolerance import assert_matches_reference
+from fastpeft.torch_path import ia3 as torch_ia3
+
+from .op_checks import check_compiled_matches_eager
 
 BACKENDS = ["triton", "torch"]
 CASES = [False, True]  # feedforward: output scaling (k/v_proj) or input scaling (down_proj)
@@ -162,7 +165,6 @@ def test_opcheck_backward(backend, feedforward, need, device):
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 def test_compile_fullgraph_matches_eager(backend, compiler, device):
     # One graph holding both cases: an output-scaled k/v-style layer feeding a down_proj-style one.
-    torch._dynamo.reset()
     x, w1, b1, l1, _ = make_inputs(2 * 19, 40, 36, torch.float32, torch.float32, device, False)
     _, w2, _, l2, _ = make_inputs(2 * 19, 36, 24, torch.float32, torch.float32, device, True)
     x3 = x.detach().reshape(2, 19, 40)
@@ -172,19 +174,9 @@ def test_compile_fullgraph_matches_eager(backend, compiler, device):
         y = fastpeft.ia3_linear(h, w2, None, l2, True, backend=backend)
         return (y * y).sum()
 
-    def grads(fn):
-        leaves = [t.detach().clone().requires_grad_() for t in (x3, l1, l2)]
-        loss = fn(*leaves)
-        loss.backward()
-        return loss.detach(), *(t.grad for t in leaves)
-
-    eager = grads(step)
-    _counters.reset()
-    compiled = grads(torch.compile(step, fullgraph=True, backend=compiler))
-    assert _counters.launches[f"ia3_fwd:{backend}"] == 2
-    assert _counters.launches[f"ia3_bwd:{backend}"] == 2
-    for name, c, e in zip(("loss", "dx", "dl_out", "dl_ff"), compiled, eager, strict=True):
-        assert_close_fp32(c, e, rtol=1e-5, name=name)
+    names = ("loss", "dx", "dl_out", "dl_ff")
+    launches = {f"ia3_fwd:{backend}": 2, f"ia3_bwd:{backend}": 2}
+    check_compiled_matches_eager(step, (x3, l1, l2), compiler, names, launches)
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,8 +206,8 @@ def test_functional_keeps_leading_dims(feedforward):
 @pytest.mark.parametrize("feedforward", CASES, ids=CASE_IDS)
 def test_functional_no_grad_stores_no_z(feedforward, monkeypatch):
     seen = []
-    forward = ops.ia3_torch.forward
-    monkeypatch.setattr(ops.ia3_torch, "forward", lambda *a: seen.append(a[-1]) or forward(*a))
+    forward = torch_ia3.forward
+    monkeypatch.setattr(torch_ia3, "forward", lambda *a: seen.append(a[-1]) or forward(*a))
     args = _args(feedforward=feedforward)
     args["ia3_l"].requires_grad_()
     with torch.no_grad():

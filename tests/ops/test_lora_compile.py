@@ -4,11 +4,10 @@ import pytest
 import torch
 
 import fastpeft
-from fastpeft.ops import _counters
 from fastpeft.ops import lora as ops
-from fastpeft.testing import assert_close_fp32
 
 from .lora_cases import make_inputs
+from .op_checks import check_compiled_matches_eager
 
 BACKENDS = ["triton", "torch"]
 
@@ -40,7 +39,6 @@ def test_opcheck_backward(backend, need_dx, device):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 def test_compile_fullgraph_matches_eager(backend, compiler, device):
-    torch._dynamo.reset()
     x, weight, b, lora_a, lora_b, dy = make_inputs(
         2 * 19, 40, 36, 8, torch.float32, torch.float32, device
     )
@@ -50,19 +48,9 @@ def test_compile_fullgraph_matches_eager(backend, compiler, device):
         y = fastpeft.lora_linear(x, weight, b, lora_a, lora_b, 1.5, backend=backend)
         return (y * y).sum()
 
-    def grads(fn):
-        leaves = [t.detach().clone().requires_grad_() for t in (x3, lora_a, lora_b)]
-        loss = fn(*leaves)
-        loss.backward()
-        return loss.detach(), *(t.grad for t in leaves)
-
-    eager = grads(step)
-    _counters.reset()
-    compiled = grads(torch.compile(step, fullgraph=True, backend=compiler))
-    assert _counters.launches[f"lora_fwd:{backend}"] == 1
-    assert _counters.launches[f"lora_bwd:{backend}"] == 1
-    for name, c, e in zip(("loss", "dx", "dA", "dB"), compiled, eager, strict=True):
-        assert_close_fp32(c, e, rtol=1e-5, name=name)
+    names = ("loss", "dx", "dA", "dB")
+    launches = {f"lora_fwd:{backend}": 1, f"lora_bwd:{backend}": 1}
+    check_compiled_matches_eager(step, (x3, lora_a, lora_b), compiler, names, launches)
 
 
 def test_compile_fullgraph_with_dropout_runs(device):

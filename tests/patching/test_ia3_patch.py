@@ -1,8 +1,6 @@
 """Patched vs unpatched PEFT IA3 on tiny real HF models (Paper A's targets: k_proj, v_proj and
 down_proj, down_proj as the feed-forward module), eligibility reasons, per-call fallbacks, save."""
 
-import filecmp
-
 import pytest
 import torch
 import torch.nn as nn
@@ -12,6 +10,9 @@ from fastpeft import testing
 from fastpeft.ops import _counters
 from fastpeft.patching import base
 from fastpeft.testing import assert_close_fp32
+
+from . import patch_checks
+from .patch_checks import logits
 
 FAMILIES = {
     "llama": (testing.tiny_llama, testing.causal_lm_batch),
@@ -144,52 +145,33 @@ def _layer(model, which="k_proj"):
     return layer.mlp.down_proj if which == "down_proj" else getattr(layer.self_attn, which)
 
 
-def _logits(model, batch):
-    with torch.no_grad():
-        return model(**batch).logits
-
-
 def test_per_call_fallbacks_give_peft_numbers():
     model = _ia3_llama().eval()
     batch = testing.causal_lm_batch(model)
     with model.disable_adapter():
-        want_disabled = _logits(model, batch)
-    want = _logits(model, batch)
+        want_disabled = logits(model, batch)
+    want = logits(model, batch)
     report = fastpeft.patch(model, backend="torch")
     assert len(report.patched) == 3
     states = [base.state_of(_layer(model, w)) for w in SUFFIXES]
 
     with model.disable_adapter():
-        assert_close_fp32(_logits(model, batch), want_disabled, name="disabled")
+        assert_close_fp32(logits(model, batch), want_disabled, name="disabled")
     assert all(s.fallbacks["adapters disabled"] == 1 for s in states)
 
     model.merge_adapter()
-    assert_close_fp32(_logits(model, batch), want, rtol=1e-4, name="merged")
+    assert_close_fp32(logits(model, batch), want, rtol=1e-4, name="merged")
     assert all(s.fallbacks["adapters merged"] == 1 for s in states)
     model.unmerge_adapter()
 
     fused_before = [s.fused_calls for s in states]
-    assert_close_fp32(_logits(model, batch), want, rtol=1e-4, name="fused again")
+    assert_close_fp32(logits(model, batch), want, rtol=1e-4, name="fused again")
     assert [s.fused_calls for s in states] == [n + 1 for n in fused_before]
 
 
 def test_autocast_and_dtype_mismatch_fall_back_to_peft():
     model = _ia3_llama()
-    batch = testing.causal_lm_batch(model)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        want = _logits(model, batch)
-    fastpeft.patch(model, backend="torch")
-    state = base.state_of(_layer(model))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = _logits(model, batch)
-    assert state.fallbacks["autocast enabled"] == 1
-    assert torch.equal(got, want)
-
-    layer = _layer(model)
-    x16 = torch.randn(3, layer.in_features, dtype=torch.float16)
-    with pytest.raises(RuntimeError):  # the same dtype error PEFT itself raises
-        layer(x16)
-    assert state.fallbacks["input dtype differs from the base weight dtype"] == 1
+    patch_checks.check_autocast_and_dtype_mismatch_fall_back(model, _layer(model))
 
 
 def test_several_active_adapters_are_skipped():
@@ -219,15 +201,7 @@ def test_trainable_base_weight_is_skipped():
 
 
 def test_non_linear_base_layer_is_skipped():
-    # A subclass of nn.Linear (how quantised layers present themselves) is not a plain GEMM.
-    class QuantisedLinear(nn.Linear):
-        pass
-
-    llama = testing.tiny_llama(num_layers=1)
-    old = llama.model.layers[0].mlp.down_proj
-    new = QuantisedLinear(old.in_features, old.out_features, bias=False)
-    new.load_state_dict(old.state_dict())
-    llama.model.layers[0].mlp.down_proj = new
+    llama = patch_checks.llama_with_quantised_down_proj()
     report = fastpeft.patch(make_ia3_model(llama), backend="torch")
     (name,) = report.skipped
     assert name.endswith("mlp.down_proj")
@@ -267,32 +241,9 @@ def test_conv_and_conv1d_ia3_layers_are_listed_with_reasons():
 
 def test_patch_is_idempotent_and_unpatch_restores():
     model = _ia3_llama()
-    batch = testing.causal_lm_batch(model)
-    want = _logits(model, batch)
-    names_before = [n for n, _ in model.named_parameters()]
-    first = fastpeft.patch(model, backend="torch")
-    second = fastpeft.patch(model, backend="torch")
-    assert first.patched == second.patched and len(first.patched) == 3
-    assert first.kinds == dict.fromkeys(first.patched, "IA3")
     layer = _layer(model, "down_proj")
-    assert base.original_forward(layer).__func__ is type(layer).forward
-    assert [n for n, _ in model.named_parameters()] == names_before
-    assert fastpeft.unpatch(model) == 3
-    assert "forward" not in layer.__dict__ and not fastpeft.is_patched(layer)
-    assert_close_fp32(_logits(model, batch), want, name="after unpatch")
+    patch_checks.check_patch_is_idempotent_and_unpatch_restores(model, layer, 3, "IA3")
 
 
 def test_save_pretrained_state_dict_and_merge_are_peft_s(tmp_path):
-    plain = _ia3_llama()
-    patched = _ia3_llama()
-    fastpeft.patch(patched, backend="torch")
-    assert list(plain.state_dict()) == list(patched.state_dict())
-    plain.save_pretrained(tmp_path / "plain")
-    patched.save_pretrained(tmp_path / "patched")
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
-        assert filecmp.cmp(tmp_path / "plain" / name, tmp_path / "patched" / name, shallow=False)
-    merged_plain = plain.merge_and_unload().state_dict()
-    merged_patched = patched.merge_and_unload().state_dict()
-    assert merged_plain.keys() == merged_patched.keys()
-    for key in merged_plain:
-        assert torch.equal(merged_plain[key], merged_patched[key]), key
+    patch_checks.check_save_pretrained_state_dict_and_merge_are_peft_s(_ia3_llama, tmp_path)

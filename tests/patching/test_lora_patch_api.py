@@ -1,15 +1,16 @@
 """fastpeft.patch / unpatch: eligibility reasons, per-call fallbacks, idempotence, save/merge."""
 
-import filecmp
-
 import pytest
 import torch
-import torch.nn as nn
 
 import fastpeft
 from fastpeft import testing
+from fastpeft.ops import _counters
 from fastpeft.patching import base
 from fastpeft.testing import assert_close_fp32
+
+from . import patch_checks
+from .patch_checks import logits
 
 
 def _lora_llama(**kwargs):
@@ -18,11 +19,6 @@ def _lora_llama(**kwargs):
 
 def _first_lora(model):
     return model.base_model.model.model.layers[0].self_attn.q_proj
-
-
-def _logits(model, batch):
-    with torch.no_grad():
-        return model(**batch).logits
 
 
 def _skipped_reasons(report):
@@ -34,21 +30,36 @@ def _skipped_reasons(report):
     [
         ({"use_dora": True}, "LoRA variant"),
         ({"lora_bias": True}, "lora_bias=True"),
-        ({"r": 300}, "rank 300 > 256"),
     ],
-    ids=["dora", "lora_bias", "rank"],
+    ids=["dora", "lora_bias"],
 )
 def test_adapter_configs_that_keep_peft_forward(lora_kwargs, expected):
     model = _lora_llama(**lora_kwargs)
     batch = testing.causal_lm_batch(model)
-    want = _logits(model, batch)
+    want = logits(model, batch)
     report = fastpeft.patch(model, backend="torch")
     assert report.patched == [] and len(report.skipped) == 7
     assert all(any(expected in r for r in rs) for rs in report.skipped.values()), report.skipped
     assert not base.is_patched(_first_lora(model))
-    assert_close_fp32(_logits(model, batch), want, name="logits")
+    assert_close_fp32(logits(model, batch), want, name="logits")
     with pytest.raises(ValueError, match=expected):
         fastpeft.patch(model, strict=True)
+
+
+def test_rank_beyond_the_triton_limit_runs_on_the_torch_path():
+    # Rank limits belong to the implementations: rank 300 is more than the Triton kernels keep in
+    # registers, but the PyTorch path takes it, so the layers are patched, not skipped.
+    model = _lora_llama(r=300)
+    batch = testing.causal_lm_batch(model)
+    want = logits(model, batch)
+    _counters.reset()
+    report = fastpeft.patch(model, backend="torch")
+    assert len(report.patched) == 7 and not report.skipped
+    assert_close_fp32(logits(model, batch), want, name="logits")
+    assert _counters.launches["lora_fwd:torch"] == 7
+    fastpeft.patch(model, backend="triton")  # asked for explicitly: the call says why not
+    with pytest.raises(ValueError, match=r"backend='triton': it supports rank <= 256, got 300"):
+        logits(model, batch)
 
 
 def test_several_active_adapters_are_skipped():
@@ -73,17 +84,7 @@ def test_trainable_base_weight_is_skipped():
 
 
 def test_non_linear_base_layer_is_skipped():
-    # A subclass of nn.Linear (how quantised layers such as bitsandbytes' present themselves) is
-    # wrapped by PEFT's LoRA Linear but is not a plain GEMM: fastpeft must not take it over.
-    class QuantisedLinear(nn.Linear):
-        pass
-
-    llama = testing.tiny_llama(num_layers=1)
-    old = llama.model.layers[0].mlp.down_proj
-    new = QuantisedLinear(old.in_features, old.out_features, bias=False)
-    new.load_state_dict(old.state_dict())
-    llama.model.layers[0].mlp.down_proj = new
-    model = testing.make_lora_model(llama)
+    model = testing.make_lora_model(patch_checks.llama_with_quantised_down_proj())
     report = fastpeft.patch(model, backend="torch")
     (name,) = report.skipped
     assert name.endswith("mlp.down_proj")
@@ -117,17 +118,17 @@ def test_per_call_fallbacks_give_peft_numbers():
     model = _lora_llama().eval()  # PEFT accepts adapter_names only in eval mode
     batch = testing.causal_lm_batch(model)
     with model.disable_adapter():
-        want_disabled = _logits(model, batch)
-    want = _logits(model, batch)
+        want_disabled = logits(model, batch)
+    want = logits(model, batch)
     fastpeft.patch(model, backend="torch")
     state = base.state_of(_first_lora(model))
 
     with model.disable_adapter():
-        assert_close_fp32(_logits(model, batch), want_disabled, name="disabled")
+        assert_close_fp32(logits(model, batch), want_disabled, name="disabled")
     assert state.fallbacks["adapters disabled"] == 1
 
     model.merge_adapter()
-    assert_close_fp32(_logits(model, batch), want, rtol=1e-4, name="merged")
+    assert_close_fp32(logits(model, batch), want, rtol=1e-4, name="merged")
     assert state.fallbacks["adapters merged"] == 1
     model.unmerge_adapter()
 
@@ -139,44 +140,19 @@ def test_per_call_fallbacks_give_peft_numbers():
     assert_close_fp32(mixed[1], want_disabled[1], name="mixed row 1 (base)")
 
     fused_before = state.fused_calls
-    assert_close_fp32(_logits(model, batch), want, name="fused again")
+    assert_close_fp32(logits(model, batch), want, name="fused again")
     assert state.fused_calls == fused_before + 1
 
 
 def test_autocast_and_dtype_mismatch_fall_back_to_peft():
     model = _lora_llama()
-    batch = testing.causal_lm_batch(model)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        want = _logits(model, batch)
-    fastpeft.patch(model, backend="torch")
-    state = base.state_of(_first_lora(model))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = _logits(model, batch)
-    assert state.fallbacks["autocast enabled"] == 1
-    assert torch.equal(got, want)
-
-    layer = _first_lora(model)
-    x16 = torch.randn(3, layer.in_features, dtype=torch.float16)
-    with pytest.raises(RuntimeError):  # the same dtype error PEFT itself raises
-        layer(x16)
-    assert state.fallbacks["input dtype differs from the base weight dtype"] == 1
+    patch_checks.check_autocast_and_dtype_mismatch_fall_back(model, _first_lora(model))
 
 
 def test_patch_is_idempotent_and_unpatch_restores():
     model = _lora_llama()
-    batch = testing.causal_lm_batch(model)
-    want = _logits(model, batch)
-    names_before = [n for n, _ in model.named_parameters()]
-    first = fastpeft.patch(model, backend="torch")
-    second = fastpeft.patch(model, backend="torch")
-    assert first.patched == second.patched and len(first.patched) == 7
     layer = _first_lora(model)
-    assert base.original_forward(layer).__func__ is type(layer).forward
-    assert [n for n, _ in model.named_parameters()] == names_before
-    assert fastpeft.unpatch(model) == 7
-    assert "forward" not in layer.__dict__ and not fastpeft.is_patched(layer)
-    assert fastpeft.unpatch(model) == 0
-    assert_close_fp32(_logits(model, batch), want, name="after unpatch")
+    patch_checks.check_patch_is_idempotent_and_unpatch_restores(model, layer, 7, "LoRA")
 
 
 def test_model_without_lora():
@@ -189,24 +165,16 @@ def test_model_without_lora():
 
 
 def test_save_pretrained_state_dict_and_merge_are_peft_s(tmp_path):
-    plain = _lora_llama()
-    patched = _lora_llama()
-    fastpeft.patch(patched, backend="torch")
-    assert list(plain.state_dict()) == list(patched.state_dict())
-    plain.save_pretrained(tmp_path / "plain")
-    patched.save_pretrained(tmp_path / "patched")
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
-        assert filecmp.cmp(tmp_path / "plain" / name, tmp_path / "patched" / name, shallow=False)
-    merged_plain = plain.merge_and_unload().state_dict()
-    merged_patched = patched.merge_and_unload().state_dict()
-    assert merged_plain.keys() == merged_patched.keys()
-    for key in merged_plain:
-        assert torch.equal(merged_plain[key], merged_patched[key]), key
+    patch_checks.check_save_pretrained_state_dict_and_merge_are_peft_s(_lora_llama, tmp_path)
 
 
 def test_bad_arguments():
     model = _lora_llama()
     with pytest.raises(ValueError, match="backend must be one of"):
+        fastpeft.patch(model, backend="fast")
+    # "cuda" is in the one vocabulary (SPIDER's CUDA extension), but LoRA has no such backend:
+    # refused at patch time, not at the first forward.
+    with pytest.raises(ValueError, match="backend='cuda': fastpeft LoRA has no cuda impl"):
         fastpeft.patch(model, backend="cuda")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         fastpeft.patch("model")

@@ -160,5 +160,5 @@ def test_errors():
         Spider([nn.Parameter(torch.ones(3))], backend="fast")
     with pytest.raises(ValueError, match="must be contiguous"):
         Spider([("w", nn.Parameter(torch.ones(4, 3).t()))])
-    with pytest.raises(RuntimeError, match="runs on CUDA tensors"):
+    with pytest.raises(RuntimeError, match="runs on cuda tensors, not cpu"):
         Spider([nn.Parameter(torch.ones(3))], backend="cuda")

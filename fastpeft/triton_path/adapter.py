@@ -1,14 +1,15 @@
-"""Host side of the Triton adapter kernels: block sizes, allocation and launches (2-D inputs).
+"""Host side of the Triton adapter kernels (backend "triton"): configs, allocation, launches.
 
-A pair's two bottleneck activations live side by side in one pre [M, 2H] (and g, a likewise), so
-each half is a strided view the kernels address with the shared strides.
+Same signatures as the PyTorch path (fastpeft/torch_path/adapter.py), on 2-D inputs. A pair's two
+bottleneck activations live side by side in one pre [M, 2H] (and g, a likewise), so each half is a
+strided view the kernels address with the shared strides.
 """
 
 import torch
 import triton
 
-from .. import _triton
 from ..kernels import adapter as kernels
+from .launch import Target, dot_flags, launch, target_for
 
 # NOTE: untimed (no GPU was available). The GPU blocks were picked from GPU-less sm_90 compiles of
 # the launches below at M=8192, d=4096, H=256 (triton 3.9 + ptxas -v): no register spills (at
@@ -22,25 +23,26 @@ _GPU_LAUNCH = dict(num_warps=8, num_stages=3)
 _CPU = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_H=32, GROUP_M=4)
 
 
-def _config(device: torch.device, w_dtype: torch.dtype) -> tuple[dict, dict]:
-    """(block sizes, launch options); BLOCK_K is the inner step of every GEMM."""
-    if device.type != "cuda":
-        return dict(_CPU, BLOCK_K=32), {}
-    return dict(_GPU, BLOCK_K=32 if w_dtype == torch.float32 else 64), dict(_GPU_LAUNCH)
+_EMPTY = (0,)
+
+
+def launch_configs(target: Target, w_dtype: torch.dtype) -> tuple[dict, dict]:
+    """(block sizes, launch options incl. the dot flags) for `target` and `w_dtype` adapter
+    weights; BLOCK_K is the inner step of every GEMM."""
+    if target.interpreter:
+        return dict(_CPU, BLOCK_K=32), dot_flags(target)
+    blocks = dict(_GPU, BLOCK_K=32 if w_dtype == torch.float32 else 64)
+    return blocks, dict(_GPU_LAUNCH, **dot_flags(target))
 
 
 def _h_block(H: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(H)))  # tl.dot needs >= 16
 
 
-def _flags(device: torch.device) -> dict:
-    return dict(UPCAST=_triton.upcast_dots(device), PRECISION=_triton.dot_precision(device))
-
-
 def _down(z, wd, wd2, pre, pre2, seed, p: float) -> None:
     M, D = z.shape
     H = wd.shape[0]
-    cfg, launch = _config(z.device, wd.dtype)
+    cfg, options = launch_configs(target_for(z.device), wd.dtype)
     pair = wd2 is not None
     # One adapter: all of H <= 256 in one block, so z is read once. A pair: two accumulators of
     # half the width and a halved K step (registers); for H = 256 the second H block re-reads the
@@ -48,13 +50,14 @@ def _down(z, wd, wd2, pre, pre2, seed, p: float) -> None:
     block_h = _h_block(H, cfg["BLOCK_H"] if pair else 2 * cfg["BLOCK_H"])
     block_d = max(16, cfg["BLOCK_K"] // 2) if pair else cfg["BLOCK_K"]
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(H, block_h),)
-    kernels.adapter_down_kernel[grid](
+    launch(
+        kernels.adapter_down_kernel, grid,
         z, wd, wd2 if wd2 is not None else wd, pre, pre2 if pre2 is not None else pre,
         seed if seed is not None else pre,
         M, D, H, p,
         z.stride(0), z.stride(1), wd.stride(0), wd.stride(1), pre.stride(0), pre.stride(1),
         PAIR=pair, HAS_DROPOUT=p > 0, BLOCK_M=cfg["BLOCK_M"], BLOCK_D=block_d, BLOCK_H=block_h,
-        **_flags(z.device), **launch,
+        **options,
     )  # fmt: skip
 
 
@@ -62,16 +65,16 @@ def _up(pre, wu, residual, scaling: float, activation: str) -> torch.Tensor:
     M, H = pre.shape
     D = wu.shape[0]
     out = torch.empty((M, D), device=pre.device, dtype=residual.dtype)
-    cfg, launch = _config(pre.device, wu.dtype)
+    cfg, options = launch_configs(target_for(pre.device), wu.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(D, cfg["BLOCK_N"]),)
-    kernels.adapter_up_kernel[grid](
+    launch(
+        kernels.adapter_up_kernel, grid,
         pre, wu, residual, out,
         M, D, H, scaling,
         pre.stride(0), pre.stride(1), wu.stride(0), wu.stride(1),
         residual.stride(0), residual.stride(1), out.stride(0), out.stride(1),
         ACTIVATION=activation, BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_N"],
-        BLOCK_H=_h_block(H, cfg["BLOCK_K"]), GROUP_M=cfg["GROUP_M"], **_flags(pre.device),
-        **launch,
+        BLOCK_H=_h_block(H, cfg["BLOCK_K"]), GROUP_M=cfg["GROUP_M"], **options,
     )  # fmt: skip
     return out
 
@@ -80,16 +83,17 @@ def _dpre(dy, wu, pre, g, a, scaling: float, activation: str) -> None:
     """g = s · (dy W_up) ⊙ act'(pre) and a = act(pre), written into g and a ([M, H] views)."""
     M, H = pre.shape
     D = wu.shape[0]
-    cfg, launch = _config(dy.device, wu.dtype)
+    cfg, options = launch_configs(target_for(dy.device), wu.dtype)
     block_h = _h_block(H, cfg["BLOCK_H"])
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(H, block_h),)
-    kernels.adapter_dpre_kernel[grid](
+    launch(
+        kernels.adapter_dpre_kernel, grid,
         dy, wu, pre, g, a,
         M, D, H, scaling,
         dy.stride(0), dy.stride(1), wu.stride(0), wu.stride(1), pre.stride(0), pre.stride(1),
         g.stride(0), g.stride(1),
         ACTIVATION=activation, BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_K"], BLOCK_H=block_h,
-        **_flags(dy.device), **launch,
+        **options,
     )  # fmt: skip
 
 
@@ -97,16 +101,17 @@ def _dw_up(dy, a, w_up, scaling: float) -> torch.Tensor:
     M, H = a.shape
     D = w_up.shape[0]
     dwu = torch.empty_like(w_up, memory_format=torch.contiguous_format)
-    cfg, launch = _config(dy.device, w_up.dtype)
+    cfg, options = launch_configs(target_for(dy.device), w_up.dtype)
     block_h = _h_block(H, cfg["BLOCK_H"])
     # 64-wide D blocks: dW_up is small ([D, H]), so narrower tiles give enough programs.
     block_d = cfg["BLOCK_M"]
     grid = (triton.cdiv(D, block_d), triton.cdiv(H, block_h))
-    kernels.adapter_dw_up_kernel[grid](
+    launch(
+        kernels.adapter_dw_up_kernel, grid,
         dy, a, dwu,
         M, D, H, scaling,
         dy.stride(0), dy.stride(1), a.stride(0), a.stride(1), dwu.stride(0), dwu.stride(1),
-        BLOCK_M=cfg["BLOCK_K"], BLOCK_D=block_d, BLOCK_H=block_h, **_flags(dy.device), **launch,
+        BLOCK_M=cfg["BLOCK_K"], BLOCK_D=block_d, BLOCK_H=block_h, **options,
     )  # fmt: skip
     return dwu
 
@@ -116,20 +121,21 @@ def _dw_down(z, g, g2, seed, w_down, p: float) -> tuple[torch.Tensor, torch.Tens
     H = w_down.shape[0]
     dwd = torch.empty_like(w_down, memory_format=torch.contiguous_format)
     dwd2 = torch.empty_like(dwd) if g2 is not None else None
-    cfg, launch = _config(z.device, w_down.dtype)
+    cfg, options = launch_configs(target_for(z.device), w_down.dtype)
     # Halved M steps (and, for an fp32 pair, half-height H blocks) keep the regenerated dropout
     # masks and the pair's two accumulators in registers.
     fp32_pair = g2 is not None and w_down.dtype == torch.float32
     block_h = _h_block(H, cfg["BLOCK_H"] // 2 if fp32_pair else cfg["BLOCK_H"])
     block_m, block_d = max(16, cfg["BLOCK_K"] // 2), cfg["BLOCK_M"]
     grid = (triton.cdiv(H, block_h), triton.cdiv(D, block_d))
-    kernels.adapter_dw_down_kernel[grid](
+    launch(
+        kernels.adapter_dw_down_kernel, grid,
         z, g, g2 if g2 is not None else g, seed if seed is not None else g,
         dwd, dwd2 if dwd2 is not None else dwd,
         M, D, H, p,
         z.stride(0), z.stride(1), g.stride(0), g.stride(1), dwd.stride(0), dwd.stride(1),
         PAIR=g2 is not None, HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_D=block_d,
-        BLOCK_H=block_h, **_flags(z.device), **launch,
+        BLOCK_H=block_h, **options,
     )  # fmt: skip
     return dwd, dwd2
 
@@ -139,20 +145,21 @@ def _dz(g, g2, wd, wd2, dys, seed, z, p: float) -> torch.Tensor:
     M, D = z.shape
     H = wd.shape[0]
     dz = torch.empty((M, D), device=z.device, dtype=z.dtype)
-    cfg, launch = _config(z.device, wd.dtype)
+    cfg, options = launch_configs(target_for(z.device), wd.dtype)
     pair = g2 is not None
     block_m = cfg["BLOCK_M"]
     grid = (triton.cdiv(M, block_m) * triton.cdiv(D, cfg["BLOCK_N"]),)
     dy1 = dys[0] if dys else dz
     dy2 = dys[1] if len(dys) > 1 else dy1
-    kernels.adapter_dz_kernel[grid](
+    launch(
+        kernels.adapter_dz_kernel, grid,
         g, g2 if pair else g, wd, wd2 if pair else wd, dy1, dy2, seed if seed is not None else g,
         dz,
         M, D, H, p,
         g.stride(0), g.stride(1), wd.stride(0), wd.stride(1), dy1.stride(0), dy1.stride(1),
         dy2.stride(0), dy2.stride(1), dz.stride(0), dz.stride(1),
         PAIR=pair, NUM_DY=len(dys), HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_D=cfg["BLOCK_N"],
-        BLOCK_H=_h_block(H, cfg["BLOCK_K"]), GROUP_M=cfg["GROUP_M"], **_flags(z.device), **launch,
+        BLOCK_H=_h_block(H, cfg["BLOCK_K"]), GROUP_M=cfg["GROUP_M"], **options,
     )  # fmt: skip
     return dz
 
@@ -165,20 +172,23 @@ def _same_strides(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def forward(z, w_down, w_up, residual, seed, scaling: float, p: float, activation: str):
-    """(out, pre) for 2-D z: out = residual + s·act(drop(z) W_downᵀ) W_upᵀ, residual z if None."""
+    """(out, pre, keep) for 2-D z: out = residual + s·act(drop(z) W_downᵀ) W_upᵀ (residual z if
+    None); keep is empty (the kernels regenerate the mask)."""
     M, H = z.shape[0], w_down.shape[0]
     # pre is kept in the adapter dtype: the reference rounds it there before act (so do we), it
     # is fp32 anyway for PEFT-style fp32 adapters, and 16-bit adapters save half the bytes.
     pre = torch.empty((M, H), device=z.device, dtype=w_down.dtype)
+    keep = z.new_empty(_EMPTY, dtype=torch.bool)
     if M == 0:
-        return torch.empty_like(z if residual is None else residual), pre
+        return torch.empty_like(z if residual is None else residual), pre, keep
     _down(z, w_down, None, pre, None, seed, p)
     out = _up(pre, w_up, z if residual is None else residual, scaling, activation)
-    return out, pre
+    return out, pre, keep
 
 
-def backward(dy, z, w_down, w_up, pre, seed, scaling, p, activation, residual_is_z, need_dz):
-    """(dz or None, dW_down, dW_up) for 2-D dy/z; dz includes dy when the residual is z."""
+def backward(dy, z, w_down, w_up, pre, keep, seed, scaling, p, activation, residual_is_z, need_dz):
+    """(dz or None, dW_down, dW_up) for 2-D dy/z; dz includes dy when the residual is z. `keep`
+    is unused: the kernels regenerate the forward's mask from `seed`."""
     M, H = pre.shape
     if M == 0:
         dz = torch.empty_like(z) if need_dz else None
@@ -196,19 +206,21 @@ def backward(dy, z, w_down, w_up, pre, seed, scaling, p, activation, residual_is
 
 
 def forward_pair(x, w_down_1, w_up_1, w_down_2, w_up_2, seed, scaling, p, activation):
-    """(u, v, pre) for 2-D x; pre [M, 2H] holds both bottleneck activations side by side."""
+    """(u, v, pre, keep) for 2-D x; pre [M, 2H] holds both bottleneck activations side by side;
+    keep is empty."""
     M, H = x.shape[0], w_down_1.shape[0]
     pre = torch.empty((M, 2 * H), device=x.device, dtype=w_down_1.dtype)
+    keep = x.new_empty(_EMPTY, dtype=torch.bool)
     if M == 0:
-        return torch.empty_like(x), torch.empty_like(x), pre
+        return torch.empty_like(x), torch.empty_like(x), pre, keep
     w_down_1, w_down_2 = _same_strides(w_down_1, w_down_2)
     _down(x, w_down_1, w_down_2, pre[:, :H], pre[:, H:], seed, p)
     u = _up(pre[:, :H], w_up_1, x, scaling, activation)
     v = _up(pre[:, H:], w_up_2, x, scaling, activation)
-    return u, v, pre
+    return u, v, pre, keep
 
 
-def backward_pair(du, dv, x, w_down_1, w_up_1, w_down_2, w_up_2, pre, seed, scaling, p,
+def backward_pair(du, dv, x, w_down_1, w_up_1, w_down_2, w_up_2, pre, keep, seed, scaling, p,
                   activation, need_dx):  # fmt: skip
     """(dx or None, dW_down_1, dW_up_1, dW_down_2, dW_up_2); dx includes du + dv."""
     M, H = x.shape[0], w_down_1.shape[0]
@@ -230,20 +242,18 @@ def backward_pair(du, dv, x, w_down_1, w_up_1, w_down_2, w_up_2, pre, seed, scal
     return dx, d_w_down_1, d_w_up_1, d_w_down_2, d_w_up_2
 
 
-def dropout_keep_mask(seed: torch.Tensor, M: int, K: int, p: float) -> torch.Tensor:
-    """The [M, K] bool keep-mask the kernels derive from the seed at seed[0] (tests only)."""
-    out = torch.empty((M, K), device=seed.device, dtype=torch.int8)
-    block = 32
-    grid = (triton.cdiv(M, block), triton.cdiv(K, block))
-    kernels.adapter_keep_mask_kernel[grid](seed, out, M, K, p, BLOCK_M=block, BLOCK_K=block)
-    return out.bool()
+def mask_shape(z: torch.Tensor, p: float, count: int) -> tuple[int, ...]:
+    """Nothing is stored: the kernels regenerate the masks."""
+    return _EMPTY
 
 
 def activation_and_grad(x: torch.Tensor, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(act(x), act'(x)) as the kernels compute them, for a contiguous fp32 x (tests only)."""
     y, dydx = torch.empty_like(x), torch.empty_like(x)
     block = 4096
-    kernels.adapter_activation_kernel[(triton.cdiv(x.numel(), block),)](
-        x, y, dydx, x.numel(), ACTIVATION=activation, BLOCK=block
-    )
+    grid = (triton.cdiv(x.numel(), block),)
+    launch(
+        kernels.adapter_activation_kernel, grid, x, y, dydx, x.numel(),
+        ACTIVATION=activation, BLOCK=block,
+    )  # fmt: skip
     return y, dydx

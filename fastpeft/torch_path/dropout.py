@@ -16,7 +16,7 @@ def counter_based(device: torch.device) -> bool:
     return device.type == "cpu" and _ext.available()
 
 
-def keep_mask(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
+def draw_mask(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
     """The bool keep-mask this path applies to x (kept with probability 1 - p)."""
     if counter_based(x.device):
         return _ext.require().dropout_keep_mask(int(seed.item()), x.shape[0], x.shape[1], p)
@@ -40,3 +40,11 @@ def dropped(x, dtype, keep, seed, p: float) -> torch.Tensor:
     return apply_dropout_(
         torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x), keep, seed, p
     )
+
+
+def stored_shape(x: torch.Tensor, p: float, leading: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """The shape of the masks this path stores for x (`leading` + x's shape), or (0,) when it
+    stores none (no dropout, or counter-based on the CPU)."""
+    if p == 0 or counter_based(x.device):
+        return (0,)
+    return (*leading, *x.shape)

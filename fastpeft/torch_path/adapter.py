@@ -1,4 +1,4 @@
-"""The PyTorch adapter path (CPU, and any device without Triton), written for speed on 2-D inputs.
+"""The PyTorch adapter path (backend "torch": CPU, and any device without Triton), on 2-D inputs.
 
 Compared with the eager module it adds s · act(pre) W_upᵀ straight into the residual with one addmm
 (alpha = s) instead of building [M, D] temporaries, saves only pre [M, H] for the backward, and
@@ -10,7 +10,7 @@ rounding matches the reference.
 
 import torch
 
-from ._dropout_torch import apply_dropout_, counter_based, dropped, keep_mask
+from .dropout import apply_dropout_, draw_mask, dropped, stored_shape
 
 _EMPTY = (0,)
 _ACTIVATIONS = {
@@ -34,9 +34,14 @@ def _activation_backward(da: torch.Tensor, pre: torch.Tensor, a: torch.Tensor, a
 
 def stored_masks(z: torch.Tensor, seed: torch.Tensor | None, p: float, count: int) -> torch.Tensor:
     """[count, M, D] keep-masks where this path must store them, else an empty tensor."""
-    if p == 0 or counter_based(z.device):
+    if mask_shape(z, p, count) == _EMPTY:
         return z.new_empty(_EMPTY, dtype=torch.bool)
-    return torch.stack([keep_mask(z, p, seed[i]) for i in range(count)])
+    return torch.stack([draw_mask(z, p, seed[i]) for i in range(count)])
+
+
+def mask_shape(z: torch.Tensor, p: float, count: int) -> tuple[int, ...]:
+    """The shape of the keep-masks `forward` (count 1) or `forward_pair` (2) return for z."""
+    return stored_shape(z, p, (count,))
 
 
 def _mask(keep: torch.Tensor, i: int) -> torch.Tensor:

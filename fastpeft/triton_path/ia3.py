@@ -1,10 +1,13 @@
-"""Host side of the Triton IA3 kernels: block sizes, allocation and launches (2-D inputs)."""
+"""Host side of the Triton IA3 kernels (backend "triton"): configs, allocation, launches.
+
+Same signatures as the PyTorch path (fastpeft/torch_path/ia3.py), on 2-D inputs.
+"""
 
 import torch
 import triton
 
-from .. import _triton
 from ..kernels import ia3 as kernels
+from .launch import Target, dot_flags, launch, target_for
 
 # NOTE: untuned starting points (no GPU was available when these were written), the same GEMM
 # tiles as the LoRA kernels; the interpreter gets small blocks because each program runs serially
@@ -18,10 +21,10 @@ _GPU_REDUCE = dict(BLOCK_M=64, BLOCK_N=128, num_warps=4)
 _CPU_REDUCE = dict(BLOCK_M=32, BLOCK_N=32)
 
 
-def _gemm_config(device: torch.device, dtype: torch.dtype, reduction: str) -> dict:
+def _gemm_config(target: Target, dtype: torch.dtype, reduction: str) -> dict:
     """GEMM tiles for a `dtype` base; `reduction` names the block the GEMM steps along
     ("BLOCK_K" forward, "BLOCK_N" backward), halved on a GPU for 4-byte tiles."""
-    if device.type != "cuda":
+    if target.interpreter:
         return dict(_CPU_GEMM)
     cfg = dict(_GPU_GEMM)
     if dtype.itemsize == 4:
@@ -29,8 +32,12 @@ def _gemm_config(device: torch.device, dtype: torch.dtype, reduction: str) -> di
     return cfg
 
 
-def _flags(device: torch.device) -> dict:
-    return dict(UPCAST=_triton.upcast_dots(device), PRECISION=_triton.dot_precision(device))
+def launch_configs(target: Target, dtype: torch.dtype) -> dict[str, dict]:
+    """Every launch's configuration for `target` and a `dtype` base: "fwd" and "bwd" (the GEMMs),
+    "reduce" (the dl column reduction without dx) and the dot "flags"."""
+    reduce = dict(_CPU_REDUCE if target.interpreter else _GPU_REDUCE)
+    fwd, bwd = _gemm_config(target, dtype, "BLOCK_K"), _gemm_config(target, dtype, "BLOCK_N")
+    return dict(fwd=fwd, bwd=bwd, reduce=reduce, flags=dot_flags(target))
 
 
 def _reduce_partials(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -43,43 +50,44 @@ def forward(x, weight, bias, ia3_l, feedforward: bool, save_z: bool):
     M, K = x.shape
     N = weight.shape[0]
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    cfg = _gemm_config(x.device, x.dtype, "BLOCK_K")
+    cfgs = launch_configs(target_for(x.device), x.dtype)
+    cfg, flags = cfgs["fwd"], cfgs["flags"]
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     bias_arg = bias if bias is not None else weight
     if feedforward:
-        kernels.ia3_in_fwd_kernel[grid](
+        launch(
+            kernels.ia3_in_fwd_kernel, grid,
             x, weight, bias_arg, ia3_l, y,
             M, N, K,
             x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
-            HAS_BIAS=bias is not None, **_flags(x.device), **cfg,
+            HAS_BIAS=bias is not None, **flags, **cfg,
         )  # fmt: skip
         return y, None
     z = torch.empty((M, N), device=x.device, dtype=x.dtype) if save_z else None
     z_arg = z if z is not None else y
-    kernels.ia3_out_fwd_kernel[grid](
+    launch(
+        kernels.ia3_out_fwd_kernel, grid,
         x, weight, bias_arg, ia3_l, y, z_arg,
         M, N, K,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
         z_arg.stride(0), z_arg.stride(1),
-        HAS_BIAS=bias is not None, STORE_Z=save_z, **_flags(x.device), **cfg,
+        HAS_BIAS=bias is not None, STORE_Z=save_z, **flags, **cfg,
     )  # fmt: skip
     return y, z
-
-
-def _reduce_config(device: torch.device) -> dict:
-    return dict(_GPU_REDUCE) if device.type == "cuda" else dict(_CPU_REDUCE)
 
 
 def _backward_output(dy, z, weight, ia3_l, need_dx: bool, need_dl: bool):
     M, N = dy.shape
     K = weight.shape[1]
+    cfgs = launch_configs(target_for(dy.device), dy.dtype)
     if not need_dx:  # no dx GEMM to carry the dl partials: a plain two-stage column reduction
-        red = _reduce_config(dy.device)
+        red = cfgs["reduce"]
         partials = torch.empty(
             (triton.cdiv(M, red["BLOCK_M"]), N), device=dy.device, dtype=torch.float32
         )
         grid = (partials.shape[0], triton.cdiv(N, red["BLOCK_N"]))
-        kernels.ia3_out_dl_kernel[grid](
+        launch(
+            kernels.ia3_out_dl_kernel, grid,
             dy, z, partials,
             M, N,
             dy.stride(0), dy.stride(1), z.stride(0), z.stride(1),
@@ -87,7 +95,7 @@ def _backward_output(dy, z, weight, ia3_l, need_dx: bool, need_dl: bool):
             **red,
         )  # fmt: skip
         return None, _reduce_partials(partials, ia3_l.dtype)
-    cfg = _gemm_config(dy.device, dy.dtype, "BLOCK_N")
+    cfg = cfgs["bwd"]
     num_m_blocks = triton.cdiv(M, cfg["BLOCK_M"])
     dx = torch.empty((M, K), device=dy.device, dtype=dy.dtype)
     partials = dx  # placeholder pointer; never touched when NEED_DL is False
@@ -95,13 +103,14 @@ def _backward_output(dy, z, weight, ia3_l, need_dx: bool, need_dl: bool):
         partials = torch.empty((num_m_blocks, N), device=dy.device, dtype=torch.float32)
     z_arg = z if need_dl else dy
     grid = (num_m_blocks * triton.cdiv(K, cfg["BLOCK_K"]),)
-    kernels.ia3_out_bwd_kernel[grid](
+    launch(
+        kernels.ia3_out_bwd_kernel, grid,
         dy, weight, ia3_l, z_arg, dx, partials,
         M, N, K,
         dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1),
         z_arg.stride(0), z_arg.stride(1), dx.stride(0), dx.stride(1),
         partials.stride(0), partials.stride(1),
-        NEED_DL=need_dl, **_flags(dy.device), **cfg,
+        NEED_DL=need_dl, **cfgs["flags"], **cfg,
     )  # fmt: skip
     return dx, (_reduce_partials(partials, ia3_l.dtype) if need_dl else None)
 
@@ -109,7 +118,8 @@ def _backward_output(dy, z, weight, ia3_l, need_dx: bool, need_dl: bool):
 def _backward_input(dy, x, weight, ia3_l, need_dx: bool, need_dl: bool):
     M, N = dy.shape
     K = weight.shape[1]
-    cfg = _gemm_config(dy.device, dy.dtype, "BLOCK_N")
+    cfgs = launch_configs(target_for(dy.device), dy.dtype)
+    cfg = cfgs["bwd"]
     dx = torch.empty((M, K), device=dy.device, dtype=dy.dtype) if need_dx else None
     num_m_blocks = triton.cdiv(M, cfg["BLOCK_M"])
     partials = None
@@ -118,12 +128,13 @@ def _backward_input(dy, x, weight, ia3_l, need_dx: bool, need_dl: bool):
     dx_arg = dx if dx is not None else dy
     part_arg = partials if partials is not None else dx_arg
     grid = (num_m_blocks * triton.cdiv(K, cfg["BLOCK_K"]),)
-    kernels.ia3_in_bwd_kernel[grid](
+    launch(
+        kernels.ia3_in_bwd_kernel, grid,
         dy, weight, x, ia3_l, dx_arg, part_arg,
         M, N, K,
         dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1), x.stride(0), x.stride(1),
         dx_arg.stride(0), dx_arg.stride(1), part_arg.stride(0), part_arg.stride(1),
-        NEED_DX=need_dx, NEED_DL=need_dl, **_flags(dy.device), **cfg,
+        NEED_DX=need_dx, NEED_DL=need_dl, **cfgs["flags"], **cfg,
     )  # fmt: skip
     dl = _reduce_partials(partials, ia3_l.dtype) if need_dl else None
     return dx, dl

@@ -1,4 +1,4 @@
-"""The PyTorch LoRA path (CPU, and any device without Triton), written for speed on 2-D inputs.
+"""The PyTorch LoRA path (backend "torch": CPU, and any device without Triton), fast on 2-D inputs.
 
 Compared with PEFT's eager layer it adds the rank-r term into the base output in place (addmm
 with alpha = s) instead of building [M, N] temporaries, and stores nothing for dropout: on the CPU
@@ -11,7 +11,7 @@ exactly where PEFT rounds.
 import torch
 import torch.nn.functional as F
 
-from ._dropout_torch import apply_dropout_, counter_based, dropped, keep_mask
+from .dropout import apply_dropout_, draw_mask, dropped, stored_shape
 
 _EMPTY = (0,)
 
@@ -19,8 +19,8 @@ _EMPTY = (0,)
 def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
     """(y, t, keep) with t = drop(x) Aᵀ in the adapter dtype; keep is empty unless stored."""
     keep = x.new_empty(_EMPTY, dtype=torch.bool)
-    if p > 0 and not counter_based(x.device):
-        keep = keep_mask(x, p, seed)
+    if mask_shape(x, p) != _EMPTY:
+        keep = draw_mask(x, p, seed)
     t = dropped(x, lora_a.dtype, keep, seed, p) @ lora_a.t()
     y = F.linear(x, weight, bias)
     if lora_b.dtype == y.dtype:
@@ -46,3 +46,13 @@ def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: fl
         apply_dropout_(low_rank, keep, seed, p)
     # PEFT's autograd rounds the adapter branch's dx to x's dtype before summing with the base's.
     return dx.add_(low_rank.to(dx.dtype)), d_lora_a, d_lora_b
+
+
+def keep_mask(seed: torch.Tensor, M: int, K: int, p: float) -> torch.Tensor:
+    """The [M, K] bool keep-mask this path applies for `seed` (tests and debugging only)."""
+    return draw_mask(torch.empty((M, K), device=seed.device), p, seed)
+
+
+def mask_shape(x: torch.Tensor, p: float) -> tuple[int, ...]:
+    """The shape of the keep-mask `forward` returns for x (for the op's fake implementation)."""
+    return stored_shape(x, p)

@@ -1,6 +1,6 @@
 """Host side of the Triton SPIDER kernels: chunk and address tables, launches.
 
-A :class:`TritonPlan` serves one fixed list of tensors of one dtype on one device. The chunk
+A :class:`Plan` serves one fixed list of tensors of one dtype on one device. The chunk
 tables depend only on the sizes and are built once; the address tables are rebuilt only when a
 data pointer changes (gradients are often reallocated between steps), and are uploaded from
 pinned memory without blocking, so ``step()`` never waits for the GPU.
@@ -14,7 +14,9 @@ import torch
 import triton
 
 from ..kernels import importance as kernels
-from .importance_torch import upload
+from ..ops import _counters
+from ..torch_path.importance import upload
+from .launch import Target, launch, target_for
 
 _DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 # NOTE: untuned (no GPU was available when this was written). 16K-element chunks keep ~400K
@@ -28,26 +30,32 @@ _CPU = dict(CHUNK=4096, BLOCK=1024)
 _RBLOCK = 256
 
 
+def launch_configs(target: Target) -> dict:
+    """The pass launches' chunk and block sizes for `target`."""
+    return dict(_CPU if target.interpreter else _GPU)
+
+
 def supports(dtype: torch.dtype) -> bool:
     return dtype in _DT
 
 
-class TritonPlan:
+class Plan:
     """The three passes over fixed lists ``theta0`` (the parameters' dtype) and ``G`` (float32),
     all contiguous, one device, one dtype; the parameters come with each ``blend`` call."""
 
-    backend = "triton"
-
-    def __init__(self, theta0: Sequence[torch.Tensor], G: Sequence[torch.Tensor]) -> None:
+    def __init__(
+        self, theta0: Sequence[torch.Tensor], G: Sequence[torch.Tensor], backend: str = "triton"
+    ) -> None:
+        self.backend = backend
         self.theta0, self.G = list(theta0), list(G)
         self.n = len(self.G)
         self.device = self.G[0].device if self.n else torch.device("cpu")
         dtypes = {t.dtype for t in self.theta0}
         if len(dtypes) > 1 or not all(supports(d) for d in dtypes):
-            raise ValueError(f"TritonPlan needs one dtype among {list(_DT)}, got {dtypes}")
+            raise ValueError(f"the Triton SPIDER plan takes one dtype of {list(_DT)}, got {dtypes}")
         self.dtype = self.theta0[0].dtype if self.n else torch.float32
         self.dt = _DT[self.dtype]
-        self.cfg = dict(_GPU if self.device.type == "cuda" else _CPU)
+        self.cfg = launch_configs(target_for(self.device))
         chunk = self.cfg["CHUNK"]
         numels = torch.tensor([t.numel() for t in self.G], dtype=torch.int64)
         n_chunks = (numels + chunk - 1) // chunk
@@ -78,7 +86,8 @@ class TritonPlan:
 
     def _finalize(self, partial: torch.Tensor, width: int) -> torch.Tensor:
         out = torch.empty((self.n, width), dtype=torch.float64, device=self.device)
-        kernels.spider_finalize_kernel[(self.n,)](
+        launch(
+            kernels.spider_finalize_kernel, (self.n,),
             partial, self.first_chunk, self.n_chunks, self.numels, out,
             WIDTH=width, WITH_NUMEL=width == 3, RBLOCK=_RBLOCK,
         )  # fmt: skip
@@ -89,16 +98,18 @@ class TritonPlan:
 
     def accumulate(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """G += grads (contiguous, θ₀'s dtype); returns the [n, 3] float64 moments of the new G."""
+        _counters.record("spider", self.backend)
         if self.n == 0:
             return torch.zeros((0, 3), dtype=torch.float64, device=self.device)
         if len(grads) != self.n or any(
             g.dtype != self.dtype or g.numel() != t.numel() or not g.is_contiguous()
             for g, t in zip(grads, self.G, strict=False)
         ):
-            raise ValueError("TritonPlan.accumulate: grads must match theta0 (contiguous)")
+            raise ValueError("Plan.accumulate: grads must match theta0 (contiguous)")
         partial = self._partials()
         if self.total_chunks:
-            kernels.spider_accumulate_kernel[(self.total_chunks,)](
+            launch(
+                kernels.spider_accumulate_kernel, (self.total_chunks,),
                 self._table("G", self.G), self._table("g", grads), *self._pass_args(), partial,
                 DT=self.dt, **self.cfg,
             )  # fmt: skip
@@ -110,7 +121,8 @@ class TritonPlan:
             return torch.zeros((0, 2), dtype=torch.float64, device=self.device)
         partial = self._partials()
         if self.total_chunks:
-            kernels.spider_select_kernel[(self.total_chunks,)](
+            launch(
+                kernels.spider_select_kernel, (self.total_chunks,),
                 self._table("t0", self.theta0), self._table("G", self.G), *self._pass_args(),
                 pre, ft, partial, DT=self.dt, **self.cfg,
             )  # fmt: skip
@@ -125,8 +137,9 @@ class TritonPlan:
         if len(w) != self.n or any(
             p.dtype != self.dtype or p.numel() != t.numel() for p, t in zip(w, self.G, strict=False)
         ):
-            raise ValueError("TritonPlan.blend: w must match theta0 in length, sizes and dtype")
-        kernels.spider_blend_kernel[(self.total_chunks,)](
+            raise ValueError("Plan.blend: w must match theta0 in length, sizes and dtype")
+        launch(
+            kernels.spider_blend_kernel, (self.total_chunks,),
             self._table("w", w), self._table("t0", self.theta0), self._table("G", self.G),
             *self._pass_args(), pre, ft, sel, DT=self.dt, **self.cfg,
         )  # fmt: skip
@@ -134,5 +147,5 @@ class TritonPlan:
 
 def chunk_count(numels: Sequence[int], device: torch.device) -> int:
     """Programs per pass launch for tensors of these sizes (for tests and launch accounting)."""
-    chunk = (_GPU if device.type == "cuda" else _CPU)["CHUNK"]
+    chunk = launch_configs(target_for(device))["CHUNK"]
     return sum(triton.cdiv(n, chunk) for n in numels)

@@ -1,5 +1,5 @@
 """PyTorch path of the SPIDER passes: the portable fallback and the readable statement of the
-numerics every backend follows (fastpeft/ops/importance.py has the math).
+numerics every backend follows (fastpeft/spider/_spider.py states the passes).
 
 - Sums in float64; per-tensor scalars (mean, 1/(std + 1e-12)) derived in float64 from a moments
   row (Σ|x|, Σx², numel) and rounded once to float32; per-element math in float32.
@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from ..ops import _counters
 
 EPS = 1e-12
 
@@ -136,3 +138,25 @@ def blend_(
         dtype = torch.promote_types(p.dtype, torch.float32)
         t = t0.to(dtype)
         p.copy_(torch.where(active[i], t + c * (p.to(dtype) - t), p))
+
+
+class Plan:
+    """The three passes over fixed lists θ₀ / G, in PyTorch (backend "torch"); the interface every
+    backend's `Plan` shares (see fastpeft/spider/_spider.py)."""
+
+    def __init__(self, theta0, G, backend: str = "torch") -> None:
+        self.theta0, self.G = list(theta0), list(G)
+        self.backend = backend
+        device = self.G[0].device if self.G else torch.device("cpu")
+        numels = torch.tensor([t.numel() for t in self.G], dtype=torch.float64)
+        self.numels = upload(numels, device)
+
+    def accumulate(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        _counters.record("spider", self.backend)
+        return accumulate_(self.G, grads, self.numels)
+
+    def select_sums(self, pre: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        return select_sums(self.theta0, self.G, pre, ft)
+
+    def blend(self, w, pre: torch.Tensor, ft: torch.Tensor, sel: torch.Tensor) -> None:
+        blend_(list(w), self.theta0, self.G, pre, ft, sel)

@@ -1,10 +1,16 @@
-"""Host side of the Triton LoRA kernels: block sizes, allocation and launches (2-D inputs)."""
+"""Host side of the Triton LoRA kernels (backend "triton"): configs, allocation, launches.
+
+The functions share the PyTorch path's signatures (fastpeft/torch_path/lora.py), so the ops call
+either without branching; the keep-mask is never stored here (the kernels regenerate it from the
+seed), so `forward` returns an empty one and `backward` ignores it.
+"""
 
 import torch
 import triton
 
-from .. import _triton
 from ..kernels import lora as kernels
+from . import dropout
+from .launch import Target, dot_flags, launch, target_for
 
 # NOTE: untuned starting points (no GPU was available when these were written); the interpreter
 # gets small blocks because each program runs serially in numpy. Two adjustments keep every launch
@@ -20,8 +26,7 @@ _GPU_SKINNY = dict(BLOCK_M=64, BLOCK_INNER=64, num_warps=4, num_stages=3)
 _CPU_GEMM = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
 _CPU_SKINNY = dict(BLOCK_M=32, BLOCK_INNER=32)
 _WIDE_RANK_BYTES = 512
-
-MAX_RANK = 256  # the whole rank lives in registers
+_EMPTY = (0,)
 
 
 def _rank_block(rank: int) -> int:
@@ -33,12 +38,12 @@ def _wide_rank(block_r: int, adapter_dtype: torch.dtype) -> bool:
 
 
 def _gemm_config(
-    device: torch.device, dtype: torch.dtype, reduction: str, rank_cols: str, wide_rank: bool
+    target: Target, dtype: torch.dtype, reduction: str, rank_cols: str, wide_rank: bool
 ) -> dict:
     """GEMM tiles for a `dtype` base. On a GPU, 4-byte tiles halve `reduction`, the block the
     GEMM steps along ("BLOCK_K" forward, "BLOCK_N" for dx), and a wide rank halves `rank_cols`,
     the output block its rank-r term multiplies ("BLOCK_N" forward, "BLOCK_K" for dx)."""
-    if device.type != "cuda":
+    if target.interpreter:
         return dict(_CPU_GEMM)
     cfg = dict(_GPU_GEMM)
     if dtype.itemsize == 4:
@@ -48,8 +53,8 @@ def _gemm_config(
     return cfg
 
 
-def _skinny_config(device: torch.device, wide_rank: bool) -> dict:
-    if device.type != "cuda":
+def _skinny_config(target: Target, wide_rank: bool) -> dict:
+    if target.interpreter:
         return dict(_CPU_SKINNY)
     cfg = dict(_GPU_SKINNY)
     if wide_rank:
@@ -57,93 +62,108 @@ def _skinny_config(device: torch.device, wide_rank: bool) -> dict:
     return cfg
 
 
-def _flags(device: torch.device) -> dict:
-    return dict(UPCAST=_triton.upcast_dots(device), PRECISION=_triton.dot_precision(device))
+def launch_configs(
+    target: Target, base_dtype: torch.dtype, adapter_dtype: torch.dtype, rank: int
+) -> dict[str, dict]:
+    """Every launch's configuration for `target`: "skinny" (lora_down, lora_dy_b, lora_da: the
+    rank-wide kernels, BLOCK_INNER being their K or N step), "fwd" and "dx" (the GEMMs), plus
+    BLOCK_R and the dot flags shared by all."""
+    block_r = _rank_block(rank)
+    wide = _wide_rank(block_r, adapter_dtype)
+    return dict(
+        skinny=_skinny_config(target, wide),
+        fwd=_gemm_config(target, base_dtype, "BLOCK_K", "BLOCK_N", wide),
+        dx=_gemm_config(target, base_dtype, "BLOCK_N", "BLOCK_K", wide),
+        shared=dict(BLOCK_R=block_r, **dot_flags(target)),
+    )
 
 
 def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
-    """y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ and t = drop(x) Aᵀ (adapter dtype) for 2-D x."""
+    """(y, t, keep) for 2-D x: y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ, t = drop(x) Aᵀ (adapter dtype);
+    keep is empty (the kernels regenerate the mask)."""
     M, K = x.shape
     N, R = lora_b.shape
-    flags = _flags(x.device)
-    block_r = _rank_block(R)
-    wide = _wide_rank(block_r, lora_a.dtype)
+    cfg = launch_configs(target_for(x.device), x.dtype, lora_a.dtype, R)
     t = torch.empty((M, R), device=x.device, dtype=lora_a.dtype)
-    skinny = _skinny_config(x.device, wide)
+    skinny = dict(cfg["skinny"])
     block_m, block_k = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
-    kernels.lora_down_kernel[(triton.cdiv(M, block_m),)](
+    launch(
+        kernels.lora_down_kernel, (triton.cdiv(M, block_m),),
         x, lora_a, t, seed if seed is not None else t,
         M, K, R, p,
         x.stride(0), x.stride(1), lora_a.stride(0), lora_a.stride(1), t.stride(0), t.stride(1),
-        HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_R=block_r, **flags, **skinny,
+        HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_K=block_k, **cfg["shared"], **skinny,
     )  # fmt: skip
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    cfg = _gemm_config(x.device, x.dtype, "BLOCK_K", "BLOCK_N", wide)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
-    kernels.lora_fwd_kernel[grid](
+    gemm = cfg["fwd"]
+    grid = (triton.cdiv(M, gemm["BLOCK_M"]) * triton.cdiv(N, gemm["BLOCK_N"]),)
+    launch(
+        kernels.lora_fwd_kernel, grid,
         x, weight, bias if bias is not None else weight, t, lora_b, y,
         M, N, K, R, scaling,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), t.stride(0), t.stride(1),
         lora_b.stride(0), lora_b.stride(1), y.stride(0), y.stride(1),
-        HAS_BIAS=bias is not None, BLOCK_R=block_r, **flags, **cfg,
+        HAS_BIAS=bias is not None, **cfg["shared"], **gemm,
     )  # fmt: skip
-    return y, t
+    return y, t, x.new_empty(_EMPTY, dtype=torch.bool)
 
 
-def backward(dy, x, weight, lora_a, lora_b, t, seed, scaling: float, p: float, need_dx: bool):
-    """(dx or None, dA, dB) for 2-D dy/x; dB is reduced from per-block partials in fixed order."""
+def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: float, need_dx):
+    """(dx or None, dA, dB) for 2-D dy/x; dB is reduced from per-block partials in fixed order.
+    `keep` is unused: the kernels regenerate the forward's mask from `seed`."""
     M, K = x.shape
     N, R = lora_b.shape
-    flags = _flags(x.device)
-    block_r = _rank_block(R)
-    wide = _wide_rank(block_r, lora_a.dtype)
+    cfg = launch_configs(target_for(x.device), dy.dtype, lora_a.dtype, R)
     seed_arg = seed if seed is not None else t
-    skinny = _skinny_config(x.device, wide)
+    skinny = dict(cfg["skinny"])
     block_m, block_inner = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
 
     num_m_blocks = triton.cdiv(M, block_m)
     u = torch.empty((M, R), device=x.device, dtype=lora_b.dtype)
     db_partials = torch.empty((num_m_blocks, N, R), device=x.device, dtype=torch.float32)
-    kernels.lora_dy_b_kernel[(num_m_blocks,)](
+    launch(
+        kernels.lora_dy_b_kernel, (num_m_blocks,),
         dy, lora_b, t, u, db_partials,
         M, N, R, scaling,
         dy.stride(0), dy.stride(1), lora_b.stride(0), lora_b.stride(1), t.stride(0), t.stride(1),
         u.stride(0), u.stride(1), db_partials.stride(0), db_partials.stride(1),
         db_partials.stride(2),
-        BLOCK_M=block_m, BLOCK_N=block_inner, BLOCK_R=block_r, **flags, **skinny,
+        BLOCK_M=block_m, BLOCK_N=block_inner, **cfg["shared"], **skinny,
     )  # fmt: skip
     d_lora_b = db_partials.sum(dim=0).mul_(scaling).to(lora_b.dtype)
 
     d_lora_a = torch.empty_like(lora_a)
-    kernels.lora_da_kernel[(triton.cdiv(K, block_inner),)](
+    launch(
+        kernels.lora_da_kernel, (triton.cdiv(K, block_inner),),
         x, u, seed_arg, d_lora_a,
         M, K, R, p,
         x.stride(0), x.stride(1), u.stride(0), u.stride(1),
         d_lora_a.stride(0), d_lora_a.stride(1),
-        HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_K=block_inner, BLOCK_R=block_r,
-        **flags, **skinny,
+        HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_K=block_inner, **cfg["shared"], **skinny,
     )  # fmt: skip
 
     dx = None
     if need_dx:
         dx = torch.empty((M, K), device=x.device, dtype=x.dtype)
-        cfg = _gemm_config(x.device, dy.dtype, "BLOCK_N", "BLOCK_K", wide)
-        grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(K, cfg["BLOCK_K"]),)
-        kernels.lora_dx_kernel[grid](
+        gemm = cfg["dx"]
+        grid = (triton.cdiv(M, gemm["BLOCK_M"]) * triton.cdiv(K, gemm["BLOCK_K"]),)
+        launch(
+            kernels.lora_dx_kernel, grid,
             dy, weight, u, lora_a, seed_arg, dx,
             M, N, K, R, p,
             dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1),
             u.stride(0), u.stride(1), lora_a.stride(0), lora_a.stride(1),
             dx.stride(0), dx.stride(1),
-            HAS_DROPOUT=p > 0, BLOCK_R=block_r, **flags, **cfg,
+            HAS_DROPOUT=p > 0, **cfg["shared"], **gemm,
         )  # fmt: skip
     return dx, d_lora_a, d_lora_b
 
 
-def dropout_keep_mask(seed: torch.Tensor, M: int, K: int, p: float) -> torch.Tensor:
+def keep_mask(seed: torch.Tensor, M: int, K: int, p: float) -> torch.Tensor:
     """The [M, K] bool keep-mask the kernels derive from `seed` (tests and debugging only)."""
-    out = torch.empty((M, K), device=seed.device, dtype=torch.int8)
-    block = 32
-    grid = (triton.cdiv(M, block), triton.cdiv(K, block))
-    kernels.dropout_keep_mask_kernel[grid](seed, out, M, K, p, BLOCK_M=block, BLOCK_K=block)
-    return out.bool()
+    return dropout.keep_mask(seed, M, K, p)
+
+
+def mask_shape(x: torch.Tensor, p: float) -> tuple[int, ...]:
+    """Nothing is stored: the kernels regenerate the mask."""
+    return _EMPTY

@@ -1,0 +1,1 @@
+"""The Triton path (backend "triton"): launch configs per target, allocation and launches."""

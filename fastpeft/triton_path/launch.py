@@ -1,0 +1,78 @@
+"""The target Triton launches are configured for, and the one place they are launched.
+
+Every host module asks `target_for(device)` which machine its launches will run on (a CUDA
+architecture, or the CPU interpreter) and picks its block configurations as a function of that
+target and the dtypes, then launches through `launch`. `recording(target, record)` makes the same
+host code configure for another target and hand its launches to `record` instead of running them:
+that is how the sm_90 compile check sees, with meta tensors and no GPU, exactly the launches a
+Hopper GPU would get.
+"""
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where launches run: kind "cuda" with its SM version (90 for Hopper), or "interpreter"."""
+
+    kind: str
+    arch: int = 0
+
+    @property
+    def interpreter(self) -> bool:
+        return self.kind == "interpreter"
+
+
+INTERPRETER = Target("interpreter")
+HOPPER = Target("cuda", 90)
+
+_forced: Target | None = None
+_recorder: Callable | None = None
+_archs: dict[int, int] = {}  # device index -> SM version
+
+
+def target_for(device: torch.device) -> Target:
+    """The target launches for tensors on `device` are configured for."""
+    if _forced is not None:
+        return _forced
+    if device.type != "cuda":
+        return INTERPRETER
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    arch = _archs.get(index)
+    if arch is None:
+        major, minor = torch.cuda.get_device_capability(index)
+        arch = _archs[index] = 10 * major + minor
+    return Target("cuda", arch)
+
+
+def dot_flags(target: Target) -> dict:
+    """The constexprs every `mma` takes (kernels/_common.py): UPCAST on the interpreter (its
+    16-bit dot is unreliable) and fp32 dot precision matching torch's (TF32 only where torch's
+    matmul allows it)."""
+    tf32 = not target.interpreter and torch.backends.cuda.matmul.allow_tf32
+    return dict(UPCAST=target.interpreter, PRECISION="tf32" if tf32 else "ieee")
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """Launch `kernel` over `grid`, or hand it to the recorder inside `recording`."""
+    if _recorder is not None:
+        _recorder(kernel, grid, args, kwargs)
+        return
+    kernel[grid](*args, **kwargs)
+
+
+@contextlib.contextmanager
+def recording(target: Target, record: Callable):
+    """Configure launches for `target` and pass each to `record(kernel, grid, args, kwargs)`
+    instead of running it (host code then works on meta tensors)."""
+    global _forced, _recorder
+    saved = _forced, _recorder
+    _forced, _recorder = target, record
+    try:
+        yield
+    finally:
+        _forced, _recorder = saved
