@@ -64,10 +64,18 @@ def _bench_parser(commands) -> None:
     bench.set_defaults(bench_parser=bench)  # for errors that name "fastpeft bench"
     bench.add_argument(
         "--suite",
-        choices=["layers", "e2e", "spider", "all", "proof"],
+        choices=["layers", "e2e", "spider", "all", "proof", "static"],
         default="all",
         help="what to run; proof: the GPU proof kit (gpu tests, ceilings, headline layers, "
-        "SPIDER, e2e, summary.md with every target's verdict) under --budget",
+        "SPIDER, e2e, summary.md with every target's verdict) under --budget; static: no GPU "
+        "needed: every launch of the headline cases compiled for --arch, inspected and costed "
+        "by a model (predictions, never measurements; --quick: one case per method)",
+    )
+    bench.add_argument(
+        "--arch",
+        choices=["sm_90", "sm_80"],
+        default="sm_90",
+        help="the architecture --suite static compiles for and models",
     )
     level = bench.add_mutually_exclusive_group()
     level.add_argument(
@@ -131,6 +139,8 @@ def _bench(args) -> int:
     if errors:  # before any work: a bad --out found after the run would waste the run
         args.bench_parser.error("; ".join(errors))
     try:
+        if args.suite == "static":
+            return _static(args)
         if args.suite == "proof":
             from .bench.proof import run_proof
 
@@ -139,6 +149,22 @@ def _bench(args) -> int:
         run_bench(args.suite, args.level, args.out, args.dtype, args.device, args.compile_)
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
+def _static(args) -> int:
+    from .env import triton_interpret
+
+    if triton_interpret():
+        args.bench_parser.error(
+            "--suite static compiles for a GPU: unset TRITON_INTERPRET (it turns every kernel "
+            "into an interpreted one)"
+        )
+    from .static.suite import file_name, format_static, run_static
+
+    result = run_static(args.arch, args.out, quick=args.level in ("quick", "smoke"))
+    print(format_static(result))
+    print(f"\nwritten: {args.out / file_name(args.arch)} ({result['seconds']} s)")
     return 0
 
 

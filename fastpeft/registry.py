@@ -67,6 +67,7 @@ class Method:
     peft_layer: str | None = None  # the PEFT layer class the patcher takes over, if any
     bench: str | None = None  # the module with its benchmark cases (fastpeft/bench/cases/)
     compile_check: str | None = None  # "module:function" driving its Triton launches for sm_90
+    static: str | None = None  # its static model (fastpeft/static/methods/): GPU-less predictions
 
     def implementation(self, backend: str) -> Implementation | None:
         return next((i for i in self.implementations if i.backend == backend), None)
@@ -139,6 +140,7 @@ register(
         peft_layer="peft.tuners.lora.layer:Linear",
         bench="fastpeft.bench.cases.lora",
         compile_check="fastpeft.triton_path.samples:lora",
+        static="fastpeft.static.methods.lora",
     )
 )
 
@@ -155,6 +157,7 @@ register(
         peft_layer="peft.tuners.ia3.layer:Linear",
         bench="fastpeft.bench.cases.ia3",
         compile_check="fastpeft.triton_path.samples:ia3",
+        static="fastpeft.static.methods.ia3",
     )
 )
 
@@ -185,6 +188,7 @@ register(
         patcher="fastpeft.patching.adapter_pair",
         bench="fastpeft.bench.cases.adapter_pair",
         compile_check="fastpeft.triton_path.samples:adapter_pair",
+        static="fastpeft.static.methods.adapter_pair",
     )
 )
 
@@ -197,6 +201,7 @@ register(
         patcher="fastpeft.patching.adapter",
         bench="fastpeft.bench.cases.adapter",
         compile_check="fastpeft.triton_path.samples:adapter",
+        static="fastpeft.static.methods.adapter",
     )
 )
 
@@ -230,5 +235,6 @@ register(
         reference="fastpeft.reference.spider:SpiderReference",
         bench="fastpeft.bench.cases.spider",
         compile_check="fastpeft.triton_path.samples:spider",
+        static="fastpeft.static.methods.spider",
     )
 )

@@ -293,3 +293,20 @@ def adapter_activation_kernel(
     x = tl.load(x_ptr + offs, mask=offs < N, other=0.0)
     tl.store(y_ptr + offs, activation(x, ACTIVATION), mask=offs < N)
     tl.store(dydx_ptr + offs, activation_grad(x, ACTIVATION), mask=offs < N)
+
+
+def _bottleneck_flops(a, pair_factor: bool = True) -> int:
+    # One [M, D] x [D, H] product, twice for a pair's two adapters.
+    return 2 * a["M"] * a["D"] * a["H"] * (2 if pair_factor and a.get("PAIR") else 1)
+
+
+# The static model's analytic cost of each launch (see kernels/lora.py's COSTS).
+COSTS = {
+    "adapter_down_kernel": lambda a, grid: (_bottleneck_flops(a), None),
+    "adapter_up_kernel": lambda a, grid: (_bottleneck_flops(a, False), None),
+    "adapter_dpre_kernel": lambda a, grid: (_bottleneck_flops(a, False), None),
+    "adapter_dw_up_kernel": lambda a, grid: (_bottleneck_flops(a, False), None),
+    "adapter_dw_down_kernel": lambda a, grid: (_bottleneck_flops(a), None),
+    "adapter_dz_kernel": lambda a, grid: (_bottleneck_flops(a), None),
+    "adapter_activation_kernel": lambda a, grid: (0, None),
+}

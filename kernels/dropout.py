@@ -17,3 +17,7 @@ def keep_mask_kernel(
     offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     keep = dropout_keep(tl.load(seed_ptr), offs_m, offs_k, K, p)
     store_tile(out_ptr, keep.to(tl.int8), offs_m, offs_k, K, 1, M, K)
+
+
+# The static model's analytic cost of each launch (see kernels/lora.py's COSTS).
+COSTS = {"keep_mask_kernel": lambda a, grid: (0, None)}

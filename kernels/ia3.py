@@ -168,3 +168,13 @@ def ia3_in_bwd_kernel(
     if NEED_DX:
         dx = g * _load_vector(l_ptr, offs_k, K)[None, :]
         store_tile(dx_ptr, dx, offs_m, offs_k, stride_dxm, stride_dxk, M, K)
+
+
+# The static model's analytic cost of each launch (see kernels/lora.py's COSTS).
+COSTS = {
+    "ia3_out_fwd_kernel": lambda a, grid: (2 * a["M"] * a["N"] * a["K"], None),
+    "ia3_in_fwd_kernel": lambda a, grid: (2 * a["M"] * a["N"] * a["K"], None),
+    "ia3_out_bwd_kernel": lambda a, grid: (2 * a["M"] * a["N"] * a["K"], None),
+    "ia3_in_bwd_kernel": lambda a, grid: (2 * a["M"] * a["N"] * a["K"], None),
+    "ia3_out_dl_kernel": lambda a, grid: (0, None),
+}

@@ -7,7 +7,7 @@ tables. Reductions: each program writes its chunk's sums (fp32 lanes, fp64 lane 
 slot of a [chunks, 2] fp64 buffer, and ``spider_finalize_kernel`` (one program per tensor) adds a
 tensor's slots in chunk order: deterministic, no atomics.
 
-Numerics (shared with fastpeft/ops/importance_torch.py, csrc/cpu/spider.cpp, csrc/cuda/spider.cu):
+Numerics (shared with fastpeft/torch_path/importance.py, csrc/cpu/spider.cpp, csrc/cuda/spider.cu):
 per-tensor scalars derived in fp64 from a (Σ|x|, Σx², numel) row, then fp32 per-element math.
 DT codes: 0 float32, 1 float16, 2 bfloat16 (the parameter/θ₀/gradient dtype of the group).
 """
@@ -172,3 +172,23 @@ def spider_finalize_kernel(
     tl.store(out_ptr + WIDTH * t + 1, tl.sum(b, axis=0))
     if WITH_NUMEL:
         tl.store(out_ptr + WIDTH * t + 2, tl.load(numel_ptr + t).to(tl.float64))
+
+
+def _pass_bytes(per_element):
+    # The passes stream every element of the group once: grid[0] chunks of CHUNK elements (an
+    # upper bound by less than one chunk per tensor). DT: 0 fp32, 1 fp16, 2 bf16.
+    def cost(a, grid):
+        size = 4 if a["DT"] == 0 else 2
+        return 0, grid[0] * a["CHUNK"] * per_element(size)
+
+    return cost
+
+
+# The static model's analytic cost of each launch (see kernels/lora.py's COSTS): the tensors
+# travel through address tables, so the bytes are counted from the elements each pass streams.
+COSTS = {
+    "spider_accumulate_kernel": _pass_bytes(lambda size: 4 + 4 + size),  # G read+write, g
+    "spider_select_kernel": _pass_bytes(lambda size: size + 4),  # θ₀, G
+    "spider_blend_kernel": _pass_bytes(lambda size: 3 * size + 4),  # w read+write, θ₀, G
+    "spider_finalize_kernel": lambda a, grid: (0, None),
+}

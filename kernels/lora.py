@@ -161,3 +161,15 @@ def lora_dx_kernel(
         keep = dropout_keep(tl.load(seed_ptr), offs_m, offs_k, K, p)
         low_rank = tl.where(keep, low_rank / (1.0 - p), 0.0)
     store_tile(dx_ptr, acc + low_rank, offs_m, offs_k, stride_dxm, stride_dxk, M, K)
+
+
+# The static model's analytic cost of each launch (fastpeft/static): the matrix products' FLOPs,
+# and the minimum DRAM bytes where the tensor arguments (each read or written once) do not say it
+# (None). `a` maps argument names to the launch's values; `grid` is its grid.
+COSTS = {
+    "lora_down_kernel": lambda a, grid: (2 * a["M"] * a["K"] * a["R"], None),
+    "lora_fwd_kernel": lambda a, grid: (2 * a["M"] * a["N"] * (a["K"] + a["R"]), None),
+    "lora_dy_b_kernel": lambda a, grid: (4 * a["M"] * a["N"] * a["R"], None),  # u and dB
+    "lora_da_kernel": lambda a, grid: (2 * a["M"] * a["K"] * a["R"], None),
+    "lora_dx_kernel": lambda a, grid: (2 * a["M"] * a["K"] * (a["N"] + a["R"]), None),
+}

@@ -4,26 +4,25 @@ The CPU tier runs the kernels through Triton's interpreter, which accepts progra
 compiler rejects and never allocates shared memory. compile_sm90.py has every registered method's
 compile_check driver (fastpeft/triton_path/samples.py) drive the real host code at realistic
 shapes, records the launches configured for Hopper and compiles each distinct one for sm_90 ahead
-of time with Triton's bundled ptxas: no GPU or driver is needed. It runs in a subprocess because
+of time with Triton's bundled ptxas (fastpeft.static.compile), then inspects the code
+(fastpeft.static.inspect_code): no GPU or driver is needed. It runs in a subprocess because
 Triton decides at kernel-definition time whether to interpret (conftest.py turns the interpreter
 on for this process). This test runs its representative subset (about 115 distinct compiles,
-1-2 minutes on 2 cores); the full sweep (about 385, about 12 minutes on 2 cores) is
+2-3 minutes on 2 cores); the full sweep (about 385, about 14 minutes on 2 cores) is
 
     python tests/kernels/compile_sm90.py --all
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .hopper_launches import checked_methods, kernels_to_launch
+from .hopper_launches import ROOT, checked_methods, kernels_to_launch, run_uninterpreted
 
 SCRIPT = Path(__file__).with_name("compile_sm90.py")
-ROOT = Path(__file__).resolve().parents[2]
 SKIP_EXIT = 77  # the script's "Triton cannot compile for sm_90 here" status
 
 
@@ -67,16 +66,7 @@ def _explain(proc: subprocess.CompletedProcess, records: list[dict], problem: st
 
 @pytest.mark.slow
 def test_every_kernel_launch_compiles_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
+    proc = run_uninterpreted([str(SCRIPT)], timeout=1800)
     records = _records(proc.stdout)
     if proc.returncode == SKIP_EXIT:
         reasons = [r["skip"] for r in records if "skip" in r]
@@ -87,6 +77,10 @@ def test_every_kernel_launch_compiles_for_sm90():
     summary = next(r["summary"] for r in records if "summary" in r)
     silent = sorted({m.name for m in checked_methods()} - set(summary["methods"]))
     assert not silent, _explain(proc, records, f"methods that launched nothing: {silent}")
+    uninspected = [
+        r["kernel"] for r in records if r.get("status") == "ok" and not r["instructions"]
+    ]
+    assert not uninspected, _explain(proc, records, f"compiles without inspection: {uninspected}")
     compiled = {r["kernel"] for r in records if r.get("status") == "ok"}
     expected = {name for names in kernels_to_launch().values() for name in names}
     missing = sorted(expected - compiled)

@@ -25,12 +25,14 @@ def test_the_methods_the_issue_names_are_registered():
 
 
 @pytest.mark.parametrize("method", KERNEL_METHODS, ids=lambda m: m.name)
-def test_every_kernel_method_has_a_reference_a_bench_case_and_a_compile_check(method):
+def test_every_kernel_method_has_a_reference_a_bench_case_a_compile_check_and_a_model(method):
     assert callable(registry.load(method.reference)), method.reference
     assert method.bench is not None and registry.load(method.bench) is not None
     if method.implementation("triton") is not None:
         assert method.compile_check is not None, f"{method.name}: Triton code nobody compiles"
         assert callable(registry.load(method.compile_check))
+        assert method.static is not None, f"{method.name}: Triton code the static model skips"
+        assert registry.load(method.static).VARIANTS
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,53 @@
+"""Launch sequences the static model compares fused launches with: the frozen base linear as
+cuBLAS runs it, and PEFT's (or the eager module's) own kernels, one `Op` per kernel, each with its
+FLOPs, minimum DRAM bytes and the ceiling its products run at. The case modules of
+fastpeft/bench/cases/ compose these for their method."""
+
+from dataclasses import dataclass
+
+import torch
+
+# cuBLAS and PyTorch's elementwise kernels run at the arch's ceilings in the model (the measured
+# matmul ceiling is itself cuBLAS's). fp32 matmuls run on FMA units: torch's default
+# allow_tf32=False for matmul, PEFT's fp32 adapters included.
+RATE_OF_DTYPE = {torch.bfloat16: "tc16", torch.float16: "tc16", torch.float32: "fp32"}
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    flops: float
+    dram_bytes: float
+    rate: str  # "tc16", "tf32", "fp32" or "none"
+
+
+def gemm(name: str, M: int, N: int, K: int, a_dtype, out_dtype=None) -> Op:
+    """[M, K] x [K, N] -> [M, N], each operand read once and the result written once."""
+    size = a_dtype.itemsize
+    out = (out_dtype or a_dtype).itemsize
+    return Op(name, 2 * M * N * K, size * (M * K + K * N) + out * M * N, RATE_OF_DTYPE[a_dtype])
+
+
+def elementwise(name: str, read: float, written: float) -> Op:
+    """A memory-bound kernel reading and writing these many bytes."""
+    return Op(name, 0, read + written, "none")
+
+
+def base_linear(M: int, K: int, N: int, dtype) -> tuple[list[Op], list[Op]]:
+    """(forward, backward) of the frozen base linear: y = x Wᵀ; dx = dy W (no dW: frozen)."""
+    return [gemm("base x·Wᵀ", M, N, K, dtype)], [gemm("base dy·W", M, K, N, dtype)]
+
+
+def dropout_with_copy(M: int, K: int, dtype, adapter_dtype) -> list[Op]:
+    """nn.Dropout on x then the cast to the adapter dtype: a bool mask and a dropped copy are
+    written (and kept for the backward), then the cast copy."""
+    n, size = M * K, dtype.itemsize
+    ops = [elementwise("dropout mask + dropped copy", n * size, n * (1 + size))]
+    if adapter_dtype != dtype:
+        ops.append(elementwise("cast to adapter dtype", n * size, n * adapter_dtype.itemsize))
+    return ops
+
+
+def dropout_backward(M: int, K: int, dtype) -> list[Op]:
+    n, size = M * K, dtype.itemsize
+    return [elementwise("dropout backward (grad ⊙ mask)", n * (size + 1), n * size)]

@@ -1,0 +1,201 @@
+"""`fastpeft bench --suite static`: every launch the registry's methods issue for the bench's
+headline cases, compiled for an arch without a GPU, inspected, and costed by the static model.
+
+Everything here is a model or a static fact of the compiled code, never a measurement: rows say
+so ("model": true), and the printed tables say "model".
+"""
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .. import registry
+from ..bench.cases import layer_case
+from . import archs, model
+from . import compile as compiler
+from .calibration import beside_measurements
+from .costing import add_dropout_issue_time, launch_record
+from .launches import record, static_methods
+
+SHORT = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
+DROPOUT_BUDGET = 16  # SASS instructions per generated dropout element (the gate's budget)
+TARGETS = {  # (method, what, limit, "max"/"min"): the kernel issues' targets, for the verdicts
+    "lora": ("predicted_fused_over_base", 1.08, "max"),
+    "ia3": ("predicted_fused_over_base", 1.03, "max"),
+    "adapter": ("predicted_speedup_vs_eager", 2.0, "min"),
+    "adapter_pair": ("predicted_speedup_vs_eager", 2.0, "min"),
+    "spider": ("predicted_over_adamw", 1.5, "max"),
+}
+
+
+def _cases(method: registry.Method, static_model, quick: bool) -> list:
+    if hasattr(static_model, "cases"):
+        cases = static_model.cases()
+    else:  # the bench's layer cases at their GPU size (M=8192, Llama-7B projections)
+        cases = registry.load(method.bench).cases(torch.device("cuda"), "full")
+    return cases[:1] if quick else cases
+
+
+def collect(arch: archs.Arch, quick: bool):
+    """[(method, model, case, weights, dropout, launches)] for every static case and variant
+    (quick: each method's first case, every variant)."""
+    plan = []
+    for method in static_methods():
+        static_model = registry.load(method.static)
+        for case in _cases(method, static_model, quick):
+            for weights, dropout in static_model.VARIANTS:
+                found = record(method, static_model, case, weights, dropout, arch.sm)
+                plan.append((method, static_model, case, weights, dropout, found))
+    return plan
+
+
+def _reference_us(arch: archs.Arch, ops) -> float:
+    # cuBLAS and PyTorch's kernels at the ceilings with the whole GPU busy.
+    return sum(model.predict(arch, op.flops, op.dram_bytes, op.rate, 1.0).predicted_us
+               for op in ops)  # fmt: skip
+
+
+def case_record(arch, method, static_model, case, weights, dropout, rows) -> dict:
+    fused = sum(r["predicted_us"] or 0.0 for r in rows)
+    out = {"method": method.name, "case": case.name(), "adapter_dtype": weights,
+           "dropout": dropout, "launches": len(rows), "model": True}  # fmt: skip
+    if isinstance(case, layer_case.LayerCase):
+        size = "H" if method.name.startswith("adapter") else "r"
+        out.update(M=case.M, K=case.K, N=case.N, **{size: case.r})
+    else:
+        out.update(case.fields())
+    out["predicted_fused_us"] = round(fused, 2)
+    refs = {k: _reference_us(arch, ops) for k, ops in static_model.references(
+        case, weights, dropout).items()}  # fmt: skip
+    for name, us in refs.items():
+        out[f"predicted_{name}_us"] = round(us, 2)
+    if "base" in refs:
+        out["predicted_fused_over_base"] = round(fused / refs["base"], 3)
+    if "peft" in refs:
+        out["predicted_peft_over_fused"] = round(refs["peft"] / fused, 3)
+    if "eager" in refs:
+        out["predicted_speedup_vs_eager"] = round(refs["eager"] / fused, 3)
+    if "adamw" in refs:
+        out["predicted_over_adamw"] = round(fused / refs["adamw"], 3)
+    what, limit, kind = TARGETS[method.name]
+    value = out.get(what)
+    if value is not None:
+        met = value <= limit if kind == "max" else value >= limit
+        out["target"] = f"{what} {'<=' if kind == 'max' else '>='} {limit}"
+        out["predicted_verdict"] = "meets" if met else "misses"
+    return out
+
+
+def dropout_cost(rows: list[dict]) -> list[dict]:
+    """Per kernel with a dropout variant: the extra SASS instructions per generated element, from
+    the same kernel and tiles compiled with and without HAS_DROPOUT (the Philox work is in the
+    loop body the static count sees once per tile)."""
+    by_key = {}
+    for r in rows:
+        config = dict(r["config"] or {})
+        if "HAS_DROPOUT" not in config or not r["instructions"]:
+            continue
+        flag = config.pop("HAS_DROPOUT")
+        key = (r["kernel"], json.dumps(config, sort_keys=True), r["num_warps"])
+        by_key.setdefault(key, {})[bool(flag)] = r
+    out = []
+    for (kernel, config, warps), pair in sorted(by_key.items()):
+        if True not in pair or False not in pair:
+            continue
+        cfg = json.loads(config)
+        tile = cfg.get("BLOCK_M", 1) * cfg.get("BLOCK_K", cfg.get("BLOCK_D", 1))
+        per_thread = tile / (32 * warps)
+        extra = pair[True]["instructions"] - pair[False]["instructions"]
+        out.append(
+            {
+                "kernel": kernel,
+                "config": cfg,
+                "num_warps": warps,
+                "extra_instructions": extra,
+                "elements_per_thread": per_thread,
+                "instructions_per_element": round(extra / per_thread, 1),
+                "source": pair[True]["instruction_source"],
+            }
+        )
+    return out
+
+
+def file_name(arch_name: str) -> str:
+    return f"static_{arch_name.replace('_', '')}.json"  # static_sm90.json
+
+
+def run_static(arch_name: str, out: Path, quick: bool, jobs: int = 2, cache: Path | None = None):
+    """Collect, compile, inspect and cost; write static_<arch>.json into `out`; return it."""
+    arch = archs.get(arch_name)
+    problem = compiler.backend_problem(arch.sm)
+    if problem:
+        raise RuntimeError(f"fastpeft bench --suite static: {problem}")
+    started = time.time()
+    plan = collect(arch, quick)
+    launches = [launch for *_, found in plan for launch in found]
+    compiled = compiler.compile_launches(launches, arch.sm, jobs, cache)
+    rows_of, cases, records = {}, [], []
+    for launch, result in zip(launches, compiled, strict=True):
+        row = launch_record(arch, launch, result)
+        records.append(row)
+        rows_of.setdefault(id(launch), row)
+    dropout = dropout_cost(records)
+    add_dropout_issue_time(arch, records, dropout)
+    for method, static_model, case, weights, p, found in plan:
+        rows = [rows_of[id(launch)] for launch in found]
+        cases.append(case_record(arch, method, static_model, case, weights, p, rows))
+    result = {
+        "kind": "static model (no measurement)",
+        "arch": arch.name,
+        "device": arch.device,
+        "ceilings": {k: {"value": c.value, "source": c.source} for k, c in arch.ceilings.items()},
+        "quick": quick,
+        "seconds": round(time.time() - started, 1),
+        "dropout_budget_instructions_per_element": DROPOUT_BUDGET,
+        "dropout": dropout,
+        "launches": records,
+        "cases": cases,
+        "measured_beside_model": beside_measurements(cases, arch.name),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / file_name(arch.name)).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def format_static(result: dict) -> str:
+    """The printed tables: per case the model's predictions beside the targets; then the gates'
+    facts (spills, FMA-only products, launches under a wave, dropout cost)."""
+    lines = [f"static model for {result['arch']} ({result['device']}): predictions, not "
+             "measurements", ""]  # fmt: skip
+    head = f"{'case':66} {'fused us':>9} {'ref us':>9} {'ratio':>7}  target"
+    lines += ["model: " + head]
+    for c in result["cases"]:
+        ref = next((c[k] for k in ("predicted_base_us", "predicted_eager_us",
+                                   "predicted_adamw_us") if k in c), None)  # fmt: skip
+        ratio = next((c[k] for k in ("predicted_fused_over_base", "predicted_speedup_vs_eager",
+                                     "predicted_over_adamw") if k in c), None)  # fmt: skip
+        label = f"{c['case']} {SHORT.get(c['adapter_dtype'], '')} p={c['dropout']:g}"
+        target = f"{c.get('target', '')} ({c.get('predicted_verdict', '-')})"
+        lines.append(f"model: {label[:66]:66} {c['predicted_fused_us']:9.1f} {ref or 0:9.1f} "
+                     f"{ratio or 0:7.3f}  {target}")  # fmt: skip
+    rows = [r for r in result["launches"] if r["status"] == "ok"]
+    spills = sorted({(r["kernel"], r["spill_bytes"]) for r in rows if r["spill_bytes"]})
+    fma = sorted({r["kernel"] for r in rows if r["tensor_cores"] is False})
+    thin = sorted({r["kernel"] for r in rows if r["waves"] is not None and r["waves"] < 1})
+    lines += ["", f"static: launches {len(result['launches'])}, failed "
+              f"{sum(r['status'] != 'ok' for r in result['launches'])}"]  # fmt: skip
+    lines.append(f"static: spilling {len(spills)}: " + ", ".join(f"{k} {b} B" for k, b in spills))
+    lines.append(f"static: products on FMA units, not tensor cores: {', '.join(fma) or 'none'}")
+    lines.append(f"static: launches under one wave: {', '.join(thin) or 'none'}")
+    for m in result["measured_beside_model"]:
+        lines.append(f"model vs measured: {m['case']} {m['what']} ({m['dtype']}): model "
+                     f"{m['model_us']:.0f} us, measured {m['measured_us']:.0f} us on "
+                     f"{m['measured_on']} ({m['measured_backend']}): error "
+                     f"{m['model_error']:+.0%}")  # fmt: skip
+    for d in result["dropout"]:
+        lines.append(f"static: dropout in {d['kernel']}: {d['instructions_per_element']} "
+                     f"{d['source']} instructions per element (budget "
+                     f"{result['dropout_budget_instructions_per_element']})")  # fmt: skip
+    return "\n".join(lines)

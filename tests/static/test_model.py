@@ -1,0 +1,91 @@
+"""The static model's arithmetic: occupancy, waves, roofline time, and the sequences it compares
+fused launches with."""
+
+import importlib
+import pkgutil
+
+import fastpeft.kernels
+import pytest
+import torch
+
+from fastpeft import registry
+from fastpeft.bench.cases.layer_case import LayerCase
+from fastpeft.static import archs, model, sequences
+
+H200 = archs.get("sm_90")
+
+
+def test_occupancy_is_limited_by_the_scarcest_resource():
+    # 8 warps x 128 registers = 32K registers: two CTAs fit in 64K.
+    assert model.ctas_per_sm(H200, 128, 0, 8) == 2
+    # 255 registers round up to 256 per thread: one CTA of 8 warps.
+    assert model.ctas_per_sm(H200, 255, 0, 8) == 1
+    # 150 KiB of shared memory (+1 KiB reserved) leaves no room for a second CTA in 228 KiB.
+    assert model.ctas_per_sm(H200, 32, 150 * 1024, 4) == 1
+    # Threads: 4 warps of 128 threads; 2048 / 128 = 16 CTAs.
+    assert model.ctas_per_sm(H200, 16, 0, 4) == 16
+
+
+def test_waves_and_utilisation():
+    assert model.waves(H200, 264, 1) == 2.0
+    assert model.utilisation(H200, 264, 1) == 1.0
+    assert model.utilisation(H200, 66, 1) == 0.5  # half the SMs idle
+    assert model.utilisation(H200, 133, 1) == pytest.approx((133 / 132) / 2)  # a second wave
+
+
+def test_roofline_takes_the_slower_side_and_the_right_ceiling():
+    gemm = model.predict(H200, 2 * 4096**3, 3 * 2 * 4096**2, "tc16", 1.0)
+    assert gemm.predicted_us == gemm.compute_us
+    assert gemm.compute_us == pytest.approx(2 * 4096**3 / 751.4e12 * 1e6)
+    copy = model.predict(H200, 0, 4132e9 * 1e-6, "none", 1.0)
+    assert copy.predicted_us == pytest.approx(1.0)
+    slow = model.predict(H200, 2 * 4096**3, 0, "fp32", 1.0)
+    assert slow.compute_us / gemm.compute_us == pytest.approx(751.4 / 66.9)
+
+
+def test_rate_follows_the_instructions():
+    assert model.rate_of({"bf16"}, 0, 1.0) == "tc16"
+    assert model.rate_of({"tf32"}, 0, 1.0) == "tf32"
+    assert model.rate_of(set(), 512, 1.0) == "fp32"
+    assert model.rate_of(set(), 0, 0) == "none"
+
+
+def test_every_ceiling_names_its_source():
+    for arch in archs.ARCHS.values():
+        assert set(arch.ceilings) == {"tc16", "tf32", "fp32", "dram", "issue"}
+        assert all(c.source and c.value > 0 for c in arch.ceilings.values())
+    with pytest.raises(ValueError, match="--arch must be one of"):
+        archs.get("sm_70")
+
+
+def test_every_kernel_has_an_analytic_cost():
+    for info in pkgutil.iter_modules(fastpeft.kernels.__path__):
+        module = importlib.import_module(f"fastpeft.kernels.{info.name}")
+        kernels = [n for n in vars(module) if n.endswith("_kernel")]
+        missing = [n for n in kernels if n not in getattr(module, "COSTS", {})]
+        assert not missing, f"fastpeft.kernels.{info.name} lacks COSTS for {missing}"
+
+
+def test_peft_lora_sequence_costs_more_than_the_base_and_counts_its_products():
+    case = LayerCase("lora", "q/o", 8192, 4096, 4096, 16)
+    lora = registry.load("fastpeft.static.methods.lora")
+    refs = lora.references(case, "float32", 0.05)
+    base_flops = sum(op.flops for op in refs["base"])
+    peft_flops = sum(op.flops for op in refs["peft"])
+    assert base_flops == 2 * 2 * 8192 * 4096 * 4096
+    # The rank-16 products: forward 2 (x·A, t·B), backward 4 (dB, dt, dA, dx branch).
+    assert peft_flops - base_flops == 6 * 2 * 8192 * 4096 * 16
+    assert {op.rate for op in refs["peft"] if op.name.startswith("lora")} == {"fp32"}
+    assert sum(op.dram_bytes for op in refs["peft"]) > 2 * sum(op.dram_bytes for op in refs["base"])
+
+
+def test_gemm_bytes():
+    op = sequences.gemm("g", 2, 3, 4, torch.bfloat16, torch.float32)
+    assert (op.flops, op.dram_bytes, op.rate) == (48, 2 * (8 + 12) + 4 * 6, "tc16")
+
+
+def test_every_kernel_method_has_a_static_model():
+    for method in registry.METHODS.values():
+        if method.implementation("triton") is not None:
+            static = registry.load(method.static)
+            assert static.VARIANTS and callable(static.launches) and callable(static.references)
