@@ -160,11 +160,14 @@ def _static(args) -> int:
             "--suite static compiles for a GPU: unset TRITON_INTERPRET (it turns every kernel "
             "into an interpreted one)"
         )
+    from .env import static_cache_dir
     from .static.suite import file_name, format_static, run_static
 
-    result = run_static(args.arch, args.out, quick=args.level in ("quick", "smoke"))
+    cache = static_cache_dir()
+    result = run_static(args.arch, args.out, args.level in ("quick", "smoke"), cache=cache)
     print(format_static(result))
-    print(f"\nwritten: {args.out / file_name(args.arch)} ({result['seconds']} s)")
+    print(f"\nwritten: {args.out / file_name(args.arch)} ({result['seconds']} s; compiles "
+          f"cached in {cache})")  # fmt: skip
     return 0
 
 

@@ -5,11 +5,14 @@
 - ``FASTPEFT_BACKEND``: overrides ``backend="auto"`` for every method that has the named backend
   (``torch``, ``triton``, ``cpp``, ``cuda``; fastpeft/dispatch.py applies it), e.g. to compare
   paths without editing code.
+- ``XDG_CACHE_HOME``: where ``fastpeft bench --suite static`` keeps its compiles
+  (``$XDG_CACHE_HOME/fastpeft/static``, else ``~/.cache/fastpeft/static``).
 - ``OUT``: where ``fastpeft bench`` writes when ``--out`` is not given (the device machines that
   run the GPU proof kit collect what lands there).
 """
 
 import os
+from pathlib import Path
 
 
 def triton_interpret() -> bool:
@@ -27,3 +30,9 @@ def bench_out_dir() -> str | None:
     """The folder named by OUT (bench's default output folder when set), or None."""
     value = os.environ.get("OUT", "").strip()
     return value or None
+
+
+def static_cache_dir() -> Path:
+    """Where the static suite caches its compiles and their inspection records."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".cache") / "fastpeft" / "static"

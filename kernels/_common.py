@@ -18,16 +18,30 @@ def mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
+# Philox rounds per call. Random123 (Salmon et al., SC'11) finds Philox4x32 with 7 rounds
+# "Crush-resistant" (it passes TestU01's BigCrush) and recommends 10 as a safety margin; dropout
+# masks need far less than cryptographic or Monte Carlo-grade quality, and
+# tests/kernels/test_dropout_statistics.py checks what they do need (rate, lanes, neighbours,
+# independent seeds).
+DROPOUT_ROUNDS = tl.constexpr(7)
+
+
 @triton.jit
 def dropout_keep(seed, offs_m, offs_k, K, p):
     """Keep-mask of inverted dropout for the [BLOCK_M, BLOCK_K] tile at (offs_m, offs_k).
 
-    The Philox counter is the element's flat index m*K + k (int64: M*K can pass 2**31), so the
-    backward pass regenerates exactly the forward's mask from the same seed and nothing is stored.
-    An element is kept with probability 1 - p, as in nn.Dropout.
+    One Philox call gives four 32-bit numbers: each goes to one of four neighbouring columns,
+    so a tile costs a quarter of the calls `tl.rand` would make (and no float conversion). The
+    counter is (row, column // 4) flattened with int64 (M * K can pass 2**31): the backward pass
+    regenerates exactly the forward's mask from the same seed and nothing is stored. Tiles start
+    at a multiple of 4 columns (every BLOCK is). An element is kept when its number is at least
+    p * 2**32: with probability 1 - p, as in nn.Dropout.
     """
-    offsets = offs_m.to(tl.int64)[:, None] * K + offs_k.to(tl.int64)[None, :]
-    return tl.rand(seed, offsets) >= p
+    groups = tl.min(offs_k, axis=0) // 4 + tl.arange(0, offs_k.shape[0] // 4)
+    counters = offs_m.to(tl.int64)[:, None] * ((K + 3) // 4) + groups.to(tl.int64)[None, :]
+    r0, r1, r2, r3 = tl.randint4x(seed, counters, DROPOUT_ROUNDS)
+    r = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (offs_m.shape[0], offs_k.shape[0]))
+    return r >= tl.cast(p * 4294967296.0, tl.uint32)
 
 
 @triton.jit

@@ -108,27 +108,33 @@ def lora_dy_b_kernel(
 @triton.jit
 def lora_da_kernel(
     x_ptr, u_ptr, seed_ptr, da_ptr,
-    M, K, R, p,
-    stride_xm, stride_xk, stride_um, stride_ur, stride_dar, stride_dak,
+    M, K, R, p, rows_per_split,
+    stride_xm, stride_xk, stride_um, stride_ur, stride_das, stride_dar, stride_dak,
     HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
-    # Grid: one program per BLOCK_K columns of dA; it walks all of M in order, so the reduction
-    # over tokens is deterministic. The dropout mask is regenerated from the forward's seed.
+    # Grid: (BLOCK_K columns of dA, splits of M). K / BLOCK_K programs alone are under one wave
+    # of a large GPU, so M is split in `rows_per_split` chunks (a multiple of BLOCK_M); each
+    # program walks its rows in order and writes its own partial dA (split s at s * stride_das;
+    # with one split, dA itself), which the host sums in a fixed order: deterministic. The
+    # dropout mask is regenerated from the forward's seed.
     offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    split = tl.program_id(1)
     offs_r = tl.arange(0, BLOCK_R)
     adapter_dtype = u_ptr.dtype.element_ty
     if HAS_DROPOUT:
         seed = tl.load(seed_ptr)
     acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_M):
-        offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+    first = split.to(tl.int64) * rows_per_split
+    for m0 in range(0, rows_per_split, BLOCK_M):
+        offs_m = first + m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K).to(adapter_dtype)
         if HAS_DROPOUT:
             keep = dropout_keep(seed, offs_m, offs_k, K, p)
             x = tl.where(keep, x.to(tl.float32) / (1.0 - p), 0.0).to(adapter_dtype)
         u_t = load_tile(u_ptr, offs_r, offs_m, stride_ur, stride_um, R, M)
         acc = mma(u_t, x, acc, UPCAST, PRECISION)
+    da_ptr += split.to(tl.int64) * stride_das
     store_tile(da_ptr, acc, offs_r, offs_k, stride_dar, stride_dak, R, K)
 
 

@@ -14,17 +14,27 @@ from dataclasses import dataclass
 
 import torch
 
+# SMs of the GPUs each architecture is modelled on (H100/H200 SXM, A100 SXM), for targets built
+# without a device (the static suite and the compile check).
+_SMS = {90: 132, 80: 108}
+
 
 @dataclass(frozen=True)
 class Target:
-    """Where launches run: kind "cuda" with its SM version (90 for Hopper), or "interpreter"."""
+    """Where launches run: kind "cuda" with its SM version (90 for Hopper) and SM count, or
+    "interpreter"."""
 
     kind: str
     arch: int = 0
+    sms: int = 0  # 0: the architecture's usual count
 
     @property
     def interpreter(self) -> bool:
         return self.kind == "interpreter"
+
+    @property
+    def sm_count(self) -> int:
+        return self.sms or _SMS.get(self.arch, 132)
 
 
 INTERPRETER = Target("interpreter")
@@ -32,7 +42,7 @@ HOPPER = Target("cuda", 90)
 
 _forced: Target | None = None
 _recorder: Callable | None = None
-_archs: dict[int, int] = {}  # device index -> SM version
+_targets: dict[int, Target] = {}  # device index -> its target
 
 
 def target_for(device: torch.device) -> Target:
@@ -42,11 +52,12 @@ def target_for(device: torch.device) -> Target:
     if device.type != "cuda":
         return INTERPRETER
     index = device.index if device.index is not None else torch.cuda.current_device()
-    arch = _archs.get(index)
-    if arch is None:
-        major, minor = torch.cuda.get_device_capability(index)
-        arch = _archs[index] = 10 * major + minor
-    return Target("cuda", arch)
+    target = _targets.get(index)
+    if target is None:
+        props = torch.cuda.get_device_properties(index)
+        arch = 10 * props.major + props.minor
+        target = _targets[index] = Target("cuda", arch, props.multi_processor_count)
+    return target
 
 
 def dot_flags(target: Target) -> dict:

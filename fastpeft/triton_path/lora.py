@@ -62,6 +62,17 @@ def _skinny_config(target: Target, wide_rank: bool) -> dict:
     return cfg
 
 
+def _da_split(target: Target, M: int, k_blocks: int, block_m: int) -> tuple[int, int]:
+    """(rows per split, splits) of M for lora_da_kernel: enough programs for about four per SM
+    (one wave at up to four resident CTAs each), never an empty split. The interpreter takes two
+    splits, so the CPU tests run the partial-sum path too; an M one program covers keeps one
+    split, and dA is written directly."""
+    want = 2 if target.interpreter else triton.cdiv(4 * target.sm_count, k_blocks)
+    splits = max(1, min(triton.cdiv(M, block_m), want))
+    rows = triton.cdiv(triton.cdiv(M, splits), block_m) * block_m
+    return rows, triton.cdiv(M, rows) if M else 1
+
+
 def launch_configs(
     target: Target, base_dtype: torch.dtype, adapter_dtype: torch.dtype, rank: int
 ) -> dict[str, dict]:
@@ -113,7 +124,8 @@ def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: fl
     `keep` is unused: the kernels regenerate the forward's mask from `seed`."""
     M, K = x.shape
     N, R = lora_b.shape
-    cfg = launch_configs(target_for(x.device), dy.dtype, lora_a.dtype, R)
+    target = target_for(x.device)
+    cfg = launch_configs(target, dy.dtype, lora_a.dtype, R)
     seed_arg = seed if seed is not None else t
     skinny = dict(cfg["skinny"])
     block_m, block_inner = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
@@ -132,15 +144,22 @@ def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: fl
     )  # fmt: skip
     d_lora_b = db_partials.sum(dim=0).mul_(scaling).to(lora_b.dtype)
 
+    k_blocks = triton.cdiv(K, block_inner)
+    rows, splits = _da_split(target, M, k_blocks, block_m)
     d_lora_a = torch.empty_like(lora_a)
+    # One split writes dA itself; more write fp32 partials, summed in a fixed order below.
+    out = d_lora_a if splits == 1 else x.new_empty((splits, R, K), dtype=torch.float32)
+    split_stride = 0 if splits == 1 else out.stride(0)
     launch(
-        kernels.lora_da_kernel, (triton.cdiv(K, block_inner),),
-        x, u, seed_arg, d_lora_a,
-        M, K, R, p,
+        kernels.lora_da_kernel, (k_blocks, splits),
+        x, u, seed_arg, out,
+        M, K, R, p, rows,
         x.stride(0), x.stride(1), u.stride(0), u.stride(1),
-        d_lora_a.stride(0), d_lora_a.stride(1),
+        split_stride, out.stride(-2), out.stride(-1),
         HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_K=block_inner, **cfg["shared"], **skinny,
     )  # fmt: skip
+    if splits > 1:
+        d_lora_a = out.sum(dim=0).to(lora_a.dtype)
 
     dx = None
     if need_dx:

@@ -4,10 +4,10 @@ fused launches with."""
 import importlib
 import pkgutil
 
-import fastpeft.kernels
 import pytest
 import torch
 
+import fastpeft.kernels
 from fastpeft import registry
 from fastpeft.bench.cases.layer_case import LayerCase
 from fastpeft.static import archs, model, sequences

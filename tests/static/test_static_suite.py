@@ -26,6 +26,7 @@ CASE_FIELDS = {"method", "case", "adapter_dtype", "dropout", "predicted_fused_us
 def static(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("static")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))  # not the user's cache
     command = [sys.executable, "-m", "fastpeft", "bench", "--suite", "static", "--quick",
                "--arch", "sm_90", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
