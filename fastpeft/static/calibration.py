@@ -1,48 +1,79 @@
-"""The model beside measurements: where a committed GPU run (benchmarks/results/*.json) measured
-the same case, its time is put next to the prediction with the model's error, so the model is
-calibrated against the hardware rather than defended."""
+"""The model beside measurements: where a committed GPU run (benchmarks/results/*.json, from
+`fastpeft bench` or its proof suite) measured the same case, its time is put next to the
+prediction with the model's relative error, so the model is calibrated against the hardware
+rather than defended."""
 
 import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
-# (static case field, measured provider, static prediction field)
-SPIDER_PAIRS = (("spider", "fastpeft", "predicted_fused_us"),
-                ("adamw", "adamw", "predicted_adamw_us"))  # fmt: skip
+# What a measured provider is beside: the case's predictions by name.
+SPIDER_PAIRS = {"fastpeft": "predicted_fused_us", "adamw": "predicted_adamw_us"}
+LAYER_PAIRS = {"fastpeft": "predicted_fused_us", "base": "predicted_base_us",
+               "eager": "predicted_eager_us"}  # fmt: skip
+# PEFT's provider with the case's adapter dtype: its default keeps fp32 adapters.
+PEFT_PROVIDER = {"float32": "peft", "bfloat16": "peft-bf16"}
 
 
-def _measured_rows(results: Path) -> list[tuple[str, dict, dict]]:
+def _runs(results: Path) -> list[tuple[str, dict, list[dict]]]:
+    """(file, run, rows) of every GPU run: a bench JSON's rows, or each part's of a proof."""
     found = []
     for path in sorted(results.glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict) or "rows" not in data or data.get("device") in (None, "cpu"):
+        if not isinstance(data, dict) or data.get("device") in (None, "cpu") or data.get("smoke"):
             continue
-        found += [(path.name, data, row) for row in data["rows"] if "median_ms" in row]
+        rows = list(data.get("rows", []))
+        for part in (data.get("parts") or {}).values():
+            rows += part.get("rows", []) if isinstance(part, dict) else []
+        found.append((path.name, data, [r for r in rows if "median_ms" in r]))
     return found
 
 
+def _run_dtype(data: dict) -> str | None:
+    return (data.get("settings") or {}).get("dtype")
+
+
+def _predictions_for(case: dict, row: dict, data: dict) -> dict[str, str]:
+    """{measured provider: prediction field} when `row` measured `case`, else {}."""
+    if case["method"] == "spider":
+        same = row.get("suite") == "spider" and row.get("elements") == case.get("elements")
+        return SPIDER_PAIRS if same and row.get("dtype") == case["adapter_dtype"] else {}
+    size = case.get("r", case.get("H"))
+    same = (
+        row.get("suite") == "layers"
+        and row.get("kind") == case["method"]
+        and row.get("mode") == "full"
+        and (row.get("M"), row.get("K"), row.get("N"), row.get("r")) == (
+            case.get("M"), case.get("K"), case.get("N"), size or 0)
+        and row.get("weights", case["adapter_dtype"]) == case["adapter_dtype"]
+        and row.get("dropout", case["dropout"]) == case["dropout"]
+        and _run_dtype(data) in (None, "bfloat16")
+    )  # fmt: skip
+    if not same:
+        return {}
+    return {**LAYER_PAIRS, PEFT_PROVIDER.get(case["adapter_dtype"], "peft"): "predicted_peft_us"}
+
+
 def beside_measurements(cases: list[dict], arch: str, results: Path = RESULTS) -> list[dict]:
-    """One row per (static case, measured row of the same case and dtype): predicted and
-    measured microseconds and the model's relative error."""
+    """One row per (static case, measured row of the same case): the predicted and measured
+    microseconds and the model's relative error."""
     if arch != "sm_90":
         return []  # the committed GPU runs are Hopper's
     out = []
-    for name, data, row in _measured_rows(results):
-        for case in cases:
-            if case["method"] != "spider" or row.get("suite") != "spider":
-                continue
-            if row.get("elements") != case.get("elements") or row["dtype"] != case["adapter_dtype"]:
-                continue
-            for what, provider, field in SPIDER_PAIRS:
-                if row["provider"] != provider or field not in case:
+    for name, data, rows in _runs(results):
+        for row in rows:
+            for case in cases:
+                field = _predictions_for(case, row, data).get(row["provider"])
+                if field is None or field not in case:
                     continue
                 measured = row["median_ms"] * 1e3
                 out.append({
-                    "case": case["case"], "what": what, "dtype": row["dtype"],
+                    "case": case["case"], "what": row["provider"],
+                    "dtype": case["adapter_dtype"], "dropout": case["dropout"],
                     "measured_us": round(measured, 1), "measured_on": data["device"],
                     "measured_backend": row.get("backend"), "source": name,
                     "model_us": case[field],

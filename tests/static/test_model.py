@@ -2,6 +2,7 @@
 fused launches with."""
 
 import importlib
+import json
 import pkgutil
 
 import pytest
@@ -89,3 +90,29 @@ def test_every_kernel_method_has_a_static_model():
         if method.implementation("triton") is not None:
             static = registry.load(method.static)
             assert static.VARIANTS and callable(static.launches) and callable(static.references)
+
+
+def test_measured_rows_of_the_same_case_are_put_beside_the_model(tmp_path):
+    from fastpeft.static.calibration import beside_measurements
+
+    case = {"method": "lora", "case": "lora q/o", "M": 8192, "K": 4096, "N": 4096, "r": 16,
+            "adapter_dtype": "bfloat16", "dropout": 0.05, "predicted_fused_us": 900.0,
+            "predicted_base_us": 730.0, "predicted_peft_us": 1100.0}  # fmt: skip
+    row = {"suite": "layers", "kind": "lora", "mode": "full", "M": 8192, "K": 4096, "N": 4096,
+           "r": 16, "weights": "bfloat16", "dropout": 0.05}  # fmt: skip
+    rows = [{**row, "provider": p, "median_ms": ms} for p, ms in
+            (("fastpeft", 1.0), ("base", 0.8), ("peft-bf16", 1.1), ("peft", 2.0))]  # fmt: skip
+    rows.append({**row, "provider": "fastpeft", "mode": "fwd", "median_ms": 0.3})  # other mode
+    rows.append({**row, "provider": "fastpeft", "dropout": 0.0, "median_ms": 0.9})  # other case
+    proof = {"device": "NVIDIA H200", "settings": {"dtype": "bfloat16"},
+             "parts": {"layers": {"rows": rows}}}  # fmt: skip
+    (tmp_path / "proof.json").write_text(json.dumps(proof))
+    (tmp_path / "smoke.json").write_text(json.dumps({**proof, "smoke": True}))
+    (tmp_path / "cpu.json").write_text(json.dumps({**proof, "device": "cpu"}))
+    found = {m["what"]: m for m in beside_measurements([case], "sm_90", tmp_path)}
+    # PEFT's bf16-adapter provider is this case's (its fp32 default is another case).
+    assert set(found) == {"fastpeft", "base", "peft-bf16"}
+    assert found["fastpeft"]["measured_us"] == 1000.0
+    assert found["fastpeft"]["model_error"] == pytest.approx(-0.1)
+    assert found["peft-bf16"]["model_us"] == 1100.0
+    assert beside_measurements([case], "sm_80", tmp_path) == []
