@@ -51,20 +51,17 @@ def _missing(impl: registry.Implementation) -> str | None:
     return None
 
 
-def why_not(
-    impl: registry.Implementation,
-    device: torch.device,
-    dtype: torch.dtype | None = None,
-    sizes: dict | None = None,
-) -> str | None:
-    """Why `impl` cannot run a call on `device` with `dtype` and `sizes`, or None if it can."""
+def _machine_reason(impl: registry.Implementation, device: torch.device) -> str | None:
+    """Why `impl` cannot run on `device` here (device type, Triton, the extension), or None."""
     if not _on(device, impl.devices):
         return f"it runs on {' or '.join(impl.devices)} tensors, not {device.type}"
     if impl.backend == "triton" and not _triton.usable_on(device):
         return _triton.why_unusable(device)
-    missing = _missing(impl)
-    if missing:
-        return missing
+    return _missing(impl)
+
+
+def _argument_reason(impl: registry.Implementation, dtype, sizes) -> str | None:
+    """Why `impl` cannot take a call's `dtype` or `sizes` (the caller's arguments), or None."""
     if dtype is not None and dtype not in impl.dtypes:
         return f"it does not support {dtype} tensors"
     for name, value in (sizes or {}).items():
@@ -72,6 +69,16 @@ def why_not(
         if limit is not None and value > limit:
             return f"it supports {name} <= {limit}, got {value}"
     return None
+
+
+def why_not(
+    impl: registry.Implementation,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    sizes: dict | None = None,
+) -> str | None:
+    """Why `impl` cannot run a call on `device` with `dtype` and `sizes`, or None if it can."""
+    return _machine_reason(impl, device) or _argument_reason(impl, dtype, sizes)
 
 
 def _auto(method: registry.Method, device, dtype, sizes) -> str:
@@ -91,16 +98,15 @@ def _checked(method, backend: str, device, dtype, sizes, argument: str) -> str:
             f"{argument}={backend!r}: fastpeft {method.label} has no {backend} implementation "
             f"(it has {method.backends})"
         )
-    reason = why_not(impl, device, dtype, sizes)
+    # A missing device or build is the machine's (RuntimeError); a dtype or size the
+    # implementation cannot take is the caller's argument (ValueError).
+    reason = _machine_reason(impl, device)
     if reason is not None:
-        error = ValueError if dtype_or_size(reason) else RuntimeError
-        raise error(f"fastpeft {method.label} {argument}={backend!r}: {reason}")
+        raise RuntimeError(f"fastpeft {method.label} {argument}={backend!r}: {reason}")
+    reason = _argument_reason(impl, dtype, sizes)
+    if reason is not None:
+        raise ValueError(f"fastpeft {method.label} {argument}={backend!r}: {reason}")
     return backend
-
-
-def dtype_or_size(reason: str) -> bool:
-    # A wrong dtype or size is the caller's argument; a missing device or build is the machine.
-    return reason.startswith(("it does not support", "it supports"))
 
 
 def resolve(
