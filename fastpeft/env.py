@@ -5,6 +5,9 @@
 - ``FASTPEFT_BACKEND``: overrides ``backend="auto"`` for every method that has the named backend
   (``torch``, ``triton``, ``cpp``, ``cuda``; fastpeft/dispatch.py applies it), e.g. to compare
   paths without editing code.
+- ``FASTPEFT_DROPOUT_MASK``: how the Triton LoRA kernels carry the dropout mask from the forward
+  to the backward: ``bits`` (the default: the forward stores 1 bit per input element) or
+  ``regenerate`` (nothing stored; the backward kernels redraw it from the seed).
 - ``XDG_CACHE_HOME``: where ``fastpeft bench --suite static`` keeps its compiles
   (``$XDG_CACHE_HOME/fastpeft/static``, else ``~/.cache/fastpeft/static``).
 - ``OUT``: where ``fastpeft bench`` writes when ``--out`` is not given (the device machines that
@@ -24,6 +27,14 @@ def backend_override() -> str | None:
     """The backend forced by FASTPEFT_BACKEND, or None."""
     value = os.environ.get("FASTPEFT_BACKEND", "").strip().lower()
     return value or None
+
+
+def dropout_mask_mode() -> str:
+    """FASTPEFT_DROPOUT_MASK ("bits" when unset); any other value raises naming it."""
+    value = os.environ.get("FASTPEFT_DROPOUT_MASK", "").strip().lower() or "bits"
+    if value not in ("bits", "regenerate"):
+        raise ValueError(f"FASTPEFT_DROPOUT_MASK must be 'bits' or 'regenerate', got {value!r}")
+    return value
 
 
 def bench_out_dir() -> str | None:

@@ -66,7 +66,8 @@ def lora_linear(
     without reading its value, so no host sync and no recompile when it changes, and a non-finite
     value is not caught). ``dropout_p`` is inverted dropout on the low-rank branch's input
     (pass 0 in eval mode); its mask comes from counter-based random numbers drawn from torch's
-    global generator and is regenerated, not stored, for the backward pass. Gradients flow to x,
+    global generator; the backward pass gets the forward's mask (on the Triton path, 1 bit per
+    element stored by the forward, or drawn again: FASTPEFT_DROPOUT_MASK). Gradients flow to x,
     lora_a and lora_b; weight and bias must not require grad. Returns y [..., N] in x's dtype.
     ``backend``: "auto" (Triton on CUDA, PyTorch elsewhere), "triton" or "torch".
     """

@@ -9,8 +9,8 @@ def mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """acc + a @ b with an fp32 accumulator.
 
     UPCAST is set by the host under the Triton interpreter, whose 16-bit dot is unreliable; on a GPU
-    16-bit tiles go straight to the tensor cores. PRECISION ("ieee" or "tf32") only affects fp32
-    operands and follows torch's allow_tf32 setting, so fp32 results match torch.
+    16-bit tiles go straight to the tensor cores. PRECISION ("ieee", "tf32" or "tf32x3") only
+    affects fp32 operands: the host picks it from torch's allow_tf32 setting (launch.dot_flags).
     """
     if UPCAST:
         a = a.to(tl.float32)
@@ -27,21 +27,69 @@ DROPOUT_ROUNDS = tl.constexpr(7)
 
 
 @triton.jit
-def dropout_keep(seed, offs_m, offs_k, K, p):
-    """Keep-mask of inverted dropout for the [BLOCK_M, BLOCK_K] tile at (offs_m, offs_k).
+def _dropout_bytes(seed, offs_m, offs_k, K, p):
+    """The keep decisions of the [BLOCK_M, BLOCK_K] tile at (offs_m, offs_k) as one byte per
+    eight columns ([BLOCK_M, BLOCK_K / 8] int32, bit j = column 8 g + j; tiles start at a
+    multiple of 8 columns: every BLOCK is).
 
-    One Philox call gives four 32-bit numbers: each goes to one of four neighbouring columns,
-    so a tile costs a quarter of the calls `tl.rand` would make (and no float conversion). The
-    counter is (row, column // 4) flattened with int64 (M * K can pass 2**31): the backward pass
-    regenerates exactly the forward's mask from the same seed and nothing is stored. Tiles start
-    at a multiple of 4 columns (every BLOCK is). An element is kept when its number is at least
-    p * 2**32: with probability 1 - p, as in nn.Dropout.
-    """
-    groups = tl.min(offs_k, axis=0) // 4 + tl.arange(0, offs_k.shape[0] // 4)
-    counters = offs_m.to(tl.int64)[:, None] * ((K + 3) // 4) + groups.to(tl.int64)[None, :]
-    r0, r1, r2, r3 = tl.randint4x(seed, counters, DROPOUT_ROUNDS)
-    r = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (offs_m.shape[0], offs_k.shape[0]))
-    return r >= tl.cast(p * 4294967296.0, tl.uint32)
+    One Philox call per eight columns gives four 32-bit numbers; each half of each is one 16-bit
+    uniform number, so a call decides eight neighbouring columns (an eighth of the calls
+    `tl.rand` would make per element, and no float conversion). Bit j reads the low half of
+    number j for j < 4, the high half of number j - 4 otherwise. A column is kept when its
+    number is at least round(p * 2**16): with probability 1 - p to within 2**-17 (p's own
+    rounding to 16 bits). The counter is (column // 8, row) in two of Philox's four 32-bit counter
+    words (no flattening, so no 64-bit arithmetic however large M * K), so a decision depends
+    on (seed, row, column) only, never on the tile."""
+    groups = tl.min(offs_k, axis=0) // 8 + tl.arange(0, offs_k.shape[0] // 8)
+    zero = tl.zeros((offs_m.shape[0], offs_k.shape[0] // 8), dtype=tl.uint32)
+    c0 = zero + groups.to(tl.uint32)[None, :]
+    c1 = zero + offs_m.to(tl.uint32)[:, None]
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, zero, zero, DROPOUT_ROUNDS)
+    # Bit j is (number_j + 2**16 - T) >> 16 for a 16-bit number and T = round(p * 2**16): 1
+    # exactly when number_j >= T, in integer adds and shifts (no predicates to move around).
+    bias = 65536 - tl.cast(p * 65536.0 + 0.5, tl.uint32)
+    low = 0xFFFF
+    bits = (((r0 & low) + bias) >> 16) | ((((r1 & low) + bias) >> 15) & 2)
+    bits |= ((((r2 & low) + bias) >> 14) & 4) | ((((r3 & low) + bias) >> 13) & 8)
+    bits |= ((((r0 >> 16) + bias) >> 12) & 16) | ((((r1 >> 16) + bias) >> 11) & 32)
+    bits |= ((((r2 >> 16) + bias) >> 10) & 64) | ((((r3 >> 16) + bias) >> 9) & 128)
+    return bits.to(tl.int32)
+
+
+@triton.jit
+def _bytes_to_tile(bits, BLOCK_K: tl.constexpr):
+    """The [BLOCK_M, BLOCK_K] keep-mask of [BLOCK_M, BLOCK_K / 8] bytes: each byte broadcast over
+    its eight columns and tested ([BLOCK_M, G, 8] -> [BLOCK_M, 8 G], column 8 g + j = bit j)."""
+    selected = bits[:, :, None] & (1 << tl.arange(0, 8))[None, None, :]  # one AND an element
+    return tl.reshape(selected, (bits.shape[0], BLOCK_K)) != 0
+
+
+@triton.jit
+def dropout_keep(seed, offs_m, offs_k, K, p):
+    """Keep-mask of inverted dropout for the [BLOCK_M, BLOCK_K] tile at (offs_m, offs_k). The
+    backward pass gets exactly the forward's mask: drawn again from the same seed, or read from
+    the bytes `dropout_keep_bits` stored."""
+    return _bytes_to_tile(_dropout_bytes(seed, offs_m, offs_k, K, p), offs_k.shape[0])
+
+
+@triton.jit
+def dropout_keep_bits(seed, offs_m, offs_k, K, p):
+    """(keep-mask, its bytes) for the tile: the mask as `dropout_keep` draws it, and the same
+    decisions one byte per eight columns ([BLOCK_M, BLOCK_K / 8] uint8, bit j = column 8 g + j)
+    for the forward to store."""
+    bits = _dropout_bytes(seed, offs_m, offs_k, K, p)
+    # The tile comes from its own (identical) draw: the compiler shares the Philox rounds and
+    # tests each number where the tile needs it, instead of unpacking `bits` (3 more an element).
+    return dropout_keep(seed, offs_m, offs_k, K, p), bits.to(tl.uint8)
+
+
+@triton.jit
+def load_keep(bits_ptr, offs_m, offs_k, stride_bm, M, K):
+    """The keep-mask of the tile at (offs_m, offs_k) from the bytes `dropout_keep_bits` stored
+    ([M, ceil(K / 8)] uint8, row stride `stride_bm`)."""
+    offs_b = tl.min(offs_k, axis=0) // 8 + tl.arange(0, offs_k.shape[0] // 8)
+    bits = load_tile(bits_ptr, offs_m, offs_b, stride_bm, 1, M, (K + 7) // 8).to(tl.int32)
+    return _bytes_to_tile(bits, offs_k.shape[0])
 
 
 @triton.jit

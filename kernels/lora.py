@@ -2,44 +2,76 @@
 
 Shapes: x [M, K], W [N, K], b [N], A [R, K], B [N, R], t = drop(x) Aᵀ [M, R], u = s · dy B [M, R].
 The LoRA branch runs in the adapter dtype (PEFT casts x to A's dtype); every product accumulates in
-fp32. Five kernels:
+fp32. Six kernels:
 
-    lora_down_kernel     t  = drop(x) Aᵀ                      one pass over x
+    lora_down_kernel     t  = drop(x) Aᵀ                      one pass over x; stores the mask bits
     lora_fwd_kernel      y  = x Wᵀ + b + s · t Bᵀ             rank-r term inside the accumulator
     lora_dy_b_kernel     u  = s · dy B,  dB partials dyᵀ t    one pass over dy
-    lora_da_kernel       dA = uᵀ drop(x)                      mask regenerated from the seed
-    lora_dx_kernel       dx = dy W + drop'(u A)               rank-r term inside the accumulator
+    lora_db_kernel       dB partials dyᵀ t                    wide ranks: fewer partials
+    lora_da_kernel       dA = uᵀ drop(x)                      the forward's mask
+    lora_dx_kernel       dx = dy W + drop'(u A)               rank-r term inside the accumulator;
+                         (narrow ranks: dA partials too, x read while the mask is at hand)
+
+Dropout multiplies the kept inputs by 1 / (1 - p); the kernels mask x and apply the scale once to
+the fp32 product instead (it is linear), which rounds less than PEFT's scaled copy of x.
+The dropout mask reaches the backward one of two ways (fastpeft/triton_path/lora.py picks):
+as 1 bit per element the forward stored (M·K/8 bytes), or drawn again from the seed by each
+backward kernel (nothing stored, two more Philox passes).
 """
 
 import triton
 import triton.language as tl
 
-from ._common import dropout_keep, grouped_tile, load_tile, mma, store_tile
+from ._common import (
+    dropout_keep,
+    dropout_keep_bits,
+    grouped_tile,
+    load_keep,
+    load_tile,
+    mma,
+    store_tile,
+)
 
 
 @triton.jit
 def lora_down_kernel(
-    x_ptr, a_ptr, t_ptr, seed_ptr,
-    M, K, R, p,
-    stride_xm, stride_xk, stride_ar, stride_ak, stride_tm, stride_tr,
-    HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    x_ptr, a_ptr, t_ptr, seed_ptr, bits_ptr,
+    M, K, R, p, cols_per_split,
+    stride_xm, stride_xk, stride_ar, stride_ak, stride_ts, stride_tm, stride_tr, stride_bits,
+    HAS_DROPOUT: tl.constexpr, STORE_BITS: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
-    # Grid: one program per BLOCK_M rows of x; the whole rank (BLOCK_R >= R) stays in registers.
+    # Grid: (BLOCK_M rows of x, splits of K). The whole rank (BLOCK_R >= R) stays in registers.
+    # M / BLOCK_M programs alone are under one wave of a large GPU, so K is split in
+    # `cols_per_split` chunks (a multiple of BLOCK_K): split s writes its fp32 partial t at
+    # s * stride_ts, which the host sums in a fixed order (deterministic); with one split, t itself.
+    # With STORE_BITS the keep-mask drawn here is also stored, 1 bit per element ([M, K / 8]
+    # uint8), for the backward kernels to read instead of drawing it again.
     offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·K > 2**31
+    split = tl.program_id(1)
     offs_r = tl.arange(0, BLOCK_R)
     adapter_dtype = a_ptr.dtype.element_ty
     if HAS_DROPOUT:
         seed = tl.load(seed_ptr)
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    first = split * cols_per_split
+    for k0 in range(first, tl.minimum(first + cols_per_split, K), BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K).to(adapter_dtype)
-        if HAS_DROPOUT:
-            keep = dropout_keep(seed, offs_m, offs_k, K, p)
-            x = tl.where(keep, x.to(tl.float32) / (1.0 - p), 0.0).to(adapter_dtype)
+        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
+        if HAS_DROPOUT:  # masked in x's own dtype (two 16-bit values a register), then cast
+            if STORE_BITS:
+                keep, bits = dropout_keep_bits(seed, offs_m, offs_k, K, p)
+                offs_b = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+                store_tile(bits_ptr, bits, offs_m, offs_b, stride_bits, 1, M, tl.cdiv(K, 8))
+            else:
+                keep = dropout_keep(seed, offs_m, offs_k, K, p)
+            x = tl.where(keep, x, 0.0)
+        x = x.to(adapter_dtype)
         a_t = load_tile(a_ptr, offs_k, offs_r, stride_ak, stride_ar, K, R)
         acc = mma(x, a_t, acc, UPCAST, PRECISION)
+    if HAS_DROPOUT:  # drop(x) = keep ⊙ x / (1 - p): the scale is linear, applied once to t
+        acc = acc * (1.0 / (1.0 - p))
+    t_ptr += split.to(tl.int64) * stride_ts
     store_tile(t_ptr, acc, offs_m, offs_r, stride_tm, stride_tr, M, R)
 
 
@@ -53,23 +85,22 @@ def lora_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    # Grid: one program per [BLOCK_M, BLOCK_N] tile of y (grouped order). The base GEMM and the
-    # rank-r update s · t Bᵀ share one fp32 accumulator, so y is written once and no [M, N]
-    # temporary exists.
+    # Grid: one program per [BLOCK_M, BLOCK_N] tile of y (grouped order). The rank-r update
+    # s · t Bᵀ starts the fp32 accumulator and the base GEMM accumulates onto it: one accumulator
+    # (a second [BLOCK_M, BLOCK_N] fp32 one would cost 128 more registers a thread at 128 x 256
+    # on 8 warps), y written once, no [M, N] temporary.
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    t = load_tile(t_ptr, offs_m, offs_r, stride_tm, stride_tr, M, R)
+    b_t = load_tile(b_ptr, offs_r, offs_n, stride_br, stride_bn, R, N)
+    acc = scaling * mma(t, b_t, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), UPCAST, PRECISION)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
         w_t = load_tile(w_ptr, offs_k, offs_n, stride_wk, stride_wn, K, N)
         acc = mma(x, w_t, acc, UPCAST, PRECISION)
-    t = load_tile(t_ptr, offs_m, offs_r, stride_tm, stride_tr, M, R)
-    b_t = load_tile(b_ptr, offs_r, offs_n, stride_br, stride_bn, R, N)
-    low_rank = mma(t, b_t, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), UPCAST, PRECISION)
-    acc += scaling * low_rank
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     store_tile(y_ptr, acc, offs_m, offs_n, stride_ym, stride_yn, M, N)
@@ -78,104 +109,186 @@ def lora_fwd_kernel(
 @triton.jit
 def lora_dy_b_kernel(
     dy_ptr, b_ptr, t_ptr, u_ptr, db_part_ptr,
-    M, N, R, scaling,
-    stride_dym, stride_dyn, stride_bn, stride_br, stride_tm, stride_tr, stride_um, stride_ur,
-    stride_pp, stride_pn, stride_pr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    M, N, R, cols_per_split,
+    stride_dym, stride_dyn, stride_bn, stride_br, stride_tm, stride_tr,
+    stride_us, stride_um, stride_ur, stride_pp, stride_pn, stride_pr,
+    WITH_DB: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
-    # Grid: one program per BLOCK_M rows of dy. Each dy tile is read once and feeds both
-    # u = s · dy B and this block's partial dB_p = dyᵀ t, written to db_part[pid] in fp32; the host
-    # sums the partials in a fixed order (deterministic, no atomics).
+    # Grid: (BLOCK_M rows of dy, splits of N). Each dy tile is read once and feeds dy B, whose
+    # fp32 partial over this split's `cols_per_split` columns goes to u_part[split] (the host sums
+    # the splits in a fixed order and scales by s: u = s · dy B), and, WITH_DB, this row block's
+    # partial dB_p = dyᵀ t, written to db_part[pid_m] in fp32 and summed by the host in a fixed
+    # order (deterministic, no atomics).
     pid_m = tl.program_id(0)
+    split = tl.program_id(1)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_r = tl.arange(0, BLOCK_R)
     adapter_dtype = b_ptr.dtype.element_ty
-    t = load_tile(t_ptr, offs_m, offs_r, stride_tm, stride_tr, M, R)
+    if WITH_DB:
+        t = load_tile(t_ptr, offs_m, offs_r, stride_tm, stride_tr, M, R)
     acc_u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
+    first = split * cols_per_split
+    for n0 in range(first, tl.minimum(first + cols_per_split, N), BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N).to(adapter_dtype)
         b = load_tile(b_ptr, offs_n, offs_r, stride_bn, stride_br, N, R)
         acc_u = mma(dy, b, acc_u, UPCAST, PRECISION)
-        zeros = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
-        db_partial = mma(tl.trans(dy), t, zeros, UPCAST, PRECISION)
-        part_ptr = db_part_ptr + pid_m * stride_pp
-        store_tile(part_ptr, db_partial, offs_n, offs_r, stride_pn, stride_pr, N, R)
-    store_tile(u_ptr, scaling * acc_u, offs_m, offs_r, stride_um, stride_ur, M, R)
+        if WITH_DB:
+            zeros = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
+            db_partial = mma(tl.trans(dy), t, zeros, UPCAST, PRECISION)
+            part_ptr = db_part_ptr + pid_m.to(tl.int64) * stride_pp
+            store_tile(part_ptr, db_partial, offs_n, offs_r, stride_pn, stride_pr, N, R)
+    u_ptr += split.to(tl.int64) * stride_us
+    store_tile(u_ptr, acc_u, offs_m, offs_r, stride_um, stride_ur, M, R)
+
+
+@triton.jit
+def lora_db_kernel(
+    dy_ptr, t_ptr, db_part_ptr,
+    M, N, R, rows_per_split,
+    stride_dym, stride_dyn, stride_tm, stride_tr, stride_pp, stride_pn, stride_pr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    # Grid: (BLOCK_N columns of dB, splits of M). dB_s = dyᵀ t over this split's
+    # `rows_per_split` rows, accumulated in registers and written once to db_part[split] in fp32;
+    # the host sums the splits in a fixed order (deterministic). For wide ranks, where the fused
+    # lora_dy_b_kernel's per-row-block partials cost more bytes than a second read of dy.
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    split = tl.program_id(1)
+    offs_r = tl.arange(0, BLOCK_R)
+    adapter_dtype = t_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
+    first = split.to(tl.int64) * rows_per_split
+    for m0 in range(0, rows_per_split, BLOCK_M):
+        offs_m = first + m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        dy_t = load_tile(dy_ptr, offs_n, offs_m, stride_dyn, stride_dym, N, M).to(adapter_dtype)
+        t = load_tile(t_ptr, offs_m, offs_r, stride_tm, stride_tr, M, R)
+        acc = mma(dy_t, t, acc, UPCAST, PRECISION)
+    db_part_ptr += split.to(tl.int64) * stride_pp
+    store_tile(db_part_ptr, acc, offs_n, offs_r, stride_pn, stride_pr, N, R)
 
 
 @triton.jit
 def lora_da_kernel(
-    x_ptr, u_ptr, seed_ptr, da_ptr,
+    x_ptr, u_ptr, seed_ptr, bits_ptr, da_ptr,
     M, K, R, p, rows_per_split,
-    stride_xm, stride_xk, stride_um, stride_ur, stride_das, stride_dar, stride_dak,
-    HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    stride_xm, stride_xk, stride_um, stride_ur, stride_bits, stride_das, stride_dar, stride_dak,
+    HAS_DROPOUT: tl.constexpr, FROM_BITS: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     # Grid: (BLOCK_K columns of dA, splits of M). K / BLOCK_K programs alone are under one wave
     # of a large GPU, so M is split in `rows_per_split` chunks (a multiple of BLOCK_M); each
     # program walks its rows in order and writes its own partial dA (split s at s * stride_das;
     # with one split, dA itself), which the host sums in a fixed order: deterministic. The
-    # dropout mask is regenerated from the forward's seed.
+    # dropout mask is the forward's: read from its bits (FROM_BITS) or drawn again from its seed.
     offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     split = tl.program_id(1)
     offs_r = tl.arange(0, BLOCK_R)
     adapter_dtype = u_ptr.dtype.element_ty
-    if HAS_DROPOUT:
+    if HAS_DROPOUT and not FROM_BITS:
         seed = tl.load(seed_ptr)
     acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
     first = split.to(tl.int64) * rows_per_split
     for m0 in range(0, rows_per_split, BLOCK_M):
         offs_m = first + m0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K).to(adapter_dtype)
+        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
         if HAS_DROPOUT:
-            keep = dropout_keep(seed, offs_m, offs_k, K, p)
-            x = tl.where(keep, x.to(tl.float32) / (1.0 - p), 0.0).to(adapter_dtype)
+            if FROM_BITS:
+                keep = load_keep(bits_ptr, offs_m, offs_k, stride_bits, M, K)
+            else:
+                keep = dropout_keep(seed, offs_m, offs_k, K, p)
+            x = tl.where(keep, x, 0.0)
+        x = x.to(adapter_dtype)
         u_t = load_tile(u_ptr, offs_r, offs_m, stride_ur, stride_um, R, M)
         acc = mma(u_t, x, acc, UPCAST, PRECISION)
+    if HAS_DROPOUT:  # 1 / (1 - p) of drop(x), applied once to the sum
+        acc = acc * (1.0 / (1.0 - p))
     da_ptr += split.to(tl.int64) * stride_das
     store_tile(da_ptr, acc, offs_r, offs_k, stride_dar, stride_dak, R, K)
 
 
 @triton.jit
 def lora_dx_kernel(
-    dy_ptr, w_ptr, u_ptr, a_ptr, seed_ptr, dx_ptr,
-    M, N, K, R, p,
+    dy_ptr, w_ptr, u_ptr, a_ptr, seed_ptr, bits_ptr, dx_ptr, x_ptr, da_ptr,
+    M, N, K, R, p, blocks_per_program,
     stride_dym, stride_dyn, stride_wn, stride_wk, stride_um, stride_ur, stride_ar, stride_ak,
-    stride_dxm, stride_dxk,
-    HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    stride_bits, stride_dxm, stride_dxk, stride_xm, stride_xk, stride_das, stride_dak,
+    stride_dar,
+    HAS_DROPOUT: tl.constexpr, FROM_BITS: tl.constexpr, WITH_DA: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    # Grid: one program per [BLOCK_M, BLOCK_K] tile of dx (grouped order). dy W and the rank-r
-    # term u A (through the regenerated dropout mask) meet in one fp32 accumulator.
-    pid_m, pid_k = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M)
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    # Grid: one program per BLOCK_K columns of dx and `blocks_per_program` consecutive row
+    # blocks (grouped order; W's column block stays in L2 across them). Per row block, the
+    # rank-r term u A through the forward's dropout mask (its bits, or drawn again) starts the
+    # fp32 accumulator and dy W accumulates onto it: one accumulator, as in lora_fwd_kernel.
+    # WITH_DA, the same program also reduces dA's partial over its rows, uᵀ drop(x) for its
+    # columns, while the mask is at hand: x is read inside a compute-bound kernel instead of by
+    # lora_da_kernel, and the partial (one per program row) goes to da_ptr[chunk] in fp32, for a
+    # fixed-order host sum.
+    chunks = tl.cdiv(tl.cdiv(M, BLOCK_M), blocks_per_program)
+    chunk, pid_k = grouped_tile(tl.program_id(0), chunks, tl.cdiv(K, BLOCK_K), GROUP_M)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_r = tl.arange(0, BLOCK_R)
-    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N)
-        w = load_tile(w_ptr, offs_n, offs_k, stride_wn, stride_wk, N, K)
-        acc = mma(dy, w, acc, UPCAST, PRECISION)
-    u = load_tile(u_ptr, offs_m, offs_r, stride_um, stride_ur, M, R)
     a = load_tile(a_ptr, offs_r, offs_k, stride_ar, stride_ak, R, K)
-    low_rank = mma(u, a, tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32), UPCAST, PRECISION)
-    if HAS_DROPOUT:
-        keep = dropout_keep(tl.load(seed_ptr), offs_m, offs_k, K, p)
-        low_rank = tl.where(keep, low_rank / (1.0 - p), 0.0)
-    store_tile(dx_ptr, acc + low_rank, offs_m, offs_k, stride_dxm, stride_dxk, M, K)
+    adapter_dtype = a_ptr.dtype.element_ty
+    if HAS_DROPOUT and not FROM_BITS:
+        seed = tl.load(seed_ptr)
+    keep_scale = 1.0 / (1.0 - p)  # one division a program; torch's dropout multiplies too
+    if WITH_DA:
+        acc_da = tl.zeros((BLOCK_K, BLOCK_R), dtype=tl.float32)
+    for i in range(0, blocks_per_program):
+        offs_m = ((chunk * blocks_per_program + i) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        u = load_tile(u_ptr, offs_m, offs_r, stride_um, stride_ur, M, R)
+        if HAS_DROPOUT:
+            if FROM_BITS:
+                keep = load_keep(bits_ptr, offs_m, offs_k, stride_bits, M, K)
+            else:
+                keep = dropout_keep(seed, offs_m, offs_k, K, p)
+        if WITH_DA:  # dAᵀ partial += drop(x)ᵀ u for this row block, while the mask is at hand
+            x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
+            if HAS_DROPOUT:
+                x = tl.where(keep, x, 0.0)
+            acc_da = mma(tl.trans(x.to(adapter_dtype)), u, acc_da, UPCAST, PRECISION)
+        acc = mma(u, a, tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32), UPCAST, PRECISION)
+        if HAS_DROPOUT:
+            acc = tl.where(keep, acc * keep_scale, 0.0)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N)
+            w = load_tile(w_ptr, offs_n, offs_k, stride_wn, stride_wk, N, K)
+            acc = mma(dy, w, acc, UPCAST, PRECISION)
+        store_tile(dx_ptr, acc, offs_m, offs_k, stride_dxm, stride_dxk, M, K)
+    if WITH_DA:
+        if HAS_DROPOUT:  # 1 / (1 - p) of drop(x), applied once to the partial
+            acc_da = acc_da * keep_scale
+        da_ptr += chunk.to(tl.int64) * stride_das
+        store_tile(da_ptr, acc_da, offs_k, offs_r, stride_dak, stride_dar, K, R)
 
 
 # The static model's analytic cost of each launch (fastpeft/static): the matrix products' FLOPs,
-# and the minimum DRAM bytes where the tensor arguments (each read or written once) do not say it
-# (None). `a` maps argument names to the launch's values; `grid` is its grid.
+# per product keyed by the tensor argument whose dtype sets its rate (x cast to the adapter dtype
+# multiplies A's dtype), and the minimum DRAM bytes where the tensor arguments (each read or
+# written once) do not say it (None). `a` maps argument names to the launch's values; `grid` is
+# its grid.
 COSTS = {
-    "lora_down_kernel": lambda a, grid: (2 * a["M"] * a["K"] * a["R"], None),
-    "lora_fwd_kernel": lambda a, grid: (2 * a["M"] * a["N"] * (a["K"] + a["R"]), None),
-    "lora_dy_b_kernel": lambda a, grid: (4 * a["M"] * a["N"] * a["R"], None),  # u and dB
-    "lora_da_kernel": lambda a, grid: (2 * a["M"] * a["K"] * a["R"], None),
-    "lora_dx_kernel": lambda a, grid: (2 * a["M"] * a["K"] * (a["N"] + a["R"]), None),
+    "lora_down_kernel": lambda a, grid: ({"a_ptr": 2 * a["M"] * a["K"] * a["R"]}, None),
+    "lora_fwd_kernel": lambda a, grid: (
+        {"x_ptr": 2 * a["M"] * a["N"] * a["K"], "t_ptr": 2 * a["M"] * a["N"] * a["R"]},
+        None,
+    ),
+    "lora_dy_b_kernel": lambda a, grid: (
+        {"b_ptr": (4 if a["WITH_DB"] else 2) * a["M"] * a["N"] * a["R"]},
+        None,
+    ),
+    "lora_db_kernel": lambda a, grid: ({"t_ptr": 2 * a["M"] * a["N"] * a["R"]}, None),
+    "lora_da_kernel": lambda a, grid: ({"u_ptr": 2 * a["M"] * a["K"] * a["R"]}, None),
+    "lora_dx_kernel": lambda a, grid: (
+        {"dy_ptr": 2 * a["M"] * a["K"] * a["N"], "u_ptr": 2 * a["M"] * a["K"] * a["R"]},
+        None,
+    ),
 }

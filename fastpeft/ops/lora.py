@@ -13,11 +13,13 @@ Backward (W and b frozen, so no dW or db):
     dx = dy W + drop'(u A)          [M, K]   drop' multiplies by the mask and 1 / (1 - p)
 
 `lora_linear_fwd` returns (y, t, keep): t is saved for the backward; keep is the dropout mask
-where one must be stored (the PyTorch path off the CPU); it is empty wherever the mask is
-regenerated from `seed` (Triton, and the CPU path through fastpeft._C). `backend` names the
-implementation the dispatcher chose (fastpeft/dispatch.py); every implementation has the same
-signatures and outputs. One custom-op boundary per patched module call, with explicit fake and
-autograd rules so the ops pass torch.library.opcheck and compile with fullgraph=True.
+where one is stored (bool on the PyTorch path off the CPU; 1 bit per element, as uint8, on
+the Triton path unless FASTPEFT_DROPOUT_MASK=regenerate); it is empty wherever the mask is
+regenerated from `seed` (the CPU path through fastpeft._C, and Triton's "regenerate").
+`backend` names the implementation the dispatcher chose (fastpeft/dispatch.py); every
+implementation has the same signatures and outputs. One custom-op boundary per patched module
+call, with explicit fake and autograd rules so the ops pass torch.library.opcheck and compile
+with fullgraph=True.
 """
 
 import torch
@@ -48,10 +50,10 @@ def lora_linear_fwd(
 @lora_linear_fwd.register_fake
 def _(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p, backend):
     M, N, R = x.shape[0], weight.shape[0], lora_a.shape[0]
-    keep_shape = dispatch.implementation("lora", backend).mask_shape(x, dropout_p)
+    keep_shape, keep_dtype = dispatch.implementation("lora", backend).mask_spec(x, dropout_p)
     y = x.new_empty((M, N))
     t = x.new_empty((M, R), dtype=lora_a.dtype)
-    return y, t, x.new_empty(keep_shape, dtype=torch.bool)
+    return y, t, x.new_empty(keep_shape, dtype=keep_dtype)
 
 
 @torch.library.custom_op("fastpeft::lora_linear_bwd", mutates_args=())

@@ -20,6 +20,9 @@ ISSUE = ("4 warp schedulers x 32 lanes per SM per clock (CUDA C++ Programming Gu
 class Ceiling:
     value: float  # TFLOP/s, or GB/s for memory
     source: str
+    # The [M, N] output of the GEMM a measured matmul ceiling was timed on: that time includes
+    # the GEMM's own last-wave quantisation, which the model takes out (model.peak).
+    measured_shape: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,11 @@ ARCHS = {
         sms=132,
         shared_per_sm=228 * 1024,
         ceilings={
-            "tc16": Ceiling(751.4, H200_RUN + ", bf16 matmul (datasheet: 989.4)"),
+            "tc16": Ceiling(
+                751.4,
+                H200_RUN + ", bf16 matmul 8192^3 (datasheet: 989.4)",
+                measured_shape=(8192, 8192),
+            ),  # fmt: skip
             "tf32": Ceiling(494.7, H200_DATASHEET),
             "fp32": Ceiling(66.9, H200_DATASHEET),
             "dram": Ceiling(4132.0, H200_RUN + ", device copy (datasheet: 4800)"),

@@ -9,6 +9,8 @@ from . import model
 from .archs import Arch
 from .launches import named_args, tensor_bytes
 
+DROPOUT_SWITCHES = ("HAS_DROPOUT", "STORE_BITS", "FROM_BITS")
+
 
 def kernel_costs(kernel) -> dict:
     """The COSTS table of the kernel's module (kernels/*.py): every launched kernel needs one."""
@@ -26,7 +28,8 @@ def kernel_costs(kernel) -> dict:
 def launch_record(arch: Arch, launch, compiled) -> dict:
     """The `launches` row of the static JSON for one recorded launch and its compile."""
     named = named_args(launch.kernel, launch.args, launch.kwargs)
-    flops, dram = kernel_costs(launch.kernel)(named, launch.grid)
+    products, dram = kernel_costs(launch.kernel)(named, launch.grid)
+    flops = sum(products.values()) if isinstance(products, dict) else products
     dram = tensor_bytes(named) if dram is None else dram
     ctas = math.prod(launch.grid)
     row = {
@@ -54,8 +57,7 @@ def launch_record(arch: Arch, launch, compiled) -> dict:
     per_sm = model.ctas_per_sm(arch, compiled.registers, compiled.shared_bytes,
                                compiled.num_warps)  # fmt: skip
     busy = model.utilisation(arch, ctas, per_sm)
-    rate = model.rate_of(set(row["tensor_core_types"]), row["fma"], flops)
-    prediction = model.predict(arch, flops, dram, rate, busy)
+    prediction = model.predict(arch, work_by_rate(named, products, row), dram, busy)
     row.update(
         ctas_per_sm=per_sm,
         waves=round(model.waves(arch, ctas, per_sm), 3),
@@ -66,6 +68,20 @@ def launch_record(arch: Arch, launch, compiled) -> dict:
         predicted_us=round(prediction.predicted_us, 3),
     )
     return row
+
+
+def work_by_rate(named: dict, products, row: dict) -> dict[str, float]:
+    """{rate: FLOPs} of a launch. COSTS gives either its FLOPs, run at the rate its code's
+    instructions say, or {operand argument: FLOPs} per product, each at the rate of that
+    operand's dtype (a bf16 base GEMM and an fp32 adapter's 3xTF32 product in one kernel)."""
+    types = set(row["tensor_core_types"])
+    if not isinstance(products, dict):
+        return {model.rate_of(types, row["fma"], products): products}
+    work: dict[str, float] = {}
+    for arg, flops in products.items():
+        rate = model.operand_rate(named[arg].dtype, named.get("PRECISION"), types)
+        work[rate] = work.get(rate, 0.0) + flops
+    return work
 
 
 def inspection(compiled, flops: float) -> dict:
@@ -96,17 +112,82 @@ def add_dropout_issue_time(arch: Arch, rows: list[dict], dropout: list[dict]) ->
     element from its own compile (with against without HAS_DROPOUT), over the arch's instruction
     issue rate. Added, not overlapped: the integer work shares the SM's issue slots with the
     kernel's own (an assumption that errs on the slow side)."""
-    per_element = {(d["kernel"], json.dumps(d["config"], sort_keys=True), d["num_warps"]):
+    per_element = {(d["kernel"], dropout_key(d["config"]), d["num_warps"], d["mask"]):
                    d["instructions_per_element"] for d in dropout}  # fmt: skip
     for row in rows:
         if not row["dropout_elements"] or row["predicted_us"] is None:
             continue
-        config = {k: v for k, v in row["config"].items() if k != "HAS_DROPOUT"}
-        ipe = per_element.get((row["kernel"], json.dumps(config, sort_keys=True), row["num_warps"]))
+        config = row["config"]
+        ipe = per_element.get((row["kernel"], dropout_key(config), row["num_warps"],
+                               mask_mode(config)))  # fmt: skip
         if ipe is None:
             continue
         busy = max(row["utilisation"], 1e-9)
-        issue_us = max(ipe, 0) * row["dropout_elements"] / (arch.ceilings["issue"].value * 1e12
+        issue_us = max(ipe, 0) * row["dropout_elements"] / (model.peak(arch, "issue") * 1e12
                                                             * busy) * 1e6  # fmt: skip
         row["dropout_issue_us"] = round(issue_us, 3)
         row["predicted_us"] = round(row["predicted_us"] + issue_us, 3)
+
+
+def dropout_cost(rows: list[dict]) -> list[dict]:
+    """Per kernel with a dropout variant: the extra SASS instructions per generated element, from
+    the same kernel and tiles compiled with and without HAS_DROPOUT (the Philox work is in the
+    loop body the static count sees once per tile)."""
+    by_key = {}
+    for r in rows:
+        config = dict(r["config"] or {})
+        if "HAS_DROPOUT" not in config or not r["instructions"]:
+            continue
+        flag = config.pop("HAS_DROPOUT")
+        key = (r["kernel"], dropout_key(config), r["num_warps"], mask_mode(r["config"]))
+        by_key.setdefault(key, {})[bool(flag)] = r
+    out = []
+    for (kernel, config, warps, mode), pair in sorted(by_key.items()):
+        if True not in pair:
+            continue
+        if False not in pair:  # a mask-mode variant: compare with the no-dropout launch
+            pair[False] = next(
+                (
+                    p[False]
+                    for (k, c, w, _), p in by_key.items()
+                    if (k, c, w) == (kernel, config, warps) and False in p
+                ),
+                None,
+            )
+            if pair[False] is None:
+                continue
+        cfg = json.loads(config)
+        tile = cfg.get("BLOCK_M", 1) * cfg.get("BLOCK_K", cfg.get("BLOCK_D", 1))
+        per_thread = tile / (32 * warps)
+        extra = pair[True]["instructions"] - pair[False]["instructions"]
+        out.append(
+            {
+                "kernel": kernel,
+                "mask": mode,
+                "config": cfg,
+                "num_warps": warps,
+                "extra_instructions": extra,
+                "elements_per_thread": per_thread,
+                "instructions_per_element": round(extra / per_thread, 1),
+                "source": pair[True]["instruction_source"],
+            }
+        )
+    return out
+
+
+def dropout_key(config: dict) -> str:
+    """A launch's configuration without the dropout switches, as a key: the same kernel and
+    tiles with and without dropout share it."""
+    return json.dumps({k: v for k, v in config.items() if k not in DROPOUT_SWITCHES},
+                      sort_keys=True)  # fmt: skip
+
+
+def mask_mode(config: dict | None) -> str:
+    """How a launch gets its dropout mask: "draw" (Philox), "store" (draws and stores its bits),
+    "bits" (reads them) or "none"."""
+    config = config or {}
+    if not config.get("HAS_DROPOUT"):
+        return "none"
+    if config.get("STORE_BITS"):
+        return "store"
+    return "bits" if config.get("FROM_BITS") else "draw"

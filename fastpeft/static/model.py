@@ -34,22 +34,53 @@ def utilisation(arch: Arch, ctas: int, per_sm: int) -> float:
     return w / math.ceil(w)
 
 
+# The output tile the model assumes cuBLAS runs large 16-bit GEMMs with on Hopper (one CTA per
+# SM, CUTLASS's 128 x 256 default): an assumption, used only to give the reference GEMMs the same
+# last-wave quantisation as the Triton launches, and to take it out of the measured ceiling.
+CUBLAS_TILE = (128, 256)
+
+# Rates derived from another ceiling: 3xTF32 runs three TF32 products per product.
+DERIVED_RATES = {"tf32x3": ("tf32", 3.0)}
+
+
+def gemm_utilisation(arch: Arch, M: int, N: int) -> float:
+    """The share of the GPU a large GEMM with an [M, N] output keeps busy at CUBLAS_TILE tiles,
+    one per SM; 1.0 below one wave (cuBLAS then picks smaller tiles or splits K: no model)."""
+    tiles = math.ceil(M / CUBLAS_TILE[0]) * math.ceil(N / CUBLAS_TILE[1])
+    return utilisation(arch, tiles, 1) if tiles >= arch.sms else 1.0
+
+
+def peak(arch: Arch, rate: str) -> float:
+    """The ceiling of `rate` with the whole GPU busy (TFLOP/s, GB/s or T instructions/s): a
+    measured matmul ceiling is divided by its own GEMM's utilisation, so launches and reference
+    GEMMs that are quantised alike are modelled alike."""
+    if rate in DERIVED_RATES:
+        base, passes = DERIVED_RATES[rate]
+        return peak(arch, base) / passes
+    ceiling = arch.ceilings[rate]
+    if ceiling.measured_shape is None:
+        return ceiling.value
+    return ceiling.value / gemm_utilisation(arch, *ceiling.measured_shape)
+
+
 @dataclass(frozen=True)
 class Prediction:
-    rate: str  # the ceiling the products run at: "tc16", "tf32", "fp32" (FMA) or "none"
+    rate: str  # the ceiling the products run at ("tc16+tf32x3" when several): see `rate_of`
     compute_us: float
     memory_us: float
     predicted_us: float
 
 
-def predict(arch: Arch, flops: float, dram_bytes: float, rate: str, busy: float) -> Prediction:
-    """max(compute, memory) at the arch's ceilings scaled by `busy` (utilisation)."""
+def predict(arch: Arch, work: dict[str, float], dram_bytes: float, busy: float) -> Prediction:
+    """max(compute, memory) at the arch's peaks scaled by `busy` (utilisation). `work` maps each
+    rate the launch's products run at ("tc16", "tf32", "tf32x3", "fp32") to their FLOPs; their
+    compute times add up (one SM's tensor cores run one product at a time)."""
     busy = max(busy, 1e-9)
-    compute = 0.0
-    if flops and rate != "none":
-        compute = flops / (arch.ceilings[rate].value * 1e12 * busy) * 1e6
-    memory = dram_bytes / (arch.ceilings["dram"].value * 1e9 * busy) * 1e6
-    return Prediction(rate, compute, memory, max(compute, memory))
+    compute = sum(flops / (peak(arch, rate) * 1e12 * busy) * 1e6
+                  for rate, flops in work.items() if flops and rate != "none")  # fmt: skip
+    memory = dram_bytes / (peak(arch, "dram") * 1e9 * busy) * 1e6
+    rates = "+".join(sorted(r for r, f in work.items() if f)) or "none"
+    return Prediction(rates, compute, memory, max(compute, memory))
 
 
 def rate_of(tensor_core_types: set[str], fma_count: int, flops: float) -> str:
@@ -60,4 +91,15 @@ def rate_of(tensor_core_types: set[str], fma_count: int, flops: float) -> str:
         return "tc16"
     if "tf32" in tensor_core_types:
         return "tf32"
+    return "fp32"
+
+
+def operand_rate(dtype, precision: str | None, tensor_core_types: set[str]) -> str:
+    """The ceiling a product with `dtype` operands runs at in a launch whose code uses
+    `tensor_core_types`: tensor cores when the code has them for that dtype (fp32 as TF32, or
+    3xTF32 under PRECISION "tf32x3"), else the FMA units."""
+    if dtype.itemsize == 2:
+        return "tc16" if tensor_core_types & {"bf16", "f16"} else "fp32"
+    if "tf32" in tensor_core_types and precision in ("tf32", "tf32x3"):
+        return precision
     return "fp32"

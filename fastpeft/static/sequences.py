@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import model
+
 # cuBLAS and PyTorch's elementwise kernels run at the arch's ceilings in the model (the measured
 # matmul ceiling is itself cuBLAS's). fp32 matmuls run on FMA units: torch's default
 # allow_tf32=False for matmul, PEFT's fp32 adapters included.
@@ -19,13 +21,21 @@ class Op:
     flops: float
     dram_bytes: float
     rate: str  # "tc16", "tf32", "fp32" or "none"
+    output: tuple[int, int] = (0, 0)  # a GEMM's [M, N], for its last-wave quantisation
+
+    def predicted_us(self, arch) -> float:
+        """cuBLAS and PyTorch's kernels at the arch's peaks; a large GEMM quantised as
+        model.gemm_utilisation assumes."""
+        busy = model.gemm_utilisation(arch, *self.output) if self.output[0] else 1.0
+        return model.predict(arch, {self.rate: self.flops}, self.dram_bytes, busy).predicted_us
 
 
 def gemm(name: str, M: int, N: int, K: int, a_dtype, out_dtype=None) -> Op:
     """[M, K] x [K, N] -> [M, N], each operand read once and the result written once."""
     size = a_dtype.itemsize
     out = (out_dtype or a_dtype).itemsize
-    return Op(name, 2 * M * N * K, size * (M * K + K * N) + out * M * N, RATE_OF_DTYPE[a_dtype])
+    moved = size * (M * K + K * N) + out * M * N
+    return Op(name, 2 * M * N * K, moved, RATE_OF_DTYPE[a_dtype], (M, N))
 
 
 def elementwise(name: str, read: float, written: float) -> Op:

@@ -13,10 +13,10 @@ import torch
 
 from .. import registry
 from ..bench.cases import layer_case
-from . import archs, model
+from . import archs
 from . import compile as compiler
 from .calibration import beside_measurements
-from .costing import add_dropout_issue_time, launch_record
+from .costing import add_dropout_issue_time, dropout_cost, launch_record
 from .launches import record, static_methods
 
 SHORT = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
@@ -52,12 +52,11 @@ def collect(arch: archs.Arch, quick: bool):
 
 
 def _reference_us(arch: archs.Arch, ops) -> float:
-    # cuBLAS and PyTorch's kernels at the ceilings with the whole GPU busy.
-    return sum(model.predict(arch, op.flops, op.dram_bytes, op.rate, 1.0).predicted_us
-               for op in ops)  # fmt: skip
+    return sum(op.predicted_us(arch) for op in ops)
 
 
 def case_record(arch, method, static_model, case, weights, dropout, rows) -> dict:
+    failed = [r["kernel"] for r in rows if r["predicted_us"] is None]
     fused = sum(r["predicted_us"] or 0.0 for r in rows)
     out = {"method": method.name, "case": case.name(), "adapter_dtype": weights,
            "dropout": dropout, "launches": len(rows), "model": True}  # fmt: skip
@@ -66,11 +65,15 @@ def case_record(arch, method, static_model, case, weights, dropout, rows) -> dic
         out.update(M=case.M, K=case.K, N=case.N, **{size: case.r})
     else:
         out.update(case.fields())
-    out["predicted_fused_us"] = round(fused, 2)
     refs = {k: _reference_us(arch, ops) for k, ops in static_model.references(
         case, weights, dropout).items()}  # fmt: skip
     for name, us in refs.items():
         out[f"predicted_{name}_us"] = round(us, 2)
+    if failed:  # a launch that does not compile has no time: the case has none either
+        out.update(predicted_fused_us=None, predicted_verdict="fails to compile: "
+                   + ", ".join(sorted(set(failed))))  # fmt: skip
+        return out
+    out["predicted_fused_us"] = round(fused, 2)
     if "base" in refs:
         out["predicted_fused_over_base"] = round(fused / refs["base"], 3)
     if "peft" in refs:
@@ -85,40 +88,6 @@ def case_record(arch, method, static_model, case, weights, dropout, rows) -> dic
         met = value <= limit if kind == "max" else value >= limit
         out["target"] = f"{what} {'<=' if kind == 'max' else '>='} {limit}"
         out["predicted_verdict"] = "meets" if met else "misses"
-    return out
-
-
-def dropout_cost(rows: list[dict]) -> list[dict]:
-    """Per kernel with a dropout variant: the extra SASS instructions per generated element, from
-    the same kernel and tiles compiled with and without HAS_DROPOUT (the Philox work is in the
-    loop body the static count sees once per tile)."""
-    by_key = {}
-    for r in rows:
-        config = dict(r["config"] or {})
-        if "HAS_DROPOUT" not in config or not r["instructions"]:
-            continue
-        flag = config.pop("HAS_DROPOUT")
-        key = (r["kernel"], json.dumps(config, sort_keys=True), r["num_warps"])
-        by_key.setdefault(key, {})[bool(flag)] = r
-    out = []
-    for (kernel, config, warps), pair in sorted(by_key.items()):
-        if True not in pair or False not in pair:
-            continue
-        cfg = json.loads(config)
-        tile = cfg.get("BLOCK_M", 1) * cfg.get("BLOCK_K", cfg.get("BLOCK_D", 1))
-        per_thread = tile / (32 * warps)
-        extra = pair[True]["instructions"] - pair[False]["instructions"]
-        out.append(
-            {
-                "kernel": kernel,
-                "config": cfg,
-                "num_warps": warps,
-                "extra_instructions": extra,
-                "elements_per_thread": per_thread,
-                "instructions_per_element": round(extra / per_thread, 1),
-                "source": pair[True]["instruction_source"],
-            }
-        )
     return out
 
 
@@ -178,7 +147,7 @@ def format_static(result: dict) -> str:
                                      "predicted_over_adamw") if k in c), None)  # fmt: skip
         label = f"{c['case']} {SHORT.get(c['adapter_dtype'], '')} p={c['dropout']:g}"
         target = f"{c.get('target', '')} ({c.get('predicted_verdict', '-')})"
-        lines.append(f"model: {label[:66]:66} {c['predicted_fused_us']:9.1f} {ref or 0:9.1f} "
+        lines.append(f"model: {label[:66]:66} {c['predicted_fused_us'] or 0:9.1f} {ref or 0:9.1f} "
                      f"{ratio or 0:7.3f}  {target}")  # fmt: skip
     rows = [r for r in result["launches"] if r["status"] == "ok"]
     spills = sorted({(r["kernel"], r["spill_bytes"]) for r in rows if r["spill_bytes"]})

@@ -19,7 +19,7 @@ _EMPTY = (0,)
 def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
     """(y, t, keep) with t = drop(x) Aᵀ in the adapter dtype; keep is empty unless stored."""
     keep = x.new_empty(_EMPTY, dtype=torch.bool)
-    if mask_shape(x, p) != _EMPTY:
+    if stored_shape(x, p) != _EMPTY:
         keep = draw_mask(x, p, seed)
     t = dropped(x, lora_a.dtype, keep, seed, p) @ lora_a.t()
     y = F.linear(x, weight, bias)
@@ -53,6 +53,6 @@ def keep_mask(seed: torch.Tensor, M: int, K: int, p: float) -> torch.Tensor:
     return draw_mask(torch.empty((M, K), device=seed.device), p, seed)
 
 
-def mask_shape(x: torch.Tensor, p: float) -> tuple[int, ...]:
-    """The shape of the keep-mask `forward` returns for x (for the op's fake implementation)."""
-    return stored_shape(x, p)
+def mask_spec(x: torch.Tensor, p: float) -> tuple[tuple[int, ...], torch.dtype]:
+    """(shape, dtype) of the keep-mask `forward` returns for x (for the op's fake)."""
+    return stored_shape(x, p), torch.bool

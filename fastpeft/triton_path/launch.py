@@ -62,10 +62,18 @@ def target_for(device: torch.device) -> Target:
 
 def dot_flags(target: Target) -> dict:
     """The constexprs every `mma` takes (kernels/_common.py): UPCAST on the interpreter (its
-    16-bit dot is unreliable) and fp32 dot precision matching torch's (TF32 only where torch's
-    matmul allows it)."""
-    tf32 = not target.interpreter and torch.backends.cuda.matmul.allow_tf32
-    return dict(UPCAST=target.interpreter, PRECISION="tf32" if tf32 else "ieee")
+    16-bit dot is unreliable) and the fp32 dot precision.
+
+    fp32 products run on the tensor cores either way: plain TF32 where torch's matmul allows it
+    (`torch.backends.cuda.matmul.allow_tf32`), else 3xTF32 ("tf32x3": each operand split into a
+    TF32 high part and a TF32 remainder, three products summed), which keeps about 21 of fp32's
+    24 mantissa bits per product at a third of TF32's rate, seven times the FMA units' (the error
+    against fp64 is checked in tests/kernels/test_tf32x3.py). The interpreter computes in numpy
+    fp32 ("ieee")."""
+    if target.interpreter:
+        return dict(UPCAST=True, PRECISION="ieee")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    return dict(UPCAST=False, PRECISION="tf32" if tf32 else "tf32x3")
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:

@@ -1,110 +1,64 @@
-"""Host side of the Triton LoRA kernels (backend "triton"): configs, allocation, launches.
+"""Host side of the Triton LoRA kernels (backend "triton"): allocation and launches.
 
 The functions share the PyTorch path's signatures (fastpeft/torch_path/lora.py), so the ops call
-either without branching; the keep-mask is never stored here (the kernels regenerate it from the
-seed), so `forward` returns an empty one and `backward` ignores it.
+either without branching. Tiles and reduction splits come from lora_plan.py. The dropout mask
+reaches the backward as the bits the forward stored (`keep`), or, when FASTPEFT_DROPOUT_MASK is
+"regenerate", `keep` is empty and the backward kernels draw it again from the seed.
+
+Partial sums (t over splits of K, u over splits of N, dB over row blocks or splits of M, dA over
+splits of M) are fp32 and summed in a fixed order (partials.sum_partials): deterministic.
 """
 
 import torch
 import triton
 
+from .. import env
 from ..kernels import lora as kernels
-from . import dropout
-from .launch import Target, dot_flags, launch, target_for
+from . import dropout, lora_plan
+from .launch import launch, target_for
+from .lora_plan import launch_configs
+from .partials import sum_partials
 
-# NOTE: untuned starting points (no GPU was available when these were written); the interpreter
-# gets small blocks because each program runs serially in numpy. Two adjustments keep every launch
-# within sm_90's 227 KiB of shared memory (checked without a GPU by tests/kernels/compile_sm90.py):
-# - an fp32 base halves the GEMMs' reduction step (K in the forward, N in dx); with the 16-bit
-#   tiles, lora_dx_kernel needed 288 KiB under TF32;
-# - rank tiles wider than _WIDE_RANK_BYTES per row (rank > 128 with fp32 adapters) halve the
-#   blocks that meet them, except the skinny kernels' BLOCK_M, which sets how many fp32 dB
-#   partials lora_dy_b_kernel writes; otherwise rank 256 needed up to 256 KiB (lora_fwd_kernel's
-#   epilogue) and 320 KiB (lora_dy_b_kernel under TF32).
-_GPU_GEMM = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
-_GPU_SKINNY = dict(BLOCK_M=64, BLOCK_INNER=64, num_warps=4, num_stages=3)
-_CPU_GEMM = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
-_CPU_SKINNY = dict(BLOCK_M=32, BLOCK_INNER=32)
-_WIDE_RANK_BYTES = 512
 _EMPTY = (0,)
 
 
-def _rank_block(rank: int) -> int:
-    return max(16, triton.next_power_of_2(rank))
-
-
-def _wide_rank(block_r: int, adapter_dtype: torch.dtype) -> bool:
-    return block_r * adapter_dtype.itemsize > _WIDE_RANK_BYTES
-
-
-def _gemm_config(
-    target: Target, dtype: torch.dtype, reduction: str, rank_cols: str, wide_rank: bool
-) -> dict:
-    """GEMM tiles for a `dtype` base. On a GPU, 4-byte tiles halve `reduction`, the block the
-    GEMM steps along ("BLOCK_K" forward, "BLOCK_N" for dx), and a wide rank halves `rank_cols`,
-    the output block its rank-r term multiplies ("BLOCK_N" forward, "BLOCK_K" for dx)."""
-    if target.interpreter:
-        return dict(_CPU_GEMM)
-    cfg = dict(_GPU_GEMM)
-    if dtype.itemsize == 4:
-        cfg[reduction] //= 2
-    if wide_rank:
-        cfg[rank_cols] //= 2
-    return cfg
-
-
-def _skinny_config(target: Target, wide_rank: bool) -> dict:
-    if target.interpreter:
-        return dict(_CPU_SKINNY)
-    cfg = dict(_GPU_SKINNY)
-    if wide_rank:
-        cfg["BLOCK_INNER"] //= 2
-    return cfg
-
-
-def _da_split(target: Target, M: int, k_blocks: int, block_m: int) -> tuple[int, int]:
-    """(rows per split, splits) of M for lora_da_kernel: enough programs for about four per SM
-    (one wave at up to four resident CTAs each), never an empty split. The interpreter takes two
-    splits, so the CPU tests run the partial-sum path too; an M one program covers keeps one
-    split, and dA is written directly."""
-    want = 2 if target.interpreter else triton.cdiv(4 * target.sm_count, k_blocks)
-    splits = max(1, min(triton.cdiv(M, block_m), want))
-    rows = triton.cdiv(triton.cdiv(M, splits), block_m) * block_m
-    return rows, triton.cdiv(M, rows) if M else 1
-
-
-def launch_configs(
-    target: Target, base_dtype: torch.dtype, adapter_dtype: torch.dtype, rank: int
-) -> dict[str, dict]:
-    """Every launch's configuration for `target`: "skinny" (lora_down, lora_dy_b, lora_da: the
-    rank-wide kernels, BLOCK_INNER being their K or N step), "fwd" and "dx" (the GEMMs), plus
-    BLOCK_R and the dot flags shared by all."""
-    block_r = _rank_block(rank)
-    wide = _wide_rank(block_r, adapter_dtype)
-    return dict(
-        skinny=_skinny_config(target, wide),
-        fwd=_gemm_config(target, base_dtype, "BLOCK_K", "BLOCK_N", wide),
-        dx=_gemm_config(target, base_dtype, "BLOCK_N", "BLOCK_K", wide),
-        shared=dict(BLOCK_R=block_r, **dot_flags(target)),
-    )
+def _mask_bits(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Where the forward stores the keep-mask: [M, ceil(K / 8)] uint8 (1 bit per element) when
+    dropout is on and FASTPEFT_DROPOUT_MASK is "bits" (the default), else an empty tensor (the
+    backward kernels draw the mask again from the seed)."""
+    shape, dtype = mask_spec(x, p)
+    return torch.empty(shape, device=x.device, dtype=dtype)
 
 
 def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
     """(y, t, keep) for 2-D x: y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ, t = drop(x) Aᵀ (adapter dtype);
-    keep is empty (the kernels regenerate the mask)."""
+    keep is the mask's bits, or empty when the backward draws it again."""
     M, K = x.shape
     N, R = lora_b.shape
-    cfg = launch_configs(target_for(x.device), x.dtype, lora_a.dtype, R)
-    t = torch.empty((M, R), device=x.device, dtype=lora_a.dtype)
+    target = target_for(x.device)
+    cfg = launch_configs(target, x.dtype, lora_a.dtype, R)
+    bits = _mask_bits(x, p)
     skinny = dict(cfg["skinny"])
     block_m, block_k = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
+    m_blocks = triton.cdiv(M, block_m)
+    stage = (
+        block_m * x.element_size() + cfg["shared"]["BLOCK_R"] * lora_a.element_size()
+    ) * block_k
+    per, splits = lora_plan.split(target, triton.cdiv(K, block_k), m_blocks, cfg["skinny"], stage)
+    t = torch.empty((M, R), device=x.device, dtype=lora_a.dtype)
+    out = t if splits == 1 else x.new_empty((splits, M, R), dtype=torch.float32)
     launch(
-        kernels.lora_down_kernel, (triton.cdiv(M, block_m),),
-        x, lora_a, t, seed if seed is not None else t,
-        M, K, R, p,
-        x.stride(0), x.stride(1), lora_a.stride(0), lora_a.stride(1), t.stride(0), t.stride(1),
-        HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_K=block_k, **cfg["shared"], **skinny,
+        kernels.lora_down_kernel, (m_blocks, splits),
+        x, lora_a, out, seed if seed is not None else t, bits if bits.numel() else t,
+        M, K, R, p, per * block_k,
+        x.stride(0), x.stride(1), lora_a.stride(0), lora_a.stride(1),
+        0 if splits == 1 else out.stride(0), out.stride(-2), out.stride(-1),
+        bits.stride(0) if bits.numel() else 0,
+        HAS_DROPOUT=p > 0, STORE_BITS=bits.numel() > 0, BLOCK_M=block_m, BLOCK_K=block_k,
+        **cfg["shared"], **skinny,
     )  # fmt: skip
+    if splits > 1:
+        t = sum_partials(out, lora_a.dtype)
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     gemm = cfg["fwd"]
     grid = (triton.cdiv(M, gemm["BLOCK_M"]) * triton.cdiv(N, gemm["BLOCK_N"]),)
@@ -116,66 +70,118 @@ def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
         lora_b.stride(0), lora_b.stride(1), y.stride(0), y.stride(1),
         HAS_BIAS=bias is not None, **cfg["shared"], **gemm,
     )  # fmt: skip
-    return y, t, x.new_empty(_EMPTY, dtype=torch.bool)
+    return y, t, bits
+
+
+def _u_and_db(dy, t, lora_b, scaling, cfg, target):
+    """(u, dB): u = s · dy B in the adapter dtype and dB = s · dyᵀ t, from lora_dy_b_kernel (one
+    read of dy, dB partials per row block) or, for wide ranks, lora_dy_b_kernel for u and
+    lora_db_kernel for dB (lora_plan.separate_db decides on the bytes)."""
+    M, N = dy.shape
+    R = lora_b.shape[1]
+    skinny = dict(cfg["skinny"])
+    block_m, block_n = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
+    block_r, size = cfg["shared"]["BLOCK_R"], dy.element_size()
+    m_blocks, n_blocks = triton.cdiv(M, block_m), triton.cdiv(N, block_n)
+    stage = block_m * block_n * size + block_n * block_r * lora_b.element_size()
+    per, splits = lora_plan.split(target, n_blocks, m_blocks, cfg["skinny"], stage)
+    stage = block_n * block_m * size + block_m * block_r * t.element_size()
+    rows_db, db_splits = lora_plan.split(target, m_blocks, n_blocks, cfg["skinny"], stage)
+    separate = lora_plan.separate_db(M, N, R, dy.element_size(), m_blocks, db_splits)
+    u_parts = dy.new_empty((splits, M, R), dtype=torch.float32)
+    db_parts = dy.new_empty((db_splits if separate else m_blocks, N, R), dtype=torch.float32)
+    launch(
+        kernels.lora_dy_b_kernel, (m_blocks, splits),
+        dy, lora_b, t, u_parts, db_parts,
+        M, N, R, per * block_n,
+        dy.stride(0), dy.stride(1), lora_b.stride(0), lora_b.stride(1), t.stride(0), t.stride(1),
+        u_parts.stride(0), u_parts.stride(1), u_parts.stride(2),
+        db_parts.stride(0), db_parts.stride(1), db_parts.stride(2),
+        WITH_DB=not separate, BLOCK_M=block_m, BLOCK_N=block_n, **cfg["shared"], **skinny,
+    )  # fmt: skip
+    if separate:
+        launch(
+            kernels.lora_db_kernel, (n_blocks, db_splits),
+            dy, t, db_parts,
+            M, N, R, rows_db * block_m,
+            dy.stride(0), dy.stride(1), t.stride(0), t.stride(1),
+            db_parts.stride(0), db_parts.stride(1), db_parts.stride(2),
+            BLOCK_M=block_m, BLOCK_N=block_n, **cfg["shared"], **skinny,
+        )  # fmt: skip
+    u = sum_partials(u_parts, lora_b.dtype, scaling)
+    return u, sum_partials(db_parts, lora_b.dtype, scaling)
 
 
 def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: float, need_dx):
-    """(dx or None, dA, dB) for 2-D dy/x; dB is reduced from per-block partials in fixed order.
-    `keep` is unused: the kernels regenerate the forward's mask from `seed`."""
+    """(dx or None, dA, dB) for 2-D dy/x. `keep` holds the forward's mask bits, or is empty (the
+    kernels draw the mask from `seed`)."""
     M, K = x.shape
-    N, R = lora_b.shape
+    R = lora_b.shape[1]
     target = target_for(x.device)
     cfg = launch_configs(target, dy.dtype, lora_a.dtype, R)
     seed_arg = seed if seed is not None else t
-    skinny = dict(cfg["skinny"])
-    block_m, block_inner = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
+    from_bits = keep.numel() > 0
+    bits_arg, bits_stride = (keep, keep.stride(0)) if from_bits else (t, 0)
+    u, d_lora_b = _u_and_db(dy, t, lora_b, scaling, cfg, target)
 
-    num_m_blocks = triton.cdiv(M, block_m)
-    u = torch.empty((M, R), device=x.device, dtype=lora_b.dtype)
-    db_partials = torch.empty((num_m_blocks, N, R), device=x.device, dtype=torch.float32)
+    mask = (seed_arg, bits_arg, bits_stride, from_bits)
+    with_da = need_dx and lora_plan.fuse_da(R, lora_a.dtype)
+    d_lora_a = None if with_da else _da(x, u, lora_a, p, mask, cfg, target)
+    if not need_dx:
+        return None, d_lora_a, d_lora_b
+    N = dy.shape[1]
+    dx = torch.empty((M, K), device=x.device, dtype=x.dtype)
+    gemm = cfg["dx"]
+    m_blocks, k_blocks = triton.cdiv(M, gemm["BLOCK_M"]), triton.cdiv(K, gemm["BLOCK_K"])
+    per = lora_plan.dx_row_blocks(target, m_blocks, k_blocks) if with_da else 1
+    chunks = triton.cdiv(m_blocks, per)
+    da_out = _da_output(x, lora_a, chunks if with_da else 0)
     launch(
-        kernels.lora_dy_b_kernel, (num_m_blocks,),
-        dy, lora_b, t, u, db_partials,
-        M, N, R, scaling,
-        dy.stride(0), dy.stride(1), lora_b.stride(0), lora_b.stride(1), t.stride(0), t.stride(1),
-        u.stride(0), u.stride(1), db_partials.stride(0), db_partials.stride(1),
-        db_partials.stride(2),
-        BLOCK_M=block_m, BLOCK_N=block_inner, **cfg["shared"], **skinny,
+        kernels.lora_dx_kernel, (chunks * k_blocks,),
+        dy, weight, u, lora_a, seed_arg, bits_arg, dx, x, da_out,
+        M, N, K, R, p, per,
+        dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1),
+        u.stride(0), u.stride(1), lora_a.stride(0), lora_a.stride(1), bits_stride,
+        dx.stride(0), dx.stride(1), x.stride(0), x.stride(1),
+        da_out.stride(0) if da_out.dim() == 3 else 0, da_out.stride(-1), da_out.stride(-2),
+        HAS_DROPOUT=p > 0, FROM_BITS=from_bits, WITH_DA=with_da, **cfg["shared"], **gemm,
     )  # fmt: skip
-    d_lora_b = db_partials.sum(dim=0).mul_(scaling).to(lora_b.dtype)
+    if with_da:
+        d_lora_a = da_out if chunks == 1 else sum_partials(da_out, lora_a.dtype)
+    return dx, d_lora_a, d_lora_b
 
-    k_blocks = triton.cdiv(K, block_inner)
-    rows, splits = _da_split(target, M, k_blocks, block_m)
-    d_lora_a = torch.empty_like(lora_a)
-    # One split writes dA itself; more write fp32 partials, summed in a fixed order below.
-    out = d_lora_a if splits == 1 else x.new_empty((splits, R, K), dtype=torch.float32)
-    split_stride = 0 if splits == 1 else out.stride(0)
+
+def _da_output(x, lora_a, splits: int) -> torch.Tensor:
+    """Where a dA reduction over `splits` row splits writes: dA itself for one split (in the
+    adapter dtype), else [splits, R, K] fp32 partials (none at all for 0)."""
+    if splits == 1:
+        return torch.empty_like(lora_a)
+    return x.new_empty((splits, *lora_a.shape) if splits else (1, 1, 1), dtype=torch.float32)
+
+
+def _da(x, u, lora_a, p, mask, cfg, target):
+    """dA = uᵀ drop(x) by lora_da_kernel, M split so the grid fills a wave."""
+    M, K = x.shape
+    R = lora_a.shape[0]
+    seed_arg, bits_arg, bits_stride, from_bits = mask
+    skinny = dict(cfg["skinny"])
+    block_m, block_k = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
+    k_blocks = triton.cdiv(K, block_k)
+    stage = (
+        block_m * block_k * x.element_size() + cfg["shared"]["BLOCK_R"] * block_m * u.element_size()
+    )
+    per, splits = lora_plan.split(target, triton.cdiv(M, block_m), k_blocks, cfg["skinny"], stage)
+    out = _da_output(x, lora_a, splits)
     launch(
         kernels.lora_da_kernel, (k_blocks, splits),
-        x, u, seed_arg, out,
-        M, K, R, p, rows,
-        x.stride(0), x.stride(1), u.stride(0), u.stride(1),
-        split_stride, out.stride(-2), out.stride(-1),
-        HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_K=block_inner, **cfg["shared"], **skinny,
+        x, u, seed_arg, bits_arg, out,
+        M, K, R, p, per * block_m,
+        x.stride(0), x.stride(1), u.stride(0), u.stride(1), bits_stride,
+        0 if splits == 1 else out.stride(0), out.stride(-2), out.stride(-1),
+        HAS_DROPOUT=p > 0, FROM_BITS=from_bits, BLOCK_M=block_m, BLOCK_K=block_k,
+        **cfg["shared"], **skinny,
     )  # fmt: skip
-    if splits > 1:
-        d_lora_a = out.sum(dim=0).to(lora_a.dtype)
-
-    dx = None
-    if need_dx:
-        dx = torch.empty((M, K), device=x.device, dtype=x.dtype)
-        gemm = cfg["dx"]
-        grid = (triton.cdiv(M, gemm["BLOCK_M"]) * triton.cdiv(K, gemm["BLOCK_K"]),)
-        launch(
-            kernels.lora_dx_kernel, grid,
-            dy, weight, u, lora_a, seed_arg, dx,
-            M, N, K, R, p,
-            dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1),
-            u.stride(0), u.stride(1), lora_a.stride(0), lora_a.stride(1),
-            dx.stride(0), dx.stride(1),
-            HAS_DROPOUT=p > 0, **cfg["shared"], **gemm,
-        )  # fmt: skip
-    return dx, d_lora_a, d_lora_b
+    return out if splits == 1 else sum_partials(out, lora_a.dtype)
 
 
 def keep_mask(seed: torch.Tensor, M: int, K: int, p: float) -> torch.Tensor:
@@ -183,6 +189,9 @@ def keep_mask(seed: torch.Tensor, M: int, K: int, p: float) -> torch.Tensor:
     return dropout.keep_mask(seed, M, K, p)
 
 
-def mask_shape(x: torch.Tensor, p: float) -> tuple[int, ...]:
-    """Nothing is stored: the kernels regenerate the mask."""
-    return _EMPTY
+def mask_spec(x: torch.Tensor, p: float) -> tuple[tuple[int, ...], torch.dtype]:
+    """(shape, dtype) of the mask `forward` returns for x: [M, ceil(K / 8)] uint8 (1 bit per
+    element) when it stores the mask's bits, else empty."""
+    if p > 0 and env.dropout_mask_mode() == "bits":
+        return (x.shape[0], triton.cdiv(x.shape[1], 8)), torch.uint8
+    return _EMPTY, torch.uint8

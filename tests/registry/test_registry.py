@@ -11,7 +11,7 @@ from fastpeft.triton_path import launch
 KERNEL_METHODS = [m for m in registry.METHODS.values() if m.implementations]
 # The functions every backend of a method provides, with one signature per method.
 INTERFACES = {
-    "lora": ("forward", "backward", "mask_shape", "keep_mask"),
+    "lora": ("forward", "backward", "mask_spec", "keep_mask"),
     "ia3": ("forward", "backward"),
     "adapter": ("forward", "backward", "forward_pair", "backward_pair", "mask_shape"),
     "adapter_pair": ("forward", "backward", "forward_pair", "backward_pair", "mask_shape"),

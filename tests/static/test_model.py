@@ -35,13 +35,35 @@ def test_waves_and_utilisation():
 
 
 def test_roofline_takes_the_slower_side_and_the_right_ceiling():
-    gemm = model.predict(H200, 2 * 4096**3, 3 * 2 * 4096**2, "tc16", 1.0)
+    # The measured bf16 ceiling was timed on an 8192^3 GEMM, whose last wave is 15.5 / 16 full
+    # at 128 x 256 tiles: the model's full-GPU peak takes that quantisation out.
+    quantised = (8192 // 128) * (8192 // 256) / 132 / 16
+    assert model.gemm_utilisation(H200, 8192, 8192) == pytest.approx(quantised)
+    assert model.peak(H200, "tc16") == pytest.approx(751.4 / quantised)
+    gemm = model.predict(H200, {"tc16": 2 * 4096**3}, 3 * 2 * 4096**2, 1.0)
     assert gemm.predicted_us == gemm.compute_us
-    assert gemm.compute_us == pytest.approx(2 * 4096**3 / 751.4e12 * 1e6)
-    copy = model.predict(H200, 0, 4132e9 * 1e-6, "none", 1.0)
-    assert copy.predicted_us == pytest.approx(1.0)
-    slow = model.predict(H200, 2 * 4096**3, 0, "fp32", 1.0)
-    assert slow.compute_us / gemm.compute_us == pytest.approx(751.4 / 66.9)
+    assert gemm.compute_us == pytest.approx(2 * 4096**3 / (751.4e12 / quantised) * 1e6)
+    copy = model.predict(H200, {}, 4132e9 * 1e-6, 1.0)
+    assert copy.predicted_us == pytest.approx(1.0) and copy.rate == "none"
+    slow = model.predict(H200, {"fp32": 2 * 4096**3}, 0, 1.0)
+    assert slow.compute_us / gemm.compute_us == pytest.approx(751.4 / quantised / 66.9)
+    # 3xTF32 is three TF32 products; a launch with two kinds of product adds their times.
+    split = model.predict(H200, {"tf32x3": 2 * 4096**3}, 0, 1.0)
+    assert split.compute_us == pytest.approx(3 * 2 * 4096**3 / 494.7e12 * 1e6)
+    mixed = model.predict(H200, {"tc16": 2 * 4096**3, "tf32x3": 2 * 4096**3}, 0, 1.0)
+    assert mixed.compute_us == pytest.approx(gemm.compute_us + split.compute_us)
+    assert mixed.rate == "tc16+tf32x3"
+
+
+def test_reference_gemms_are_quantised_like_the_launches():
+    # The base GEMM at M=8192, 4096 -> 4096: 1024 tiles of 128 x 256 on 132 SMs, 7.76 waves.
+    op = sequences.gemm("base", 8192, 4096, 4096, torch.bfloat16)
+    busy = (1024 / 132) / 8
+    assert model.gemm_utilisation(H200, 8192, 4096) == pytest.approx(busy)
+    want = op.flops / (model.peak(H200, "tc16") * 1e12 * busy) * 1e6
+    assert op.predicted_us(H200) == pytest.approx(want)
+    # Under one wave cuBLAS picks other tiles: no quantisation is modelled.
+    assert model.gemm_utilisation(H200, 8192, 16) == 1.0
 
 
 def test_rate_follows_the_instructions():
@@ -49,6 +71,11 @@ def test_rate_follows_the_instructions():
     assert model.rate_of({"tf32"}, 0, 1.0) == "tf32"
     assert model.rate_of(set(), 512, 1.0) == "fp32"
     assert model.rate_of(set(), 0, 0) == "none"
+    # Per operand: fp32 products follow the dot precision when the code has TF32 instructions.
+    assert model.operand_rate(torch.float32, "tf32x3", {"bf16", "tf32"}) == "tf32x3"
+    assert model.operand_rate(torch.float32, "ieee", {"bf16"}) == "fp32"
+    assert model.operand_rate(torch.bfloat16, "tf32x3", {"bf16", "tf32"}) == "tc16"
+    assert model.operand_rate(torch.bfloat16, "ieee", set()) == "fp32"
 
 
 def test_every_ceiling_names_its_source():

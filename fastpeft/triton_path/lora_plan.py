@@ -1,0 +1,204 @@
+"""Launch plans of the Triton LoRA kernels: tiles per target, and how the rank-wide (skinny)
+kernels split their reductions so that every launch fills at least one wave of the GPU.
+
+A function of `launch.Target` (architecture and SM count) and the dtypes and sizes of a call, so
+the static suite and the sm_90 compile check see exactly what a Hopper GPU would run.
+"""
+
+import math
+
+import torch
+import triton
+
+from .launch import Target, dot_flags
+
+# GPU GEMM tiles for Hopper: 128 x 256 output tiles on 8 warps (two warpgroups of wgmma), the
+# shape Triton's Hopper matmul tutorials and CUTLASS's defaults use for large 16-bit GEMMs; dx
+# gets the same output tile (its reduction runs over N). The rank-r tiles t/B (forward) and u/A
+# (dx) stay in shared memory beside the pipeline's stages, so `_fit_shared` trades stages, then
+# output width, for wide ranks and fp32 adapters, until the kernel fits sm_90's 227 KiB (checked
+# without a GPU by tests/kernels/compile_sm90.py and the static suite's gates). The interpreter
+# gets small blocks because each program runs serially in numpy.
+_GPU_FWD = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
+_GPU_DX = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=256, GROUP_M=8, num_warps=8, num_stages=4)
+_GPU_SKINNY = dict(BLOCK_M=256, BLOCK_INNER=64, num_warps=8, num_stages=3)
+_CPU_GEMM = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
+_CPU_SKINNY = dict(BLOCK_M=32, BLOCK_INNER=32)
+_SHARED_BUDGET = 200 * 1024  # of sm_90's 227 KiB: Triton's own scratch takes the rest
+# An SM holds at most 2048 threads: a grid of SMs * 2048 / (32 * num_warps) CTAs fills at
+# least one wave whatever else (registers, shared memory) limits how many are resident.
+_THREADS_PER_SM = 2048
+_SHARED_PER_SM = 228 * 1024  # sm_80 has less (164 KiB): fewer resident CTAs, never more
+
+
+def rank_block(rank: int) -> int:
+    return max(16, triton.next_power_of_2(rank))
+
+
+def _fit_shared(cfg: dict, reduction: str, out_cols: str, base: int, adapter: int, rank: int):
+    """Shrink `cfg` until its shared memory (pipeline stages of the base tiles, plus the rank-r
+    tiles) fits the budget: first stages (down to 2), then the output width `out_cols`, then
+    BLOCK_M (down to 64)."""
+
+    def shared(c: dict) -> int:
+        stage = (c["BLOCK_M"] + c[out_cols]) * c[reduction] * base
+        return c["num_stages"] * stage + (c["BLOCK_M"] + c[out_cols]) * rank * adapter
+
+    while shared(cfg) > _SHARED_BUDGET:
+        if cfg["num_stages"] > 2:
+            cfg["num_stages"] -= 1
+        elif cfg[out_cols] > 64:
+            cfg[out_cols] //= 2
+        elif cfg["BLOCK_M"] > 64:
+            cfg["BLOCK_M"] //= 2
+        else:
+            break
+    return cfg
+
+
+def _gemm_config(
+    target: Target, dtype: torch.dtype, adapter_dtype: torch.dtype, block_r: int, reduction: str
+) -> dict:
+    """GEMM tiles for a `dtype` base with rank tiles of `block_r` columns. `reduction` is the
+    block the GEMM steps along ("BLOCK_K" forward, "BLOCK_N" for dx): 4-byte base tiles halve it
+    (as 16-bit ones, a step stays 128 bytes wide)."""
+    if target.interpreter:
+        return dict(_CPU_GEMM)
+    forward = reduction == "BLOCK_K"
+    cfg = dict(_GPU_FWD if forward else _GPU_DX)
+    if dtype.itemsize == 4:
+        cfg[reduction] //= 2
+    out_cols = "BLOCK_N" if forward else "BLOCK_K"
+    return _fit_shared(cfg, reduction, out_cols, dtype.itemsize, adapter_dtype.itemsize, block_r)
+
+
+def _skinny_config(target: Target, base: int, adapter: int, block_r: int) -> dict:
+    """Tiles of the rank-wide kernels: each stage loads a [BLOCK_M, BLOCK_INNER] base-dtype tile
+    and a rank tile of at most max(BLOCK_M, BLOCK_INNER) x BLOCK_R; wide ranks and fp32
+    adapters trade stages, then the inner step, then BLOCK_M, until that fits the budget."""
+    if target.interpreter:
+        return dict(_CPU_SKINNY)
+    cfg = dict(_GPU_SKINNY)
+    # Row blocks as tall as registers allow (fewer dB and dA partials): BLOCK_M x BLOCK_R rank
+    # tiles of at most 128 x 128 for 16-bit adapters; fp32 operands are split into TF32 high and
+    # low parts in registers (3xTF32), so at most 128 rows and 128 x 64, at half the step.
+    # Larger tiles spill (the static suite's gate checks every launch).
+    tallest, largest = (256, 128 * 128) if adapter == 2 else (128, 128 * 64)
+    if adapter == 4:
+        cfg["BLOCK_INNER"] //= 2
+    cfg["BLOCK_M"] = min(cfg["BLOCK_M"], tallest)
+    while cfg["BLOCK_M"] * block_r > largest and cfg["BLOCK_M"] > 32:
+        cfg["BLOCK_M"] //= 2
+
+    def shared(c: dict) -> int:
+        rank_tile = max(c["BLOCK_M"], c["BLOCK_INNER"]) * block_r * adapter
+        return c["num_stages"] * (c["BLOCK_M"] * c["BLOCK_INNER"] * base + rank_tile)
+
+    while shared(cfg) > _SHARED_BUDGET:
+        if cfg["num_stages"] > 2:
+            cfg["num_stages"] -= 1
+        elif cfg["BLOCK_INNER"] > 32:
+            cfg["BLOCK_INNER"] //= 2
+        elif cfg["BLOCK_M"] > 32:
+            cfg["BLOCK_M"] //= 2
+        else:
+            break
+    return cfg
+
+
+def wave_ctas(target: Target, num_warps: int, shared_bytes: int = 0) -> int:
+    """CTAs of `num_warps` warps using at least `shared_bytes` of shared memory that fill one
+    wave of `target` (0 on the interpreter): the SMs times the CTAs one SM holds by its threads
+    and shared memory. Registers can only make that fewer, and the wave shorter, so a grid of
+    this size fills at least one wave whatever the compile's register count."""
+    if target.interpreter:
+        return 0
+    by_threads = _THREADS_PER_SM // (32 * num_warps)
+    by_shared = _SHARED_PER_SM // (shared_bytes + 1024) if shared_bytes else by_threads
+    return target.sm_count * max(1, min(by_threads, by_shared))
+
+
+def split(target: Target, blocks: int, programs: int, skinny: dict, stage_bytes: int):
+    """(blocks per split, splits) of a reduction over `blocks` blocks, for a launch with
+    `programs` programs per split whose pipeline stages load `stage_bytes` each (so at least
+    num_stages x stage_bytes of shared memory). At least enough splits to fill a wave; among up
+    to twice that many, the count whose last wave is fullest (the fewer splits, so fewer
+    partials to write and sum, on a tie); never an empty split. The interpreter takes two
+    splits, so the CPU tests run the partial-sum paths too."""
+    if blocks <= 1:
+        return max(blocks, 1), 1
+    if target.interpreter:
+        want, wave = 2, 0
+    else:
+        shared = skinny.get("num_stages", 1) * stage_bytes
+        wave = wave_ctas(target, skinny.get("num_warps", 4), shared)
+        want = triton.cdiv(wave, programs)
+    if want <= 1:
+        return blocks, 1
+    # Balanced splits: `per` blocks each, from the most that still gives `want` splits down.
+    most = max(1, (blocks - 1) // (want - 1))
+    counts = sorted({triton.cdiv(blocks, per) for per in range(max(1, most // 2), most + 1)})
+    best = (
+        max(counts, key=lambda n: (_last_wave_fill(programs * n, wave), -n)) if wave else counts[0]
+    )
+    per = triton.cdiv(blocks, best)
+    return per, triton.cdiv(blocks, per)
+
+
+def _last_wave_fill(ctas: int, wave: int) -> float:
+    """waves / ceil(waves): 1.0 when the grid is a whole number of waves."""
+    waves = ctas / wave
+    return waves / math.ceil(waves)
+
+
+def separate_db(M: int, N: int, rank: int, dy_bytes: int, fused_parts: int, db_parts: int) -> bool:
+    """Whether dB is cheaper as its own reduction (lora_db_kernel: a second read of dy, `db_parts`
+    fp32 partials of [N, R]) than inside lora_dy_b_kernel (one read, `fused_parts` partials, one
+    per row block). Partials are written once and read once by the host's sum; wide ranks tip
+    it (rank 128 at the bench's shapes), rank 16 does not."""
+    fused = 2 * 4 * fused_parts * N * rank
+    separate = M * N * dy_bytes + 2 * 4 * db_parts * N * rank
+    return separate < fused
+
+
+# dA rides along lora_dx_kernel up to this rank, for 16-bit adapters: its [BLOCK_K, BLOCK_R]
+# fp32 accumulator then costs at most 32 registers a thread beside dx's own and its per-program
+# partials stay small; wider ranks, and fp32 x tiles split for 3xTF32, spill, so lora_da_kernel
+# reduces dA on its own there.
+FUSED_DA_MAX_RANK = 32
+
+
+def fuse_da(rank: int, adapter_dtype: torch.dtype) -> bool:
+    return rank <= FUSED_DA_MAX_RANK and adapter_dtype.itemsize == 2
+
+
+def dx_row_blocks(target: Target, m_blocks: int, k_blocks: int) -> int:
+    """Row blocks per lora_dx_kernel program when it also reduces dA: the most of 4, 2, 1 that
+    keeps two programs per SM (fewer programs, fewer dA partials to write and sum). The
+    interpreter takes 2, so the CPU tests walk the loop (and its past-the-end rows)."""
+    if target.interpreter:
+        return 2 if m_blocks > 1 else 1
+    for blocks in (4, 2):
+        if k_blocks * triton.cdiv(m_blocks, blocks) >= 2 * target.sm_count:
+            return blocks
+    return 1
+
+
+def launch_configs(
+    target: Target, base_dtype: torch.dtype, adapter_dtype: torch.dtype, rank: int
+) -> dict[str, dict]:
+    """Every launch's configuration for `target`: "skinny" (lora_down, lora_dy_b, lora_da: the
+    rank-wide kernels, BLOCK_INNER being their K or N step), "fwd" and "dx" (the GEMMs), plus
+    BLOCK_R and the dot flags shared by all."""
+    block_r = rank_block(rank)
+    dx = _gemm_config(target, base_dtype, adapter_dtype, block_r, "BLOCK_N")
+    if fuse_da(rank, adapter_dtype) and not target.interpreter:
+        # dA's accumulator and x tile sit beside dx's: a 128-wide tile keeps them in registers
+        # (at 256, 255 registers a thread and spills).
+        dx["BLOCK_K"] = min(dx["BLOCK_K"], 128)
+    return dict(
+        skinny=_skinny_config(target, base_dtype.itemsize, adapter_dtype.itemsize, block_r),
+        fwd=_gemm_config(target, base_dtype, adapter_dtype, block_r, "BLOCK_K"),
+        dx=dx,
+        shared=dict(BLOCK_R=block_r, **dot_flags(target)),
+    )

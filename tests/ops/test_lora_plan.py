@@ -1,0 +1,100 @@
+"""The Triton LoRA launch plan: reductions split so every launch fills a wave, dB's reduction
+chosen by bytes, tiles that fit Hopper's shared memory, and the numbers of the wide-rank path."""
+
+import math
+from functools import partial
+
+import pytest
+import torch
+import triton
+
+from fastpeft.tolerance import assert_matches_reference
+from fastpeft.triton_path import launch, lora_plan
+
+from .lora_cases import keep_mask, make_inputs, run_op, run_reference
+
+HOPPER = launch.Target("cuda", 90, 132)
+
+
+SKINNY = dict(num_warps=8, num_stages=3)
+
+
+def _fill(ctas: int, wave: int) -> float:
+    return (ctas / wave) / math.ceil(ctas / wave)
+
+
+@pytest.mark.parametrize("blocks, programs", [(64, 64), (64, 128), (128, 16), (3, 1000)])
+def test_splits_fill_a_wave_and_the_fullest_last_wave(blocks, programs):
+    per, splits = lora_plan.split(HOPPER, blocks, programs, SKINNY, 0)
+    assert per * splits >= blocks and per * (splits - 1) < blocks  # no empty split
+    assert splits == triton.cdiv(blocks, per)
+    wave = lora_plan.wave_ctas(HOPPER, 8)
+    assert wave == 132 * 8  # by threads: 2048 / 256 CTAs an SM
+    if blocks * programs < wave:  # even one block per split cannot fill a wave
+        assert splits == blocks
+        return
+    assert programs * splits >= wave
+    # No other balanced split count that fills a wave (up to twice as many) leaves a fuller
+    # last wave.
+    fill = _fill(programs * splits, wave)
+    for other_per in range(1, blocks + 1):
+        other = triton.cdiv(blocks, other_per)
+        if wave <= programs * other and other <= splits:
+            assert _fill(programs * other, wave) <= fill + 1e-9, (other, splits)
+
+
+def test_shared_memory_bounds_the_wave():
+    # 3 stages of 32 KiB: two CTAs an SM hold, so 264 CTAs fill a wave, and fewer splits do.
+    assert lora_plan.wave_ctas(HOPPER, 8, 3 * 32 * 1024) == 132 * 2
+    per, splits = lora_plan.split(HOPPER, 64, 64, SKINNY, 32 * 1024)
+    assert 64 * splits >= 264 and lora_plan.split(HOPPER, 64, 64, SKINNY, 0)[1] > splits
+
+
+def test_the_interpreter_always_takes_the_partial_sum_path():
+    assert lora_plan.split(launch.INTERPRETER, 10, 1, {}, 0) == (5, 2)
+    assert lora_plan.split(launch.INTERPRETER, 3, 1, {}, 0) == (2, 2)
+    assert lora_plan.split(launch.INTERPRETER, 1, 1, {}, 0) == (1, 1)
+
+
+def test_db_reduction_is_chosen_by_bytes_at_the_bench_shapes():
+    M, N = 8192, 4096
+    fused_parts = M // 128  # one dB partial per row block of lora_dy_b_kernel
+    db_parts = lora_plan.split(HOPPER, fused_parts, N // 64, SKINNY, 0)[1]
+    assert not lora_plan.separate_db(M, N, 16, 2, fused_parts, db_parts)
+    assert lora_plan.separate_db(M, N, 128, 2, fused_parts, db_parts)
+
+
+@pytest.mark.parametrize("base, adapter", [(torch.bfloat16, torch.bfloat16),
+                                           (torch.bfloat16, torch.float32),
+                                           (torch.float32, torch.float32)])  # fmt: skip
+@pytest.mark.parametrize("rank", [16, 64, 128, 256])
+def test_hopper_gemm_tiles_fit_shared_memory(base, adapter, rank):
+    cfg = lora_plan.launch_configs(HOPPER, base, adapter, rank)
+    block_r = cfg["shared"]["BLOCK_R"]
+    for gemm, step, out in ((cfg["fwd"], "BLOCK_K", "BLOCK_N"), (cfg["dx"], "BLOCK_N", "BLOCK_K")):
+        stages = gemm["num_stages"] * (gemm["BLOCK_M"] + gemm[out]) * gemm[step] * base.itemsize
+        rank_tiles = (gemm["BLOCK_M"] + gemm[out]) * block_r * adapter.itemsize
+        assert stages + rank_tiles <= 200 * 1024
+        assert gemm["num_stages"] >= 2 and gemm["BLOCK_M"] >= 64
+    if base == torch.bfloat16 and adapter == torch.bfloat16 and rank <= 64:
+        assert (cfg["fwd"]["BLOCK_M"], cfg["fwd"]["BLOCK_N"]) == (128, 256)
+        # dx is as wide, except where dA's partial rides along (rank <= 32: registers).
+        want = 128 if lora_plan.fuse_da(rank, adapter) else 256
+        assert (cfg["dx"]["BLOCK_M"], cfg["dx"]["BLOCK_K"]) == (128, want)
+
+
+def test_wide_rank_takes_the_separate_db_reduction_and_matches_the_reference(device):
+    shape, p = (130, 45, 38, 48), 0.25  # rank 48 > M / 4: lora_db_kernel computes dB
+    M, K, N, R = shape
+    target = launch.target_for(device)
+    skinny = lora_plan.launch_configs(target, torch.float32, torch.float32, R)["skinny"]
+    m_blocks = triton.cdiv(M, skinny["BLOCK_M"])
+    n_blocks = triton.cdiv(N, skinny["BLOCK_INNER"])
+    db_parts = lora_plan.split(target, m_blocks, n_blocks, skinny, 0)[1]
+    assert lora_plan.separate_db(M, N, R, 4, m_blocks, db_parts)
+    inputs = make_inputs(*shape, torch.float32, torch.float32, device)
+    seed = torch.tensor([31], device=device)
+    got = run_op(inputs, 0.5, p, "triton", seed)
+    keep = keep_mask("triton", seed, (M, K), p)
+    reference = partial(run_reference, inputs, 0.5, keep, p)
+    assert_matches_reference(got, reference, ("y", "dx", "dA", "dB"), "triton")
