@@ -9,21 +9,26 @@ precedence: an explicit argument, else the FASTPEFT_BACKEND environment variable
   implementation cannot run; methods without it (e.g. "cuda", which only SPIDER has) resolve as
   "auto" would.
 - "auto" takes the first implementation in the registry's order that can run the call (Triton on
-  CUDA, the C++/CUDA extension for SPIDER where it is built, else the PyTorch path). Its decision
-  is cached per (method, device, dtype, sizes, shape bucket), so a measured choice (hybrid or
-  fused, per shape) has its place: `decisions()` shows the table.
+  CUDA, the C++/CUDA extension for SPIDER where it is built, else the PyTorch path), except where
+  a method names backends to race (LoRA: fused "triton" against "hybrid", cuBLAS for the base
+  products): on a GPU those that can run the call are timed once, on the call's shape, and the
+  fastest is kept. Decisions are cached per (method, device, dtype, sizes, variant, shape
+  bucket), so they are made once and deterministic afterwards; `decisions()` shows the table and
+  `races()` the timings behind it. Under torch.compile nothing is timed or cached.
 """
 
 import torch
 
 from . import _ext, _triton, env, registry
 
-BACKENDS = ("auto", "torch", "triton", "cpp", "cuda")
+BACKENDS = ("auto", "torch", "triton", "hybrid", "cpp", "cuda")
 ENV_VAR = "FASTPEFT_BACKEND"
 
 # (method, device, dtype, sizes, shape bucket) -> backend chosen for "auto". A plain dict rather
 # than functools.cache: the wrappers calling `resolve` are traced by torch.compile.
 _decisions: dict[tuple, str] = {}
+# The same keys -> {backend: seconds} of the race that decided them.
+_races: dict[tuple, dict[str, float]] = {}
 # (method, backend) -> implementation module: the ops look it up on every call.
 _modules: dict[tuple[str, str], object] = {}
 
@@ -55,7 +60,7 @@ def _machine_reason(impl: registry.Implementation, device: torch.device) -> str 
     """Why `impl` cannot run on `device` here (device type, Triton, the extension), or None."""
     if not _on(device, impl.devices):
         return f"it runs on {' or '.join(impl.devices)} tensors, not {device.type}"
-    if impl.backend == "triton" and not _triton.usable_on(device):
+    if impl.needs == "triton" and not _triton.usable_on(device):
         return _triton.why_unusable(device)
     return _missing(impl)
 
@@ -81,14 +86,35 @@ def why_not(
     return _machine_reason(impl, device) or _argument_reason(impl, dtype, sizes)
 
 
-def _auto(method: registry.Method, device, dtype, sizes) -> str:
-    for impl in method.implementations:
-        if _on(device, impl.auto_devices) and why_not(impl, device, dtype, sizes) is None:
-            return impl.backend
-    raise RuntimeError(
-        f"fastpeft {method.label}: no implementation runs on {device.type} tensors of {dtype} "
-        f"with {sizes or 'these sizes'}"
-    )
+def _eligible(method: registry.Method, device, dtype, sizes) -> list[str]:
+    """The backends "auto" may choose for the call, in the registry's order."""
+    found = [
+        impl.backend
+        for impl in method.implementations
+        if _on(device, impl.auto_devices) and why_not(impl, device, dtype, sizes) is None
+    ]
+    if not found:
+        raise RuntimeError(
+            f"fastpeft {method.label}: no implementation runs on {device.type} tensors of "
+            f"{dtype} with {sizes or 'these sizes'}"
+        )
+    return found
+
+
+def race(method: registry.Method, backends, device, dtype, sizes, shape, variant, key) -> str:
+    """Time `backends` on the call's shape with the method's race function, record the timings
+    under `key`, and return the fastest (the first in `backends` on a tie)."""
+    seconds = registry.load(method.race)(backends, device, dtype, shape, sizes, variant)
+    _races[key] = dict(seconds)
+    return min(backends, key=lambda b: seconds[b])
+
+
+def _auto(method: registry.Method, device, dtype, sizes, shape, variant, key) -> str:
+    found = _eligible(method, device, dtype, sizes)
+    contenders = [b for b in found if b in method.raced]
+    if len(contenders) > 1 and shape and key is not None:
+        return race(method, contenders, device, dtype, sizes, shape, variant, key)
+    return found[0]
 
 
 def _checked(method, backend: str, device, dtype, sizes, argument: str) -> str:
@@ -117,12 +143,14 @@ def resolve(
     sizes: dict | None = None,
     argument: str = "backend",
     shape: tuple[int, ...] = (),
+    variant: tuple = (),
 ) -> str:
     """The concrete backend that runs `method` for a call on `device` (see the module docs).
 
     `dtype` and `sizes` (e.g. {"rank": 64}) are checked against each implementation's support;
     `shape` (the call's problem size, e.g. (M, N, K)) keys the cached decision by its power-of-two
-    bucket; `argument` names the parameter in error messages.
+    bucket and is what a race times; `variant` (e.g. LoRA's adapter dtype and dropout) keys it
+    too and is handed to the race; `argument` names the parameter in error messages.
     """
     check_backend_name(backend, argument)
     spec = registry.get(method)
@@ -133,12 +161,15 @@ def resolve(
         check_backend_name(override, f"environment variable {ENV_VAR}")
         if spec.implementation(override) is not None:
             return _checked(spec, override, device, dtype, sizes, f"{ENV_VAR}")
+    key = (method, str(device), dtype, tuple(sorted((sizes or {}).items())), variant,
+           _bucket(shape))  # fmt: skip
     if torch.compiler.is_compiling():
-        return _auto(spec, device, dtype, sizes)  # pure: no cache writes inside a traced graph
-    key = (method, str(device), dtype, tuple(sorted((sizes or {}).items())), _bucket(shape))
+        # Pure: no timing and no cache writes inside a traced graph (a decision made eagerly
+        # before is kept).
+        return _decisions.get(key) or _auto(spec, device, dtype, sizes, (), (), None)
     choice = _decisions.get(key)
     if choice is None:
-        choice = _decisions[key] = _auto(spec, device, dtype, sizes)
+        choice = _decisions[key] = _auto(spec, device, dtype, sizes, shape, variant, key)
     return choice
 
 
@@ -159,10 +190,18 @@ def implementation(method: str, backend: str):
 
 
 def decisions() -> dict[tuple, str]:
-    """A copy of the cached "auto" decisions: (method, device, dtype, sizes) -> backend."""
+    """A copy of the cached "auto" decisions: (method, device, dtype, sizes, variant, shape
+    bucket) -> backend."""
     return dict(_decisions)
 
 
+def races() -> dict[tuple, dict[str, float]]:
+    """The timings behind the raced decisions: the same keys -> {backend: seconds}."""
+    return {key: dict(seconds) for key, seconds in _races.items()}
+
+
 def clear_decisions() -> None:
-    """Forget the cached "auto" decisions (e.g. after rebuilding the extension)."""
+    """Forget the cached "auto" decisions and their races (e.g. after rebuilding the
+    extension)."""
     _decisions.clear()
+    _races.clear()

@@ -69,14 +69,19 @@ def lora_linear(
     global generator; the backward pass gets the forward's mask (on the Triton path, 1 bit per
     element stored by the forward, or drawn again: FASTPEFT_DROPOUT_MASK). Gradients flow to x,
     lora_a and lora_b; weight and bias must not require grad. Returns y [..., N] in x's dtype.
-    ``backend``: "auto" (Triton on CUDA, PyTorch elsewhere), "triton" or "torch".
+    ``backend``: "auto" (on CUDA the faster of "triton", the fused kernels, and "hybrid", cuBLAS for
+    the base products with the LoRA terms in Triton, timed once per shape; PyTorch elsewhere),
+    "triton", "hybrid" or "torch".
     """
     checks.lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p)
     leading, K = x.shape[:-1], x.shape[-1]
     x2d = x.reshape(-1, K)
     shape = (x2d.shape[0], weight.shape[0], K)
     sizes = {"rank": lora_a.shape[0]}
-    resolved = dispatch.resolve("lora", backend, x.device, x.dtype, sizes, shape=shape)
+    variant = (lora_a.dtype, float(dropout_p) > 0)
+    resolved = dispatch.resolve(
+        "lora", backend, x.device, x.dtype, sizes, shape=shape, variant=variant
+    )
     seed = _draw_seeds(1, dropout_p, x.device)
     scaling, lora_b = _scaling_for_op(scaling, lora_b)
     y, _, _ = lora_ops.lora_linear_fwd(

@@ -68,6 +68,10 @@ class Method:
     bench: str | None = None  # the module with its benchmark cases (fastpeft/bench/cases/)
     compile_check: str | None = None  # "module:function" driving its Triton launches for sm_90
     static: str | None = None  # its static model (fastpeft/static/methods/): GPU-less predictions
+    # Backends "auto" times against each other on first use per shape on a GPU (the fastest is
+    # kept), with the "module:function" that times them (see fastpeft/dispatch.py).
+    raced: tuple[str, ...] = ()
+    race: str | None = None
 
     def implementation(self, backend: str) -> Implementation | None:
         return next((i for i in self.implementations if i.backend == backend), None)
@@ -84,9 +88,11 @@ def _torch(module: str, dtypes=FLOAT_DTYPES) -> Implementation:
     return Implementation("torch", module, _ANY_DEVICE, _ANY_DEVICE, dtypes)
 
 
-def _triton(module: str, limits=None, configs=None, dtypes=FLOAT_DTYPES) -> Implementation:
+def _triton(
+    module: str, limits=None, configs=None, dtypes=FLOAT_DTYPES, backend: str = "triton"
+) -> Implementation:
     return Implementation(
-        "triton", module, ("cuda", "cpu"), ("cuda",), dtypes, needs="triton",
+        backend, module, ("cuda", "cpu"), ("cuda",), dtypes, needs="triton",
         limits=dict(limits or {}), configs=configs,
     )  # fmt: skip
 
@@ -131,10 +137,19 @@ register(
             _triton(
                 "fastpeft.triton_path.lora",
                 limits={"rank": 256},
-                configs="fastpeft.triton_path.lora:launch_configs",
+                configs="fastpeft.triton_path.lora_plan:launch_configs",
+            ),
+            # The base products through cuBLAS, the LoRA terms in the same Triton kernels.
+            _triton(
+                "fastpeft.triton_path.lora_hybrid",
+                limits={"rank": 256},
+                configs="fastpeft.triton_path.lora_plan:launch_configs",
+                backend="hybrid",
             ),
             _torch("fastpeft.torch_path.lora"),
         ),
+        raced=("triton", "hybrid"),
+        race="fastpeft.triton_path.lora_race:race",
         reference="fastpeft.reference.lora:lora_linear",
         patcher="fastpeft.patching.lora",
         peft_layer="peft.tuners.lora.layer:Linear",

@@ -81,14 +81,17 @@ def lora_fwd_kernel(
     M, N, K, R, scaling,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_tm, stride_tr, stride_bn, stride_br,
     stride_ym, stride_yn,
-    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BASE_IN_Y: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):  # fmt: skip
     # Grid: one program per [BLOCK_M, BLOCK_N] tile of y (grouped order). The rank-r update
     # s · t Bᵀ starts the fp32 accumulator and the base GEMM accumulates onto it: one accumulator
     # (a second [BLOCK_M, BLOCK_N] fp32 one would cost 128 more registers a thread at 128 x 256
-    # on 8 warps), y written once, no [M, N] temporary.
+    # on 8 warps), y written once, no [M, N] temporary. BASE_IN_Y (the hybrid path): cuBLAS has
+    # already written x Wᵀ + b to y, which is read instead of computed, and the update is added
+    # in place (PEFT's own order: the base output rounded first, then the sum).
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -96,13 +99,16 @@ def lora_fwd_kernel(
     t = load_tile(t_ptr, offs_m, offs_r, stride_tm, stride_tr, M, R)
     b_t = load_tile(b_ptr, offs_r, offs_n, stride_br, stride_bn, R, N)
     acc = scaling * mma(t, b_t, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), UPCAST, PRECISION)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
-        w_t = load_tile(w_ptr, offs_k, offs_n, stride_wk, stride_wn, K, N)
-        acc = mma(x, w_t, acc, UPCAST, PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    if BASE_IN_Y:
+        acc += load_tile(y_ptr, offs_m, offs_n, stride_ym, stride_yn, M, N).to(tl.float32)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
+            w_t = load_tile(w_ptr, offs_k, offs_n, stride_wk, stride_wn, K, N)
+            acc = mma(x, w_t, acc, UPCAST, PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     store_tile(y_ptr, acc, offs_m, offs_n, stride_ym, stride_yn, M, N)
 
 
@@ -218,7 +224,7 @@ def lora_dx_kernel(
     stride_bits, stride_dxm, stride_dxk, stride_xm, stride_xk, stride_das, stride_dak,
     stride_dar,
     HAS_DROPOUT: tl.constexpr, FROM_BITS: tl.constexpr, WITH_DA: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BASE_IN_DX: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):  # fmt: skip
@@ -229,7 +235,8 @@ def lora_dx_kernel(
     # WITH_DA, the same program also reduces dA's partial over its rows, uᵀ drop(x) for its
     # columns, while the mask is at hand: x is read inside a compute-bound kernel instead of by
     # lora_da_kernel, and the partial (one per program row) goes to da_ptr[chunk] in fp32, for a
-    # fixed-order host sum.
+    # fixed-order host sum. BASE_IN_DX (the hybrid path): cuBLAS has already written dy W to dx,
+    # which is read instead of computed, and the rank-r term is added in place.
     chunks = tl.cdiv(tl.cdiv(M, BLOCK_M), blocks_per_program)
     chunk, pid_k = grouped_tile(tl.program_id(0), chunks, tl.cdiv(K, BLOCK_K), GROUP_M)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -257,11 +264,14 @@ def lora_dx_kernel(
         acc = mma(u, a, tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32), UPCAST, PRECISION)
         if HAS_DROPOUT:
             acc = tl.where(keep, acc * keep_scale, 0.0)
-        for n0 in range(0, N, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N)
-            w = load_tile(w_ptr, offs_n, offs_k, stride_wn, stride_wk, N, K)
-            acc = mma(dy, w, acc, UPCAST, PRECISION)
+        if BASE_IN_DX:
+            acc += load_tile(dx_ptr, offs_m, offs_k, stride_dxm, stride_dxk, M, K).to(tl.float32)
+        else:
+            for n0 in range(0, N, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N)
+                w = load_tile(w_ptr, offs_n, offs_k, stride_wn, stride_wk, N, K)
+                acc = mma(dy, w, acc, UPCAST, PRECISION)
         store_tile(dx_ptr, acc, offs_m, offs_k, stride_dxm, stride_dxk, M, K)
     if WITH_DA:
         if HAS_DROPOUT:  # 1 / (1 - p) of drop(x), applied once to the partial
@@ -278,8 +288,19 @@ def lora_dx_kernel(
 COSTS = {
     "lora_down_kernel": lambda a, grid: ({"a_ptr": 2 * a["M"] * a["K"] * a["R"]}, None),
     "lora_fwd_kernel": lambda a, grid: (
-        {"x_ptr": 2 * a["M"] * a["N"] * a["K"], "t_ptr": 2 * a["M"] * a["N"] * a["R"]},
-        None,
+        {
+            "x_ptr": 0 if a["BASE_IN_Y"] else 2 * a["M"] * a["N"] * a["K"],
+            "t_ptr": 2 * a["M"] * a["N"] * a["R"],
+        },
+        _bytes(
+            a,
+            "y_ptr",
+            "t_ptr",
+            "b_ptr",
+            *(() if a["BASE_IN_Y"] else ("x_ptr", "w_ptr")),
+            *(("bias_ptr",) if a["HAS_BIAS"] and not a["BASE_IN_Y"] else ()),
+            in_place=a["BASE_IN_Y"],
+        ),  # fmt: skip
     ),
     "lora_dy_b_kernel": lambda a, grid: (
         {"b_ptr": (4 if a["WITH_DB"] else 2) * a["M"] * a["N"] * a["R"]},
@@ -288,7 +309,31 @@ COSTS = {
     "lora_db_kernel": lambda a, grid: ({"t_ptr": 2 * a["M"] * a["N"] * a["R"]}, None),
     "lora_da_kernel": lambda a, grid: ({"u_ptr": 2 * a["M"] * a["K"] * a["R"]}, None),
     "lora_dx_kernel": lambda a, grid: (
-        {"dy_ptr": 2 * a["M"] * a["K"] * a["N"], "u_ptr": 2 * a["M"] * a["K"] * a["R"]},
-        None,
+        {
+            "dy_ptr": 0 if a["BASE_IN_DX"] else 2 * a["M"] * a["K"] * a["N"],
+            "u_ptr": (4 if a["WITH_DA"] else 2) * a["M"] * a["K"] * a["R"],
+        },
+        _bytes(
+            a,
+            "dx_ptr",
+            "u_ptr",
+            "a_ptr",
+            *(() if a["BASE_IN_DX"] else ("dy_ptr", "w_ptr")),
+            *(("x_ptr", "da_ptr") if a["WITH_DA"] else ()),
+            *(("bits_ptr",) if a["HAS_DROPOUT"] and a["FROM_BITS"] else ()),
+            in_place=a["BASE_IN_DX"],
+        ),  # fmt: skip
     ),
 }
+
+
+def _bytes(a: dict, out: str, *reads: str, in_place: bool) -> int:
+    """DRAM bytes of a launch that writes `out` (and reads it first when it adds in place to
+    what cuBLAS wrote there: the hybrid path) and reads each of `reads` once; the arguments a
+    launch's flags leave unused are not counted."""
+
+    def size(name):
+        t = a[name]
+        return t.numel() * t.element_size()
+
+    return (2 if in_place else 1) * size(out) + sum(size(name) for name in reads)

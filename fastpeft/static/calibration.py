@@ -42,6 +42,8 @@ def _predictions_for(case: dict, row: dict, data: dict) -> dict[str, str]:
     if case["method"] == "spider":
         same = row.get("suite") == "spider" and row.get("elements") == case.get("elements")
         return SPIDER_PAIRS if same and row.get("dtype") == case["adapter_dtype"] else {}
+    if case.get("path", "fused") != "fused" or case.get("allow_tf32"):
+        return {}  # the bench measures the default path, with torch's default TF32 setting
     size = case.get("r", case.get("H"))
     same = (
         row.get("suite") == "layers"

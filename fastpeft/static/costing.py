@@ -49,6 +49,7 @@ def launch_record(arch: Arch, launch, compiled) -> dict:
         "flops": flops,
         "dram_bytes": dram,
         "dropout_elements": dropout_elements(named),
+        "step_elements": step_elements(named),
     }
     row.update(inspection(compiled, flops))
     if compiled.status != "ok":
@@ -98,6 +99,14 @@ def inspection(compiled, flops: float) -> dict:
     }
 
 
+def step_elements(named: dict) -> int:
+    """The [M, K] (or [M, D]) input positions of a kernel that can draw dropout for them, with
+    or without it on (what its instructions per element multiply), else 0."""
+    if "HAS_DROPOUT" not in named:
+        return 0
+    return named["M"] * (named["K"] if "K" in named else named["D"])
+
+
 def dropout_elements(named: dict) -> int:
     """The [M, K] (or [M, D]) input positions a launch draws keep decisions for. A pair's kernel
     draws two masks per position, but its instructions per element are measured per position
@@ -108,25 +117,38 @@ def dropout_elements(named: dict) -> int:
 
 
 def add_dropout_issue_time(arch: Arch, rows: list[dict], dropout: list[dict]) -> None:
-    """Add to each launch with dropout the time to issue its Philox instructions: measured per
-    element from its own compile (with against without HAS_DROPOUT), over the arch's instruction
-    issue rate. Added, not overlapped: the integer work shares the SM's issue slots with the
-    kernel's own (an assumption that errs on the slow side)."""
-    per_element = {(d["kernel"], dropout_key(d["config"]), d["num_warps"], d["mask"]):
-                   d["instructions_per_element"] for d in dropout}  # fmt: skip
+    """Instruction issue as a third roofline ceiling beside memory and the products, for every
+    launch of a kernel compiled with and without dropout (the ones whose instructions per element
+    are measured: `dropout_cost`).
+
+    Per input element, such a launch issues its own instructions (those of the kernel compiled
+    without dropout, per element of one loop step: an overestimate, as it counts the prologue
+    and epilogue once a step) plus, with dropout, the Philox rounds and the mask's bits (with
+    against without HAS_DROPOUT). The prediction is the longest of the memory, product and issue
+    times: warps waiting on memory or on the asynchronous tensor cores leave the issue slots to
+    the integer work. `predicted_us_serial` keeps the pessimistic bound of a launch with
+    dropout: the dropout's issue time added to the time without it."""
+    costs = {(d["kernel"], dropout_key(d["config"]), d["num_warps"]): d for d in dropout}
+    by_mode = {(d["kernel"], dropout_key(d["config"]), d["num_warps"], d["mask"]): d
+               for d in dropout}  # fmt: skip
     for row in rows:
-        if not row["dropout_elements"] or row["predicted_us"] is None:
+        if row["predicted_us"] is None:
             continue
-        config = row["config"]
-        ipe = per_element.get((row["kernel"], dropout_key(config), row["num_warps"],
-                               mask_mode(config)))  # fmt: skip
-        if ipe is None:
+        config = row["config"] or {}
+        key = (row["kernel"], dropout_key(config), row["num_warps"])
+        cost = by_mode.get((*key, mask_mode(config))) or costs.get(key)
+        if cost is None:
             continue
-        busy = max(row["utilisation"], 1e-9)
-        issue_us = max(ipe, 0) * row["dropout_elements"] / (model.peak(arch, "issue") * 1e12
-                                                            * busy) * 1e6  # fmt: skip
-        row["dropout_issue_us"] = round(issue_us, 3)
-        row["predicted_us"] = round(row["predicted_us"] + issue_us, 3)
+        rate = model.peak(arch, "issue") * 1e12 * max(row["utilisation"], 1e-9)
+        elements = row["step_elements"]
+        extra = max(cost["instructions_per_element"], 0) if row["dropout_elements"] else 0.0
+        issue_us = (cost["base_instructions_per_element"] + extra) * elements / rate * 1e6
+        row["issue_us"] = round(issue_us, 3)
+        if extra:
+            extra_us = extra * elements / rate * 1e6
+            row["dropout_issue_us"] = round(extra_us, 3)
+            row["predicted_us_serial"] = round(row["predicted_us"] + extra_us, 3)
+        row["predicted_us"] = round(max(row["predicted_us"], issue_us), 3)
 
 
 def dropout_cost(rows: list[dict]) -> list[dict]:
@@ -168,6 +190,7 @@ def dropout_cost(rows: list[dict]) -> list[dict]:
                 "num_warps": warps,
                 "extra_instructions": extra,
                 "elements_per_thread": per_thread,
+                "base_instructions_per_element": round(pair[False]["instructions"] / per_thread, 1),
                 "instructions_per_element": round(extra / per_thread, 1),
                 "source": pair[True]["instruction_source"],
             }

@@ -30,12 +30,13 @@ class Op:
         return model.predict(arch, {self.rate: self.flops}, self.dram_bytes, busy).predicted_us
 
 
-def gemm(name: str, M: int, N: int, K: int, a_dtype, out_dtype=None) -> Op:
-    """[M, K] x [K, N] -> [M, N], each operand read once and the result written once."""
+def gemm(name: str, M: int, N: int, K: int, a_dtype, out_dtype=None, rate=None) -> Op:
+    """[M, K] x [K, N] -> [M, N], each operand read once and the result written once, at the
+    dtype's ceiling unless `rate` says otherwise (fp32 under allow_tf32: "tf32")."""
     size = a_dtype.itemsize
     out = (out_dtype or a_dtype).itemsize
     moved = size * (M * K + K * N) + out * M * N
-    return Op(name, 2 * M * N * K, moved, RATE_OF_DTYPE[a_dtype], (M, N))
+    return Op(name, 2 * M * N * K, moved, rate or RATE_OF_DTYPE[a_dtype], (M, N))
 
 
 def elementwise(name: str, read: float, written: float) -> Op:

@@ -95,3 +95,15 @@ def recording(target: Target, record: Callable):
         yield
     finally:
         _forced, _recorder = saved
+
+
+@contextlib.contextmanager
+def allow_tf32(enabled: bool):
+    """torch's TF32 switch for matmuls set to `enabled` while host code configures launches (the
+    dot precision follows it: `dot_flags`)."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved

@@ -1,4 +1,5 @@
-"""Host side of the Triton LoRA kernels (backend "triton"): allocation and launches.
+"""Host side of the Triton LoRA kernels (backend "triton", and "hybrid" through lora_hybrid.py):
+allocation and launches.
 
 The functions share the PyTorch path's signatures (fastpeft/torch_path/lora.py), so the ops call
 either without branching. Tiles and reduction splits come from lora_plan.py. The dropout mask
@@ -10,6 +11,7 @@ splits of M) are fp32 and summed in a fixed order (partials.sum_partials): deter
 """
 
 import torch
+import torch.nn.functional as F
 import triton
 
 from .. import env
@@ -33,6 +35,20 @@ def _mask_bits(x: torch.Tensor, p: float) -> torch.Tensor:
 def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
     """(y, t, keep) for 2-D x: y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ, t = drop(x) Aᵀ (adapter dtype);
     keep is the mask's bits, or empty when the backward draws it again."""
+    return run_forward(x, weight, bias, lora_a, lora_b, seed, scaling, p, hybrid=False)
+
+
+def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: float, need_dx):
+    """(dx or None, dA, dB) for 2-D dy/x. `keep` holds the forward's mask bits, or is empty (the
+    kernels draw the mask from `seed`)."""
+    return run_backward(
+        dy, x, weight, lora_a, lora_b, t, keep, seed, scaling, p, need_dx, hybrid=False
+    )
+
+
+def run_forward(x, weight, bias, lora_a, lora_b, seed, scaling, p, hybrid: bool):
+    """`forward`, with the base product x Wᵀ + b fused into lora_fwd_kernel, or (hybrid) by
+    cuBLAS (F.linear) with the rank-r update added in place by the same kernel."""
     M, K = x.shape
     N, R = lora_b.shape
     target = target_for(x.device)
@@ -59,8 +75,11 @@ def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
     )  # fmt: skip
     if splits > 1:
         t = sum_partials(out, lora_a.dtype)
-    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    gemm = cfg["fwd"]
+    if hybrid:
+        y = F.linear(x, weight, bias)
+    else:
+        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    gemm = _in_place(cfg["fwd"], "BLOCK_N") if hybrid else cfg["fwd"]
     grid = (triton.cdiv(M, gemm["BLOCK_M"]) * triton.cdiv(N, gemm["BLOCK_N"]),)
     launch(
         kernels.lora_fwd_kernel, grid,
@@ -68,7 +87,7 @@ def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
         M, N, K, R, scaling,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), t.stride(0), t.stride(1),
         lora_b.stride(0), lora_b.stride(1), y.stride(0), y.stride(1),
-        HAS_BIAS=bias is not None, **cfg["shared"], **gemm,
+        HAS_BIAS=bias is not None, BASE_IN_Y=hybrid, **cfg["shared"], **gemm,
     )  # fmt: skip
     return y, t, bits
 
@@ -112,9 +131,9 @@ def _u_and_db(dy, t, lora_b, scaling, cfg, target):
     return u, sum_partials(db_parts, lora_b.dtype, scaling)
 
 
-def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: float, need_dx):
-    """(dx or None, dA, dB) for 2-D dy/x. `keep` holds the forward's mask bits, or is empty (the
-    kernels draw the mask from `seed`)."""
+def run_backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling, p, need_dx, hybrid):
+    """`backward`, with dx's base product dy W fused into lora_dx_kernel, or (hybrid) by cuBLAS
+    with the rank-r term (and dA's partials) added by the same kernel."""
     M, K = x.shape
     R = lora_b.shape[1]
     target = target_for(x.device)
@@ -130,8 +149,8 @@ def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: fl
     if not need_dx:
         return None, d_lora_a, d_lora_b
     N = dy.shape[1]
-    dx = torch.empty((M, K), device=x.device, dtype=x.dtype)
-    gemm = cfg["dx"]
+    dx = dy @ weight if hybrid else torch.empty((M, K), device=x.device, dtype=x.dtype)
+    gemm = _in_place(cfg["dx"], "BLOCK_K") if hybrid else cfg["dx"]
     m_blocks, k_blocks = triton.cdiv(M, gemm["BLOCK_M"]), triton.cdiv(K, gemm["BLOCK_K"])
     per = lora_plan.dx_row_blocks(target, m_blocks, k_blocks) if with_da else 1
     chunks = triton.cdiv(m_blocks, per)
@@ -144,11 +163,18 @@ def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: fl
         u.stride(0), u.stride(1), lora_a.stride(0), lora_a.stride(1), bits_stride,
         dx.stride(0), dx.stride(1), x.stride(0), x.stride(1),
         da_out.stride(0) if da_out.dim() == 3 else 0, da_out.stride(-1), da_out.stride(-2),
-        HAS_DROPOUT=p > 0, FROM_BITS=from_bits, WITH_DA=with_da, **cfg["shared"], **gemm,
+        HAS_DROPOUT=p > 0, FROM_BITS=from_bits, WITH_DA=with_da, BASE_IN_DX=hybrid,
+        **cfg["shared"], **gemm,
     )  # fmt: skip
     if with_da:
         d_lora_a = da_out if chunks == 1 else sum_partials(da_out, lora_a.dtype)
     return dx, d_lora_a, d_lora_b
+
+
+def _in_place(gemm: dict, out_cols: str) -> dict:
+    """A GEMM config for the hybrid path's in-place update: the output read into registers beside
+    the fp32 accumulator (no pipelined loop) fits 128 columns without spilling, not 256."""
+    return dict(gemm, **{out_cols: min(gemm[out_cols], 128)})
 
 
 def _da_output(x, lora_a, splits: int) -> torch.Tensor:

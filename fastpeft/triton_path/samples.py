@@ -16,9 +16,8 @@ Every function has the signature `method(tag, full=False)`:
 Only the registry loads this module (it imports the Triton host modules, hence Triton).
 """
 
-import contextlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import torch
@@ -28,6 +27,7 @@ from . import dropout as dropout_host
 from . import ia3 as ia3_host
 from . import importance as importance_host
 from . import lora as lora_host
+from .launch import allow_tf32
 
 Tag = Callable[[str], AbstractContextManager]  # tag(case): the launches inside belong to case
 
@@ -63,17 +63,6 @@ def _label(base: torch.dtype, adapter: torch.dtype, tf32: bool) -> str:
     return f"{_NAMES[base]}/{_NAMES[adapter]}" + (" tf32" if tf32 else "")
 
 
-@contextlib.contextmanager
-def _allow_tf32(enabled: bool) -> Iterator[None]:
-    # The dot flags (launch.dot_flags) read torch's TF32 switch when the host configures a launch.
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def _empty(*shape: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(shape, device="meta", dtype=dtype)
 
@@ -104,7 +93,7 @@ def lora(tag: Tag, full: bool = False) -> None:
             (BF16, FP32, "light", True, 256),
         ]
     for base, adapter, mode, tf32, rank in runs:
-        with _allow_tf32(tf32):
+        with allow_tf32(tf32):
             where = f"{_label(base, adapter, tf32)} r={rank}"
             _drive_lora(tag, where, mode, base, adapter, rank)
     with tag("keep_mask"):
@@ -136,7 +125,7 @@ def _drive_lora(tag: Tag, where: str, mode: str, base, adapter, rank: int) -> No
 def ia3(tag: Tag, full: bool = False) -> None:
     """IA3 in both scaling cases (output: k/v_proj; input: the feed-forward down_proj)."""
     for base, vec, mode, tf32 in _runs(full):
-        with _allow_tf32(tf32):
+        with allow_tf32(tf32):
             _drive_ia3(tag, _label(base, vec, tf32), mode, base, vec)
 
 
@@ -179,7 +168,7 @@ def _activations(mode: str) -> tuple[str, ...]:
 def adapter(tag: Tag, full: bool = False) -> None:
     """One adapter on a 4096-wide stream, bottleneck 256; and the activation test kernel."""
     for act_dtype, w_dtype, mode, tf32 in _runs(full):
-        with _allow_tf32(tf32):
+        with allow_tf32(tf32):
             _drive_adapter(tag, _label(act_dtype, w_dtype, tf32), mode, act_dtype, w_dtype)
     for act in ACTIVATIONS:
         with tag(f"activation {act}"):
@@ -209,7 +198,7 @@ def _drive_adapter(tag: Tag, label: str, mode: str, act_dtype, w_dtype) -> None:
 def adapter_pair(tag: Tag, full: bool = False) -> None:
     """The gate/up adapter pair on one 4096-wide input, bottleneck 256 each."""
     for act_dtype, w_dtype, mode, tf32 in _runs(full):
-        with _allow_tf32(tf32):
+        with allow_tf32(tf32):
             _drive_pair(tag, _label(act_dtype, w_dtype, tf32), mode, act_dtype, w_dtype)
 
 

@@ -11,7 +11,7 @@ from fastpeft.tolerance import assert_matches_reference
 from .lora_cases import keep_mask, make_inputs, run_op, run_reference
 from .op_checks import check_within_budget
 
-BACKENDS = ["triton", "torch"]
+BACKENDS = ["triton", "hybrid", "torch"]
 # M, K, N not multiples of the blocks; r in {1, 8, 16}.
 SHAPES = [(70, 45, 38, 1), (33, 64, 96, 8), (50, 40, 70, 16)]
 NAMES = ("y", "dx", "dA", "dB")

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import fastpeft
-from fastpeft import dispatch
+from fastpeft import dispatch, registry
 from fastpeft.ops import _counters
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -65,12 +65,19 @@ def test_auto_decisions_are_cached_per_method_device_dtype_and_sizes(monkeypatch
     dispatch.clear_decisions()
     assert dispatch.resolve("lora", "auto", CPU, torch.float32, {"rank": 8}) == "torch"
     assert dispatch.resolve("lora", "auto", CPU, torch.float32, {"rank": 8}) == "torch"
-    key = ("lora", "cpu", torch.float32, (("rank", 8),), ())
+    key = ("lora", "cpu", torch.float32, (("rank", 8),), (), ())
     assert dispatch.decisions() == {key: "torch"}
     # The problem size keys the decision by its power-of-two bucket (a batch's tokens vary).
     for tokens in (3000, 4096, 2049):
         dispatch.resolve("lora", "auto", CPU, torch.float32, {"rank": 8}, shape=(tokens, 64, 64))
-    assert ("lora", "cpu", torch.float32, (("rank", 8),), (4096, 64, 64)) in dispatch.decisions()
+    assert (
+        "lora",
+        "cpu",
+        torch.float32,
+        (("rank", 8),),
+        (),
+        (4096, 64, 64),
+    ) in dispatch.decisions()
     assert len(dispatch.decisions()) == 2
     dispatch.clear_decisions()
     assert dispatch.decisions() == {}
@@ -102,3 +109,22 @@ def test_the_cpu_path_runs_ranks_the_triton_kernels_cannot():
     y = fastpeft.lora_linear(*args, backend="torch")
     want = args[0] @ args[1].t() + args[2] + 0.5 * (args[0] @ args[3].t()) @ args[4].t()
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-4)
+
+
+def test_a_race_times_each_contender_on_the_shape_and_keeps_the_fastest():
+    # The race "auto" runs on a GPU for LoRA (fused "triton" against "hybrid"), run here for real
+    # on CPU tensors (Triton interpreted): both paths are timed, the faster is returned, and the
+    # timings are kept beside the decision.
+    dispatch.clear_decisions()
+    spec = registry.get("lora")
+    assert spec.raced == ("triton", "hybrid")
+    key = ("lora", "test")
+    chosen = dispatch.race(
+        spec, ["triton", "hybrid"], CPU, torch.float32, {"rank": 8}, (40, 24, 32),
+        (torch.float32, True), key,
+    )  # fmt: skip
+    seconds = dispatch.races()[key]
+    assert set(seconds) == {"triton", "hybrid"} and all(s > 0 for s in seconds.values())
+    assert chosen == min(seconds, key=seconds.get)
+    dispatch.clear_decisions()
+    assert dispatch.races() == {}
