@@ -8,6 +8,10 @@
 - ``FASTPEFT_DROPOUT_MASK``: how the Triton LoRA kernels carry the dropout mask from the forward
   to the backward: ``bits`` (the default: the forward stores 1 bit per input element) or
   ``regenerate`` (nothing stored; the backward kernels redraw it from the seed).
+- ``FASTPEFT_CPU_RULE``: ``on`` (the default) lets a patched LoRA layer on the CPU, with
+  ``backend="auto"``, run PEFT's own forward at shapes where that is faster (timed once per
+  shape: fastpeft/patching/cpu_rule.py); ``off`` keeps the fused PyTorch path everywhere (the
+  test suite sets it, so its fused-path checks do not depend on timings).
 - ``XDG_CACHE_HOME``: where ``fastpeft bench --suite static`` keeps its compiles
   (``$XDG_CACHE_HOME/fastpeft/static``, else ``~/.cache/fastpeft/static``).
 - ``OUT``: where ``fastpeft bench`` writes when ``--out`` is not given (the device machines that
@@ -35,6 +39,14 @@ def dropout_mask_mode() -> str:
     if value not in ("bits", "regenerate"):
         raise ValueError(f"FASTPEFT_DROPOUT_MASK must be 'bits' or 'regenerate', got {value!r}")
     return value
+
+
+def cpu_rule() -> bool:
+    """FASTPEFT_CPU_RULE ("on" when unset); any other value than on/off raises naming it."""
+    value = os.environ.get("FASTPEFT_CPU_RULE", "").strip().lower() or "on"
+    if value not in ("on", "off"):
+        raise ValueError(f"FASTPEFT_CPU_RULE must be 'on' or 'off', got {value!r}")
+    return value == "on"
 
 
 def bench_out_dir() -> str | None:

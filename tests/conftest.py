@@ -9,6 +9,10 @@ import torch
 # fastpeft kernel module is imported. On a GPU machine the real kernels run.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The CPU rule (fastpeft/patching/cpu_rule.py) picks PEFT's forward where a timing says it is
+# faster; tests that check the fused path ran must not depend on timings. Its own tests turn it
+# on (tests/patching/test_cpu_rule.py).
+os.environ.setdefault("FASTPEFT_CPU_RULE", "off")
 
 
 def pytest_collection_modifyitems(config, items):

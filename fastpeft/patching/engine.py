@@ -30,6 +30,19 @@ class PatchReport:
     backend: str = "torch"
     kinds: dict[str, str] = field(default_factory=dict)  # module name -> "LoRA", "IA3", ...
 
+    def usage(self, model: nn.Module) -> dict[str, dict]:
+        """Per patched module of `model`: eager calls on the fused path ("fused") and those that
+        ran the module's own forward, by reason ("fallbacks": e.g. the CPU rule's, where PEFT's
+        own forward is the faster)."""
+        modules = dict(model.named_modules())
+        out = {}
+        for name in self.patched:
+            module = modules.get(name)
+            if module is not None and base.is_patched(module):
+                state = base.state_of(module)
+                out[name] = {"fused": state.fused_calls, "fallbacks": dict(state.fallbacks)}
+        return out
+
     def __str__(self) -> str:
         counts = {}
         for name in self.patched:

@@ -86,6 +86,10 @@ def _skinny_config(target: Target, base: int, adapter: int, block_r: int) -> dic
     tallest, largest = (256, 128 * 128) if adapter == 2 else (128, 128 * 64)
     if adapter == 4:
         cfg["BLOCK_INNER"] //= 2
+    elif block_r >= 128:
+        # Wide 16-bit ranks take a wider step: more elements a thread per step spread the
+        # dropout's per-step work (its instruction budget, checked by the static suite).
+        cfg["BLOCK_INNER"] *= 2
     cfg["BLOCK_M"] = min(cfg["BLOCK_M"], tallest)
     while cfg["BLOCK_M"] * block_r > largest and cfg["BLOCK_M"] > 32:
         cfg["BLOCK_M"] //= 2
@@ -120,17 +124,18 @@ def wave_ctas(target: Target, num_warps: int, shared_bytes: int = 0) -> int:
 
 def split(target: Target, blocks: int, programs: int, skinny: dict, stage_bytes: int):
     """(blocks per split, splits) of a reduction over `blocks` blocks, for a launch with
-    `programs` programs per split whose pipeline stages load `stage_bytes` each (so at least
-    num_stages x stage_bytes of shared memory). At least enough splits to fill a wave; among up
-    to twice that many, the count whose last wave is fullest (the fewer splits, so fewer
-    partials to write and sum, on a tie); never an empty split. The interpreter takes two
-    splits, so the CPU tests run the partial-sum paths too."""
+    `programs` programs per split whose pipeline stages load `stage_bytes` each. At least
+    enough splits to fill a wave; among up to twice that many, the count whose last wave is
+    fullest (the fewer splits, so fewer partials to write and sum, on a tie); never an empty
+    split. The interpreter takes two splits, so the CPU tests run the partial-sum paths too."""
     if blocks <= 1:
         return max(blocks, 1), 1
     if target.interpreter:
         want, wave = 2, 0
     else:
-        shared = skinny.get("num_stages", 1) * stage_bytes
+        # At least num_stages - 1 stages are resident (an estimate that errs low, so the CTAs
+        # an SM holds err high and the grid errs towards more than a wave).
+        shared = max(skinny.get("num_stages", 1) - 1, 1) * stage_bytes
         wave = wave_ctas(target, skinny.get("num_warps", 4), shared)
         want = triton.cdiv(wave, programs)
     if want <= 1:

@@ -1,0 +1,72 @@
+"""The CPU rule: a patched LoRA layer with backend "auto" on the CPU takes PEFT's own forward where
+a one-time timing says it is faster, and says so (fastpeft/patching/cpu_rule.py)."""
+
+import pytest
+import torch
+
+import fastpeft
+from fastpeft import env, testing
+from fastpeft.patching import cpu_rule
+
+from .patch_checks import logits
+
+
+@pytest.fixture
+def rule_on(monkeypatch):
+    monkeypatch.setenv("FASTPEFT_CPU_RULE", "on")
+    cpu_rule.clear()
+    yield
+    cpu_rule.clear()
+
+
+def _model():
+    return testing.make_lora_model(testing.tiny_llama(num_layers=1), dropout=0.1)
+
+
+def test_each_kind_is_timed_once_and_runs_the_faster_forward(rule_on):
+    model = _model()
+    batch = testing.causal_lm_batch(model)
+    model.eval()
+    want = logits(model, batch)
+    report = fastpeft.patch(model)
+    assert report.backend == "torch"
+    got = logits(model, batch)
+    timed = cpu_rule.decisions()
+    assert timed and all(t["fused"] > 0 and t["peft"] > 0 for t in timed.values())
+    logits(model, batch)
+    assert cpu_rule.decisions() == timed  # decided once per kind
+    usage = report.usage(model)
+    for name, calls in usage.items():
+        peft_won = calls["fallbacks"].get(cpu_rule.REASON, 0)
+        assert calls["fused"] + peft_won == 2, name  # every call took one of the two
+    # Which path won is the machine's; both give PEFT's numbers.
+    testing.assert_close_fp32(got, want, rtol=1e-5)
+
+
+def test_timing_leaves_the_random_streams_and_the_output_as_they_were(rule_on):
+    model = _model()
+    batch = testing.causal_lm_batch(model)
+    fastpeft.patch(model)
+    model.train()
+    torch.manual_seed(7)
+    first = logits(model, batch)  # times every kind, then runs
+    after_first = torch.get_rng_state()
+    torch.manual_seed(7)
+    again = logits(model, batch)  # decided: no timing
+    assert torch.equal(torch.get_rng_state(), after_first)
+    assert torch.equal(first, again)
+
+
+def test_an_explicit_backend_is_never_second_guessed(rule_on):
+    model = _model()
+    batch = testing.causal_lm_batch(model)
+    report = fastpeft.patch(model, backend="torch")
+    logits(model, batch)
+    assert cpu_rule.decisions() == {}
+    assert all(calls["fallbacks"] == {} for calls in report.usage(model).values())
+
+
+def test_a_bad_setting_names_the_variable(monkeypatch):
+    monkeypatch.setenv("FASTPEFT_CPU_RULE", "sometimes")
+    with pytest.raises(ValueError, match="FASTPEFT_CPU_RULE"):
+        env.cpu_rule()
