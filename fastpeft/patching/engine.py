@@ -43,6 +43,18 @@ class PatchReport:
                 out[name] = {"fused": state.fused_calls, "fallbacks": dict(state.fallbacks)}
         return out
 
+    @staticmethod
+    def choices() -> list[dict]:
+        """The per-shape choices "auto" timed so far (on a GPU, LoRA's fused "triton" against
+        "hybrid"): method, shape bucket, the backend kept and every contender's seconds. They
+        are made on first use, so this fills as the model runs."""
+        return [
+            {"method": key[0], "device": key[1], "dtype": str(key[2]), "sizes": dict(key[3]),
+             "variant": [str(v) for v in key[4]], "shape": list(key[5]),
+             "chosen": min(seconds, key=seconds.get), "seconds": seconds}
+            for key, seconds in dispatch.races().items()
+        ]  # fmt: skip
+
     def __str__(self) -> str:
         counts = {}
         for name in self.patched:

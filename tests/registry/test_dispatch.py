@@ -118,7 +118,7 @@ def test_a_race_times_each_contender_on_the_shape_and_keeps_the_fastest():
     dispatch.clear_decisions()
     spec = registry.get("lora")
     assert spec.raced == ("triton", "hybrid")
-    key = ("lora", "test")
+    key = ("lora", "cpu", torch.float32, (("rank", 8),), (torch.float32, True), (64, 32, 32))
     chosen = dispatch.race(
         spec, ["triton", "hybrid"], CPU, torch.float32, {"rank": 8}, (40, 24, 32),
         (torch.float32, True), key,
@@ -126,5 +126,9 @@ def test_a_race_times_each_contender_on_the_shape_and_keeps_the_fastest():
     seconds = dispatch.races()[key]
     assert set(seconds) == {"triton", "hybrid"} and all(s > 0 for s in seconds.values())
     assert chosen == min(seconds, key=seconds.get)
+    # The patch report shows the choice and its timings.
+    (shown,) = fastpeft.PatchReport.choices()
+    assert shown["chosen"] == chosen and shown["shape"] == [64, 32, 32]
+    assert shown["seconds"] == seconds and shown["sizes"] == {"rank": 8}
     dispatch.clear_decisions()
     assert dispatch.races() == {}
