@@ -98,3 +98,17 @@ def test_wide_rank_takes_the_separate_db_reduction_and_matches_the_reference(dev
     keep = keep_mask("triton", seed, (M, K), p)
     reference = partial(run_reference, inputs, 0.5, keep, p)
     assert_matches_reference(got, reference, ("y", "dx", "dA", "dB"), "triton")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_partial_sums_add_in_split_order_scale_once_and_cast(dtype, device):
+    from fastpeft.triton_path.partials import sum_partials
+
+    g = torch.Generator().manual_seed(11)
+    parts = torch.randn(5, 37, 19, generator=g).to(device)
+    want = parts[0].clone()
+    for s in range(1, 5):  # the fixed order, in fp32
+        want += parts[s]
+    got = sum_partials(parts, dtype, 0.75)
+    assert got.dtype == dtype and got.shape == (37, 19)
+    assert torch.equal(got, (want * 0.75).to(dtype))
