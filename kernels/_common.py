@@ -93,6 +93,21 @@ def load_keep(bits_ptr, offs_m, offs_k, stride_bm, M, K):
 
 
 @triton.jit
+def accumulate_x_wt(
+    acc, x_ptr, w_ptr, offs_m, offs_n, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
+    BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """acc + x Wᵀ for the [len(offs_m), len(offs_n)] output tile, stepping BLOCK_K along K: the
+    frozen base GEMM of a linear layer (x [M, K], W [N, K])."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
+        w_t = load_tile(w_ptr, offs_k, offs_n, stride_wk, stride_wn, K, N)
+        acc = mma(x, w_t, acc, UPCAST, PRECISION)
+    return acc
+
+
+@triton.jit
 def load_tile(ptr, rows, cols, stride_row, stride_col, n_rows, n_cols):
     """The [len(rows), len(cols)] tile at (rows, cols) of a strided 2-D tensor; 0 outside it."""
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]

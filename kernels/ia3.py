@@ -20,7 +20,7 @@ written by exactly one program; the host sums them in a fixed order (determinist
 import triton
 import triton.language as tl
 
-from ._common import grouped_tile, load_tile, mma, store_tile
+from ._common import accumulate_x_wt, grouped_tile, load_tile, mma, store_tile
 
 
 @triton.jit
@@ -47,12 +47,9 @@ def ia3_out_fwd_kernel(
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·K > 2**31
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
-        w_t = load_tile(w_ptr, offs_k, offs_n, stride_wk, stride_wn, K, N)
-        acc = mma(x, w_t, acc, UPCAST, PRECISION)
+    acc = accumulate_x_wt(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_ptr, w_ptr, offs_m,
+                          offs_n, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk, BLOCK_K,
+                          UPCAST, PRECISION)  # fmt: skip
     if HAS_BIAS:
         acc += _load_vector(bias_ptr, offs_n, N)[None, :]
     z = acc.to(w_ptr.dtype.element_ty)

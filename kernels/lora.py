@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    accumulate_x_wt,
     dropout_keep,
     dropout_keep_bits,
     grouped_tile,
@@ -102,11 +103,8 @@ def lora_fwd_kernel(
     if BASE_IN_Y:
         acc += load_tile(y_ptr, offs_m, offs_n, stride_ym, stride_yn, M, N).to(tl.float32)
     else:
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
-            w_t = load_tile(w_ptr, offs_k, offs_n, stride_wk, stride_wn, K, N)
-            acc = mma(x, w_t, acc, UPCAST, PRECISION)
+        acc = accumulate_x_wt(acc, x_ptr, w_ptr, offs_m, offs_n, M, N, K, stride_xm, stride_xk,
+                              stride_wn, stride_wk, BLOCK_K, UPCAST, PRECISION)  # fmt: skip
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     store_tile(y_ptr, acc, offs_m, offs_n, stride_ym, stride_yn, M, N)
