@@ -16,7 +16,7 @@ FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "hybrid", "torch"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_patched_equals_unpatched_fp32(family, backend):
     build, make_batch = FAMILIES[family]
