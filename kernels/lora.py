@@ -2,13 +2,13 @@
 
 Shapes: x [M, K], W [N, K], b [N], A [R, K], B [N, R], t = drop(x) Aᵀ [M, R], u = s · dy B [M, R].
 The LoRA branch runs in the adapter dtype (PEFT casts x to A's dtype); every product accumulates in
-fp32. Six kernels:
+fp32. Five kernels:
 
     lora_down_kernel     t  = drop(x) Aᵀ                      one pass over x; stores the mask bits
     lora_fwd_kernel      y  = x Wᵀ + b + s · t Bᵀ             rank-r term inside the accumulator
     lora_dy_b_kernel     u  = s · dy B,  dB partials dyᵀ t    one pass over dy
-    lora_db_kernel       dB partials dyᵀ t                    wide ranks: fewer partials
-    lora_da_kernel       dA = uᵀ drop(x)                      the forward's mask
+    lora_da_kernel       dA = uᵀ drop(x)                      the forward's mask; at wide ranks
+                         also dBᵀ = tᵀ dy (fewer partials than lora_dy_b_kernel's)
     lora_dx_kernel       dx = dy W + drop'(u A)               rank-r term inside the accumulator;
                          (narrow ranks: dA partials too, x read while the mask is at hand)
 
@@ -148,33 +148,6 @@ def lora_dy_b_kernel(
 
 
 @triton.jit
-def lora_db_kernel(
-    dy_ptr, t_ptr, db_part_ptr,
-    M, N, R, rows_per_split,
-    stride_dym, stride_dyn, stride_tm, stride_tr, stride_pp, stride_pn, stride_pr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-):  # fmt: skip
-    # Grid: (BLOCK_N columns of dB, splits of M). dB_s = dyᵀ t over this split's
-    # `rows_per_split` rows, accumulated in registers and written once to db_part[split] in fp32;
-    # the host sums the splits in a fixed order (deterministic). For wide ranks, where the fused
-    # lora_dy_b_kernel's per-row-block partials cost more bytes than a second read of dy.
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    split = tl.program_id(1)
-    offs_r = tl.arange(0, BLOCK_R)
-    adapter_dtype = t_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
-    first = split.to(tl.int64) * rows_per_split
-    for m0 in range(0, rows_per_split, BLOCK_M):
-        offs_m = first + m0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        dy_t = load_tile(dy_ptr, offs_n, offs_m, stride_dyn, stride_dym, N, M).to(adapter_dtype)
-        t = load_tile(t_ptr, offs_m, offs_r, stride_tm, stride_tr, M, R)
-        acc = mma(dy_t, t, acc, UPCAST, PRECISION)
-    db_part_ptr += split.to(tl.int64) * stride_pp
-    store_tile(db_part_ptr, acc, offs_n, offs_r, stride_pn, stride_pr, N, R)
-
-
-@triton.jit
 def lora_da_kernel(
     x_ptr, u_ptr, seed_ptr, bits_ptr, da_ptr,
     M, K, R, p, rows_per_split,
@@ -188,6 +161,7 @@ def lora_da_kernel(
     # program walks its rows in order and writes its own partial dA (split s at s * stride_das;
     # with one split, dA itself), which the host sums in a fixed order: deterministic. The
     # dropout mask is the forward's: read from its bits (FROM_BITS) or drawn again from its seed.
+    # Without dropout it is any split-M product uᵀ x: the host also runs dBᵀ = tᵀ dy through it.
     offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     split = tl.program_id(1)
     offs_r = tl.arange(0, BLOCK_R)
@@ -304,7 +278,6 @@ COSTS = {
         {"b_ptr": (4 if a["WITH_DB"] else 2) * a["M"] * a["N"] * a["R"]},
         None,
     ),
-    "lora_db_kernel": lambda a, grid: ({"t_ptr": 2 * a["M"] * a["N"] * a["R"]}, None),
     "lora_da_kernel": lambda a, grid: ({"u_ptr": 2 * a["M"] * a["K"] * a["R"]}, None),
     "lora_dx_kernel": lambda a, grid: (
         {

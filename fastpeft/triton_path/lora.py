@@ -95,7 +95,7 @@ def run_forward(x, weight, bias, lora_a, lora_b, seed, scaling, p, hybrid: bool)
 def _u_and_db(dy, t, lora_b, scaling, cfg, target):
     """(u, dB): u = s · dy B in the adapter dtype and dB = s · dyᵀ t, from lora_dy_b_kernel (one
     read of dy, dB partials per row block) or, for wide ranks, lora_dy_b_kernel for u and
-    lora_db_kernel for dB (lora_plan.separate_db decides on the bytes)."""
+    lora_da_kernel's split-M reduction for dB (lora_plan.separate_db decides on the bytes)."""
     M, N = dy.shape
     R = lora_b.shape[1]
     skinny = dict(cfg["skinny"])
@@ -118,14 +118,15 @@ def _u_and_db(dy, t, lora_b, scaling, cfg, target):
         db_parts.stride(0), db_parts.stride(1), db_parts.stride(2),
         WITH_DB=not separate, BLOCK_M=block_m, BLOCK_N=block_n, **cfg["shared"], **skinny,
     )  # fmt: skip
-    if separate:
+    if separate:  # dBᵀ = tᵀ dy: lora_da_kernel's product (uᵀ x) with t for u and dy for x
         launch(
-            kernels.lora_db_kernel, (n_blocks, db_splits),
-            dy, t, db_parts,
-            M, N, R, rows_db * block_m,
-            dy.stride(0), dy.stride(1), t.stride(0), t.stride(1),
-            db_parts.stride(0), db_parts.stride(1), db_parts.stride(2),
-            BLOCK_M=block_m, BLOCK_N=block_n, **cfg["shared"], **skinny,
+            kernels.lora_da_kernel, (n_blocks, db_splits),
+            dy, t, t, t, db_parts,
+            M, N, R, 0.0, rows_db * block_m,
+            dy.stride(0), dy.stride(1), t.stride(0), t.stride(1), 0,
+            db_parts.stride(0), db_parts.stride(2), db_parts.stride(1),
+            HAS_DROPOUT=False, FROM_BITS=False, BLOCK_M=block_m, BLOCK_K=block_n,
+            **cfg["shared"], **skinny,
         )  # fmt: skip
     u = sum_partials(u_parts, lora_b.dtype, scaling)
     return u, sum_partials(db_parts, lora_b.dtype, scaling)

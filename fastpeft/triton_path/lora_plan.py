@@ -157,7 +157,7 @@ def _last_wave_fill(ctas: int, wave: int) -> float:
 
 
 def separate_db(M: int, N: int, rank: int, dy_bytes: int, fused_parts: int, db_parts: int) -> bool:
-    """Whether dB is cheaper as its own reduction (lora_db_kernel: a second read of dy, `db_parts`
+    """Whether dB is cheaper as its own reduction (lora_da_kernel's: a second read of dy, `db_parts`
     fp32 partials of [N, R]) than inside lora_dy_b_kernel (one read, `fused_parts` partials, one
     per row block). Partials are written once and read once by the host's sum; wide ranks tip
     it (rank 128 at the bench's shapes), rank 16 does not."""

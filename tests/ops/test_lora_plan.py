@@ -84,7 +84,7 @@ def test_hopper_gemm_tiles_fit_shared_memory(base, adapter, rank):
 
 
 def test_wide_rank_takes_the_separate_db_reduction_and_matches_the_reference(device):
-    shape, p = (130, 45, 38, 48), 0.25  # rank 48 > M / 4: lora_db_kernel computes dB
+    shape, p = (130, 45, 38, 48), 0.25  # rank 48 > M / 4: dB is its own reduction
     M, K, N, R = shape
     target = launch.target_for(device)
     skinny = lora_plan.launch_configs(target, torch.float32, torch.float32, R)["skinny"]
