@@ -75,6 +75,45 @@ def lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p) -> None:
         raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
 
 
+def shared_down_args(x, lora_as, dropout_p, most: int) -> None:
+    """lora_shared_down's arguments: 2 to `most` adapters' A factors of one shape [R, K] and
+    dtype, contiguous alike, for x [..., K] on their device."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise TypeError("x must be a tensor of shape [..., K]")
+    if not isinstance(lora_as, (list, tuple)) or not 2 <= len(lora_as) <= most:
+        count = len(lora_as) if isinstance(lora_as, (list, tuple)) else type(lora_as).__name__
+        raise ValueError(f"lora_as must be a list of 2 to {most} lora_a tensors, got {count}")
+    first = lora_as[0]
+    K = x.shape[-1]
+    for g, a in enumerate(lora_as):
+        if not isinstance(a, torch.Tensor) or a.dim() != 2 or a.shape[1] != K:
+            raise ValueError(f"lora_as[{g}] must have shape [R, K={K}]")
+        if a.shape != first.shape or a.dtype != first.dtype or a.stride() != first.stride():
+            raise ValueError(
+                f"lora_as[{g}] ({tuple(a.shape)}, {a.dtype}) differs from lora_as[0] "
+                f"({tuple(first.shape)}, {first.dtype}) in shape, dtype or layout: shared-input "
+                "adapters take one rank and dtype"
+            )
+        if a.device != x.device:
+            raise ValueError(f"lora_as[{g}] is on {a.device}, x on {x.device}")
+    if first.dtype not in FLOAT_DTYPES or x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x and lora_as must be fp32, fp16 or bf16, got {x.dtype}, {first.dtype}")
+    if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+
+
+def shared_down_share(down, M: int, lora_a) -> None:
+    """A `lora_shared_down` share passed to lora_linear_up fits its x's M rows and lora_a."""
+    t = getattr(down, "t", None)
+    want = (M, lora_a.shape[0])
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != want or t.dtype != lora_a.dtype:
+        got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else repr(down)
+        raise ValueError(
+            f"down must be a lora_shared_down share with t of shape {list(want)} in "
+            f"{lora_a.dtype} (x's rows, lora_a's rank), got {got}"
+        )
+
+
 def ia3_args(x, weight, bias, ia3_l, feedforward) -> None:
     if not isinstance(feedforward, bool):
         raise TypeError(f"feedforward must be a bool, got {type(feedforward).__name__}")

@@ -12,6 +12,9 @@
   ``backend="auto"``, run PEFT's own forward at shapes where that is faster (timed once per
   shape: fastpeft/patching/cpu_rule.py); ``off`` keeps the fused PyTorch path everywhere (the
   test suite sets it, so its fused-path checks do not depend on timings).
+- ``FASTPEFT_SHARED_INPUT``: ``on`` (the default) lets sibling LoRA layers on one input (q/k/v,
+  gate/up) share one down-projection launch on the Triton path
+  (fastpeft/patching/lora_shared.py); ``off`` runs each layer on its own.
 - ``XDG_CACHE_HOME``: where ``fastpeft bench --suite static`` keeps its compiles
   (``$XDG_CACHE_HOME/fastpeft/static``, else ``~/.cache/fastpeft/static``).
 - ``OUT``: where ``fastpeft bench`` writes when ``--out`` is not given (the device machines that
@@ -43,9 +46,18 @@ def dropout_mask_mode() -> str:
 
 def cpu_rule() -> bool:
     """FASTPEFT_CPU_RULE ("on" when unset); any other value than on/off raises naming it."""
-    value = os.environ.get("FASTPEFT_CPU_RULE", "").strip().lower() or "on"
+    return _on_off("FASTPEFT_CPU_RULE")
+
+
+def shared_input() -> bool:
+    """FASTPEFT_SHARED_INPUT ("on" when unset); any other value than on/off raises naming it."""
+    return _on_off("FASTPEFT_SHARED_INPUT")
+
+
+def _on_off(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower() or "on"
     if value not in ("on", "off"):
-        raise ValueError(f"FASTPEFT_CPU_RULE must be 'on' or 'off', got {value!r}")
+        raise ValueError(f"{name} must be 'on' or 'off', got {value!r}")
     return value == "on"
 
 

@@ -6,6 +6,7 @@ dispatcher (fastpeft/dispatch.py), draws the dropout seeds, flattens to 2-D and 
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -45,6 +46,22 @@ def _scaling_for_op(scaling, lora_b: torch.Tensor) -> tuple[float, torch.Tensor]
     return 1.0, folded.to(lora_b.dtype)
 
 
+def lora_backend(x, weight, lora_a, dropout_p: float, backend: str) -> str:
+    """The backend a `lora_linear` call with these arguments runs on (the dispatcher's choice,
+    per shape, adapter dtype and dropout; on a GPU "auto" races the two Triton paths once)."""
+    M = x.numel() // max(x.shape[-1], 1)
+    shape = (M, weight.shape[0], x.shape[-1])
+    variant = (lora_a.dtype, float(dropout_p) > 0)
+    sizes = {"rank": lora_a.shape[0]}
+    return dispatch.resolve("lora", backend, x.device, x.dtype, sizes, shape=shape, variant=variant)
+
+
+def _checked_lora_call(x, weight, bias, lora_a, lora_b, scaling, dropout_p, backend):
+    """(x as [M, K], the backend that runs it) for a LoRA linear call, its arguments checked."""
+    checks.lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p)
+    return x.reshape(-1, x.shape[-1]), lora_backend(x, weight, lora_a, dropout_p, backend)
+
+
 def lora_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -73,21 +90,95 @@ def lora_linear(
     the base products with the LoRA terms in Triton, timed once per shape; PyTorch elsewhere),
     "triton", "hybrid" or "torch".
     """
-    checks.lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p)
-    leading, K = x.shape[:-1], x.shape[-1]
-    x2d = x.reshape(-1, K)
-    shape = (x2d.shape[0], weight.shape[0], K)
-    sizes = {"rank": lora_a.shape[0]}
-    variant = (lora_a.dtype, float(dropout_p) > 0)
-    resolved = dispatch.resolve(
-        "lora", backend, x.device, x.dtype, sizes, shape=shape, variant=variant
-    )
+    x2d, resolved = _checked_lora_call(x, weight, bias, lora_a, lora_b, scaling, dropout_p, backend)
     seed = _draw_seeds(1, dropout_p, x.device)
     scaling, lora_b = _scaling_for_op(scaling, lora_b)
     y, _, _ = lora_ops.lora_linear_fwd(
         x2d, weight, bias, lora_a, lora_b, seed, scaling, float(dropout_p), resolved
     )
-    return y.reshape(*leading, weight.shape[0])
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+class SharedDown(NamedTuple):
+    """One adapter's share of `lora_shared_down`: t = drop(x) Aᵀ [M, R] (M: x's leading sizes
+    flattened), its dropout mask as the backward reads it, and the seed it was drawn from."""
+
+    t: torch.Tensor
+    keep: torch.Tensor
+    seed: torch.Tensor | None
+
+
+SHARED_INPUT_BACKENDS = ("triton", "hybrid")  # the backends with the shared down kernel
+SHARED_INPUT_MAX = 3  # q, k and v: lora_down_kernel holds at most three accumulators
+
+
+def lora_shared_down(
+    x: torch.Tensor,
+    lora_as: list[torch.Tensor],
+    dropout_p: float = 0.0,
+    *,
+    backend: str = "auto",
+) -> list[SharedDown]:
+    """Shared-input LoRA's down-projections: ``drop_g(x) lora_as[g]ᵀ`` for two or three adapters
+    of one rank and dtype on the same x (q/k/v or gate/up of one layer), from one kernel that
+    reads x once. Each adapter gets its own dropout mask from its own seed, drawn from torch's
+    generator in list order: the masks are independent, as PEFT's separate dropout modules
+    draw them, and equal to what `lora_linear` would draw for each in turn. Nothing here
+    is differentiated: pass each share to `lora_linear_up`, whose backward gives dA (and dx's
+    rank-r term) from the share's t and mask. Runs on the Triton path only (``backend``:
+    "auto" on CUDA, "triton" or "hybrid").
+    """
+    checks.shared_down_args(x, lora_as, dropout_p, SHARED_INPUT_MAX)
+    x2d = x.reshape(-1, x.shape[-1])
+    sizes = {"rank": lora_as[0].shape[0]}
+    # No shape: nothing to race, the down kernel is the same on both Triton backends.
+    resolved = dispatch.resolve("lora", backend, x.device, x.dtype, sizes)
+    if resolved not in SHARED_INPUT_BACKENDS:
+        raise ValueError(
+            f"backend={backend!r} resolves to {resolved!r}: shared-input LoRA runs on "
+            f"{' or '.join(SHARED_INPUT_BACKENDS)} (CUDA, or Triton's interpreter)"
+        )
+    seeds = [_draw_seeds(1, dropout_p, x.device) for _ in lora_as]
+    t, keep = lora_ops.lora_shared_down(
+        x2d.detach(), [a.detach() for a in lora_as], [s for s in seeds if s is not None],
+        float(dropout_p), resolved,
+    )  # fmt: skip
+    return [
+        SharedDown(t[:, g], keep[g] if keep.dim() == 3 else keep, seed)
+        for g, seed in enumerate(seeds)
+    ]
+
+
+def lora_linear_up(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float | torch.Tensor,
+    dropout_p: float,
+    down: SharedDown,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """`lora_linear` for an adapter whose down-projection `lora_shared_down` computed (``down``,
+    from the same x, lora_a and dropout_p): ``x Wᵀ + b + scaling · down.t lora_bᵀ``, with the
+    gradients of `lora_linear` (x, lora_a through down's mask, lora_b). ``backend``: "auto",
+    "triton" or "hybrid" (the Triton path, whose masks `lora_shared_down` wrote).
+    """
+    x2d, resolved = _checked_lora_call(x, weight, bias, lora_a, lora_b, scaling, dropout_p, backend)
+    checks.shared_down_share(down, x2d.shape[0], lora_a)
+    if resolved not in SHARED_INPUT_BACKENDS:
+        raise ValueError(
+            f"backend={backend!r} resolves to {resolved!r}: a shared down-projection's mask is "
+            f"the Triton path's ({' or '.join(SHARED_INPUT_BACKENDS)})"
+        )
+    scaling, lora_b = _scaling_for_op(scaling, lora_b)
+    y = lora_ops.lora_linear_up(
+        x2d, weight, bias, lora_a, lora_b, down.t, down.keep, down.seed, scaling,
+        float(dropout_p), resolved,
+    )  # fmt: skip
+    return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def ia3_linear(

@@ -159,6 +159,18 @@ register(
     )
 )
 
+# Shared-input LoRA: LoRA's siblings on one input (q/k/v, gate/up) sharing one down-projection
+# launch. It runs inside LoRA's patcher and implementations (fastpeft/patching/lora_shared.py);
+# this entry gives it its own static model and compile check.
+register(
+    Method(
+        name="lora_shared",
+        label="shared-input LoRA",
+        compile_check="fastpeft.triton_path.samples:lora_shared",
+        static="fastpeft.static.methods.lora_shared",
+    )
+)
+
 register(
     Method(
         name="ia3",

@@ -18,6 +18,52 @@ def mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
+@triton.jit
+def tf32_round(v):
+    """fp32 v rounded to TF32's 10 mantissa bits (to nearest, ties away from zero, as
+    cvt.rna.tf32.f32 rounds), still in fp32 registers: an integer add and mask."""
+    bits = v.to(tl.uint32, bitcast=True)
+    return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _tf32x2(exact, split, acc, EXACT_LEFT: tl.constexpr):
+    # exact @ split (or split @ exact) as 3xTF32 computes it when `exact`'s low part is zero:
+    # the product with `split`'s TF32 remainder first, then with its rounded high part.
+    big = tf32_round(split)
+    small = tf32_round(split - big)
+    if EXACT_LEFT:
+        acc = tl.dot(exact, small, acc, input_precision="tf32")
+        acc = tl.dot(exact, big, acc, input_precision="tf32")
+    else:
+        acc = tl.dot(small, exact, acc, input_precision="tf32")
+        acc = tl.dot(big, exact, acc, input_precision="tf32")
+    return acc
+
+
+@triton.jit
+def mma_widened(a, b, acc, A_WIDENS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + a @ b where one operand (a if A_WIDENS, else b) comes in a 16-bit dtype and the
+    other in the adapter dtype, to which the 16-bit one is cast (PEFT's x cast to fp32 adapters).
+    A 16-bit value is exact in TF32 (bf16's 8 and fp16's 10 mantissa bits fit TF32's 10, and
+    TF32 has fp32's exponent range), so 3xTF32 needs two products instead of three and no
+    split of the wide operand: the same sum, for less than half the per-element work."""
+    if A_WIDENS:
+        narrow, wide = a, b
+    else:
+        narrow, wide = b, a
+    two_products: tl.constexpr = (
+        PRECISION == "tf32x3" and wide.dtype == tl.float32 and narrow.dtype.primitive_bitwidth == 16
+    )
+    if two_products:
+        acc = _tf32x2(narrow.to(tl.float32), wide, acc, A_WIDENS)
+    elif A_WIDENS:
+        acc = mma(a.to(b.dtype), b, acc, UPCAST, PRECISION)
+    else:
+        acc = mma(a, b.to(a.dtype), acc, UPCAST, PRECISION)
+    return acc
+
+
 # Philox rounds per call. Random123 (Salmon et al., SC'11) finds Philox4x32 with 7 rounds
 # "Crush-resistant" (it passes TestU01's BigCrush) and recommends 10 as a safety margin; dropout
 # masks need far less than cryptographic or Monte Carlo-grade quality, and

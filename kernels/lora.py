@@ -5,6 +5,7 @@ The LoRA branch runs in the adapter dtype (PEFT casts x to A's dtype); every pro
 fp32. Five kernels:
 
     lora_down_kernel     t  = drop(x) Aᵀ                      one pass over x; stores the mask bits
+                         (up to three adapters on one input: x read once for all)
     lora_fwd_kernel      y  = x Wᵀ + b + s · t Bᵀ             rank-r term inside the accumulator
     lora_dy_b_kernel     u  = s · dy B,  dB partials dyᵀ t    one pass over dy
     lora_da_kernel       dA = uᵀ drop(x)                      the forward's mask; at wide ranks
@@ -30,17 +31,42 @@ from ._common import (
     load_keep,
     load_tile,
     mma,
+    mma_widened,
     store_tile,
 )
 
 
 @triton.jit
-def lora_down_kernel(
-    x_ptr, a_ptr, t_ptr, seed_ptr, bits_ptr,
-    M, K, R, p, cols_per_split,
-    stride_xm, stride_xk, stride_ar, stride_ak, stride_ts, stride_tm, stride_tr, stride_bits,
+def _down_member(
+    x, a_ptr, seed, bits_ptr, acc, offs_m, offs_k, offs_r, k0, M, K, R, p,
+    stride_ar, stride_ak, stride_bits,
     HAS_DROPOUT: tl.constexpr, STORE_BITS: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # One adapter's step of lora_down_kernel: its own keep-mask on the shared x tile (masked in
+    # x's dtype, two 16-bit values a register, then cast), stored as bits when asked, then
+    # acc += drop(x) Aᵀ for this step's columns.
+    if HAS_DROPOUT:
+        if STORE_BITS:
+            keep, bits = dropout_keep_bits(seed, offs_m, offs_k, K, p)
+            offs_b = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+            store_tile(bits_ptr, bits, offs_m, offs_b, stride_bits, 1, M, tl.cdiv(K, 8))
+        else:
+            keep = dropout_keep(seed, offs_m, offs_k, K, p)
+        x = tl.where(keep, x, 0.0)
+    a_t = load_tile(a_ptr, offs_k, offs_r, stride_ak, stride_ar, K, R)
+    return mma_widened(x, a_t, acc, True, UPCAST, PRECISION)
+
+
+@triton.jit
+def lora_down_kernel(
+    x_ptr, a_ptr, a1_ptr, a2_ptr, t_ptr, seed_ptr, seed1_ptr, seed2_ptr, bits_ptr,
+    M, K, R, p, cols_per_split,
+    stride_xm, stride_xk, stride_ar, stride_ak, stride_ts, stride_tm, stride_tg, stride_tr,
+    stride_bits_g, stride_bits,
+    MEMBERS: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_BITS: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     # Grid: (BLOCK_M rows of x, splits of K). The whole rank (BLOCK_R >= R) stays in registers.
     # M / BLOCK_M programs alone are under one wave of a large GPU, so K is split in
@@ -48,32 +74,47 @@ def lora_down_kernel(
     # s * stride_ts, which the host sums in a fixed order (deterministic); with one split, t itself.
     # With STORE_BITS the keep-mask drawn here is also stored, 1 bit per element ([M, K / 8]
     # uint8), for the backward kernels to read instead of drawing it again.
+    # MEMBERS (1 to 3) adapters of one rank on the same input (q/k/v, gate/up: shared-input
+    # LoRA) read each x tile once: member g has its own A (a_ptr, a1_ptr, a2_ptr), seed, keep-mask
+    # (bits at g * stride_bits_g) and accumulator, and writes t's member g at g * stride_tg.
     offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·K > 2**31
     split = tl.program_id(1)
     offs_r = tl.arange(0, BLOCK_R)
-    adapter_dtype = a_ptr.dtype.element_ty
     if HAS_DROPOUT:
         seed = tl.load(seed_ptr)
+        if MEMBERS > 1:
+            seed1 = tl.load(seed1_ptr)
+        if MEMBERS > 2:
+            seed2 = tl.load(seed2_ptr)
+    else:
+        seed, seed1, seed2 = 0, 0, 0
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     first = split * cols_per_split
     for k0 in range(first, tl.minimum(first + cols_per_split, K), BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
-        if HAS_DROPOUT:  # masked in x's own dtype (two 16-bit values a register), then cast
-            if STORE_BITS:
-                keep, bits = dropout_keep_bits(seed, offs_m, offs_k, K, p)
-                offs_b = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-                store_tile(bits_ptr, bits, offs_m, offs_b, stride_bits, 1, M, tl.cdiv(K, 8))
-            else:
-                keep = dropout_keep(seed, offs_m, offs_k, K, p)
-            x = tl.where(keep, x, 0.0)
-        x = x.to(adapter_dtype)
-        a_t = load_tile(a_ptr, offs_k, offs_r, stride_ak, stride_ar, K, R)
-        acc = mma(x, a_t, acc, UPCAST, PRECISION)
+        acc = _down_member(x, a_ptr, seed, bits_ptr, acc, offs_m, offs_k, offs_r, k0, M, K, R,
+                           p, stride_ar, stride_ak, stride_bits, HAS_DROPOUT, STORE_BITS, UPCAST,
+                           PRECISION, BLOCK_K)  # fmt: skip
+        if MEMBERS > 1:
+            acc1 = _down_member(x, a1_ptr, seed1, bits_ptr + stride_bits_g, acc1, offs_m, offs_k,
+                                offs_r, k0, M, K, R, p, stride_ar, stride_ak, stride_bits,
+                                HAS_DROPOUT, STORE_BITS, UPCAST, PRECISION, BLOCK_K)  # fmt: skip
+        if MEMBERS > 2:
+            acc2 = _down_member(x, a2_ptr, seed2, bits_ptr + 2 * stride_bits_g, acc2, offs_m,
+                                offs_k, offs_r, k0, M, K, R, p, stride_ar, stride_ak, stride_bits,
+                                HAS_DROPOUT, STORE_BITS, UPCAST, PRECISION, BLOCK_K)  # fmt: skip
     if HAS_DROPOUT:  # drop(x) = keep ⊙ x / (1 - p): the scale is linear, applied once to t
-        acc = acc * (1.0 / (1.0 - p))
+        keep_scale = 1.0 / (1.0 - p)
+        acc, acc1, acc2 = acc * keep_scale, acc1 * keep_scale, acc2 * keep_scale
     t_ptr += split.to(tl.int64) * stride_ts
     store_tile(t_ptr, acc, offs_m, offs_r, stride_tm, stride_tr, M, R)
+    if MEMBERS > 1:
+        store_tile(t_ptr + stride_tg, acc1, offs_m, offs_r, stride_tm, stride_tr, M, R)
+    if MEMBERS > 2:
+        store_tile(t_ptr + 2 * stride_tg, acc2, offs_m, offs_r, stride_tm, stride_tr, M, R)
 
 
 @triton.jit
@@ -128,19 +169,18 @@ def lora_dy_b_kernel(
     split = tl.program_id(1)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_r = tl.arange(0, BLOCK_R)
-    adapter_dtype = b_ptr.dtype.element_ty
     if WITH_DB:
         t = load_tile(t_ptr, offs_m, offs_r, stride_tm, stride_tr, M, R)
     acc_u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     first = split * cols_per_split
     for n0 in range(first, tl.minimum(first + cols_per_split, N), BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N).to(adapter_dtype)
+        dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N)
         b = load_tile(b_ptr, offs_n, offs_r, stride_bn, stride_br, N, R)
-        acc_u = mma(dy, b, acc_u, UPCAST, PRECISION)
+        acc_u = mma_widened(dy, b, acc_u, True, UPCAST, PRECISION)
         if WITH_DB:
             zeros = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
-            db_partial = mma(tl.trans(dy), t, zeros, UPCAST, PRECISION)
+            db_partial = mma_widened(tl.trans(dy), t, zeros, True, UPCAST, PRECISION)
             part_ptr = db_part_ptr + pid_m.to(tl.int64) * stride_pp
             store_tile(part_ptr, db_partial, offs_n, offs_r, stride_pn, stride_pr, N, R)
     u_ptr += split.to(tl.int64) * stride_us
@@ -165,7 +205,6 @@ def lora_da_kernel(
     offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     split = tl.program_id(1)
     offs_r = tl.arange(0, BLOCK_R)
-    adapter_dtype = u_ptr.dtype.element_ty
     if HAS_DROPOUT and not FROM_BITS:
         seed = tl.load(seed_ptr)
     acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
@@ -179,9 +218,8 @@ def lora_da_kernel(
             else:
                 keep = dropout_keep(seed, offs_m, offs_k, K, p)
             x = tl.where(keep, x, 0.0)
-        x = x.to(adapter_dtype)
         u_t = load_tile(u_ptr, offs_r, offs_m, stride_ur, stride_um, R, M)
-        acc = mma(u_t, x, acc, UPCAST, PRECISION)
+        acc = mma_widened(u_t, x, acc, False, UPCAST, PRECISION)
     if HAS_DROPOUT:  # 1 / (1 - p) of drop(x), applied once to the sum
         acc = acc * (1.0 / (1.0 - p))
     da_ptr += split.to(tl.int64) * stride_das
@@ -214,7 +252,6 @@ def lora_dx_kernel(
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_r = tl.arange(0, BLOCK_R)
     a = load_tile(a_ptr, offs_r, offs_k, stride_ar, stride_ak, R, K)
-    adapter_dtype = a_ptr.dtype.element_ty
     if HAS_DROPOUT and not FROM_BITS:
         seed = tl.load(seed_ptr)
     keep_scale = 1.0 / (1.0 - p)  # one division a program; torch's dropout multiplies too
@@ -232,7 +269,7 @@ def lora_dx_kernel(
             x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K)
             if HAS_DROPOUT:
                 x = tl.where(keep, x, 0.0)
-            acc_da = mma(tl.trans(x.to(adapter_dtype)), u, acc_da, UPCAST, PRECISION)
+            acc_da = mma_widened(tl.trans(x), u, acc_da, True, UPCAST, PRECISION)
         acc = mma(u, a, tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32), UPCAST, PRECISION)
         if HAS_DROPOUT:
             acc = tl.where(keep, acc * keep_scale, 0.0)
@@ -258,7 +295,10 @@ def lora_dx_kernel(
 # written once) do not say it (None). `a` maps argument names to the launch's values; `grid` is
 # its grid.
 COSTS = {
-    "lora_down_kernel": lambda a, grid: ({"a_ptr": 2 * a["M"] * a["K"] * a["R"]}, None),
+    "lora_down_kernel": lambda a, grid: (
+        {"a_ptr": 2 * a["MEMBERS"] * a["M"] * a["K"] * a["R"]},
+        None,
+    ),
     "lora_fwd_kernel": lambda a, grid: (
         {
             "x_ptr": 0 if a["BASE_IN_Y"] else 2 * a["M"] * a["N"] * a["K"],

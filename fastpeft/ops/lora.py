@@ -85,15 +85,14 @@ def _(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, backend,
     return dx, torch.empty_like(lora_a), torch.empty_like(lora_b)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, _bias, lora_a, lora_b, seed, scaling, dropout_p, backend = inputs
-    _y, t, keep = output
+def _save(ctx, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, backend):
     ctx.save_for_backward(x, weight, lora_a, lora_b, t, keep, seed)
     ctx.scaling, ctx.dropout_p, ctx.backend = scaling, dropout_p, backend
-    ctx.mark_non_differentiable(t, keep)
 
 
-def _backward(ctx, dy, _dt, _dkeep):
+def _grads(ctx, dy) -> tuple:
+    """(dx, None, None, dA, dB) for the inputs (x, weight, bias, lora_a, lora_b) both forward
+    ops start with; None where no gradient is needed."""
     x, weight, lora_a, lora_b, t, keep, seed = ctx.saved_tensors
     need_dx, need_da, need_db = ctx.needs_input_grad[0], *ctx.needs_input_grad[3:5]
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
@@ -102,17 +101,86 @@ def _backward(ctx, dy, _dt, _dkeep):
         dy, x, weight, lora_a, lora_b, t, keep, seed,
         ctx.scaling, ctx.dropout_p, ctx.backend, need_dx,
     )  # fmt: skip
-    return (
-        dx if need_dx else None,
-        None,
-        None,
-        da if need_da else None,
-        db if need_db else None,
-        None,
-        None,
-        None,
-        None,
-    )
+    return dx if need_dx else None, None, None, da if need_da else None, db if need_db else None
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, _bias, lora_a, lora_b, seed, scaling, dropout_p, backend = inputs
+    _y, t, keep = output
+    _save(ctx, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, backend)
+    ctx.mark_non_differentiable(t, keep)
+
+
+def _backward(ctx, dy, _dt, _dkeep):
+    return (*_grads(ctx, dy), None, None, None, None)
 
 
 lora_linear_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# Shared-input LoRA: adapters of one rank and dtype on the same x (q/k/v, gate/up) get their
+# down-projections from one launch that reads x once (`lora_shared_down`, no gradient of its own:
+# x and the A factors enter it detached), then each its own `lora_linear_up`, whose backward is
+# the plain op's, from its t, mask and seed.
+
+
+@torch.library.custom_op("fastpeft::lora_shared_down", mutates_args=())
+def lora_shared_down(
+    x: torch.Tensor,
+    lora_as: list[torch.Tensor],
+    seeds: list[torch.Tensor],
+    dropout_p: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t [M, members, R], keep): member g's t = drop_g(x) A_gᵀ at t[:, g] and its mask's bits
+    at keep[g] (empty where the backward draws the masks again from `seeds`)."""
+    _counters.record("lora_shared_down", backend)
+    impl = dispatch.implementation("lora", backend)
+    return impl.shared_down(x, list(lora_as), list(seeds), dropout_p)
+
+
+@lora_shared_down.register_fake
+def _(x, lora_as, seeds, dropout_p, backend):
+    members, R = len(lora_as), lora_as[0].shape[0]
+    keep_shape, keep_dtype = dispatch.implementation("lora", backend).mask_spec(x, dropout_p)
+    if len(keep_shape) == 2:
+        keep_shape = (members, *keep_shape)
+    t = x.new_empty((x.shape[0], members, R), dtype=lora_as[0].dtype)
+    return t, x.new_empty(keep_shape, dtype=keep_dtype)
+
+
+@torch.library.custom_op("fastpeft::lora_linear_up", mutates_args=())
+def lora_linear_up(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    t: torch.Tensor,
+    keep: torch.Tensor,
+    seed: torch.Tensor | None,
+    scaling: float,
+    dropout_p: float,
+    backend: str,
+) -> torch.Tensor:
+    """y = x Wᵀ + b + s · t Bᵀ for the t (and mask) `lora_shared_down` computed; lora_a, keep and
+    seed are there for the backward (dA, and dx's rank-r term through the same mask)."""
+    _counters.record("lora_up", backend)
+    return dispatch.implementation("lora", backend).forward_up(x, weight, bias, lora_b, t, scaling)
+
+
+@lora_linear_up.register_fake
+def _(x, weight, bias, lora_a, lora_b, t, keep, seed, scaling, dropout_p, backend):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def _setup_up(ctx, inputs, output):
+    x, weight, _bias, lora_a, lora_b, t, keep, seed, scaling, dropout_p, backend = inputs
+    _save(ctx, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, backend)
+
+
+def _backward_up(ctx, dy):
+    return (*_grads(ctx, dy), None, None, None, None, None, None)
+
+
+lora_linear_up.register_autograd(_backward_up, setup_context=_setup_up)

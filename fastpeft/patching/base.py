@@ -29,6 +29,9 @@ class PatchState:
     previous_instance_forward: Callable | None
     fallbacks: Counter = field(default_factory=Counter)  # eager calls only (see `count`)
     fused_calls: int = 0  # eager calls only (see `count`)
+    # The group of sibling layers on one input this module shares its down-projection with
+    # (shared-input LoRA: fastpeft/patching/lora_shared.py), if any.
+    shared: object | None = None
 
 
 def _forward_attr(module: nn.Module) -> str:

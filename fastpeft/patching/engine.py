@@ -4,7 +4,9 @@ Patchers (one module per method, named in fastpeft/registry.py) provide `candida
 [(name, module)]`, `ineligibility_reasons(module) -> [str]` and either `fused_forward(module,
 *args, **kwargs)` or, when the forward depends on the whole model, `forward_for(model, module)`.
 A patcher whose fused module replaces others (the gate/up adapter pair, which runs its two member
-adapters itself) also provides `members(module) -> [member]`.
+adapters itself) also provides `members(module) -> [member]`. A patcher whose patched modules
+cooperate (LoRA siblings on one input sharing their down-projection) provides `link(model) ->
+[[module name]]`, run after every module is installed, returning the groups it formed.
 
 The first patcher that claims a module owns it: later patchers skip it. Members are claimed with
 their owner and keep their own forward (the owner's fused forward never calls them; a call it
@@ -29,11 +31,14 @@ class PatchReport:
     skipped: dict[str, list[str]] = field(default_factory=dict)
     backend: str = "torch"
     kinds: dict[str, str] = field(default_factory=dict)  # module name -> "LoRA", "IA3", ...
+    # Patched modules grouped to share work (LoRA siblings on one input: one down-projection).
+    shared: list[list[str]] = field(default_factory=list)
 
     def usage(self, model: nn.Module) -> dict[str, dict]:
-        """Per patched module of `model`: eager calls on the fused path ("fused") and those that
-        ran the module's own forward, by reason ("fallbacks": e.g. the CPU rule's, where PEFT's
-        own forward is the faster)."""
+        """Per patched module of `model`: eager calls on the fused path ("fused"), those of them
+        whose down-projection came from a launch shared with its siblings ("shared", for LoRA
+        layers in a shared-input group), and those that ran the module's own forward, by reason
+        ("fallbacks": e.g. the CPU rule's, where PEFT's own forward is the faster)."""
         modules = dict(model.named_modules())
         out = {}
         for name in self.patched:
@@ -41,6 +46,8 @@ class PatchReport:
             if module is not None and base.is_patched(module):
                 state = base.state_of(module)
                 out[name] = {"fused": state.fused_calls, "fallbacks": dict(state.fallbacks)}
+                if state.shared is not None:
+                    out[name]["shared"] = state.shared.shared_calls[state.shared.index(module)]
         return out
 
     @staticmethod
@@ -120,6 +127,10 @@ def run(model: nn.Module, methods, backend: str, strict: bool) -> PatchReport:
         raise ValueError("fastpeft.patch(strict=True) cannot patch:\n" + "\n".join(details))
     for module, fused_forward, method_name in plan:
         base.install(module, fused_forward, backend, method_name)
+    for method in found:
+        link = getattr(registry.load(method.patcher), "link", None)
+        if link is not None:
+            report.shared += link(model)
     return report
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .. import env, functional
 from ..registry import FLOAT_DTYPES
-from . import base, cpu_rule
+from . import base, cpu_rule, lora_shared
 
 
 def lora_layer_types() -> tuple[type, type]:
@@ -166,26 +166,50 @@ def _peft_is_faster(module: nn.Module, x: torch.Tensor, args, kwargs) -> bool:
     key = cpu_rule.kind(x, module.get_base_layer().weight, module.lora_A[name].weight, drops)
     return cpu_rule.peft_is_faster(
         key,
-        fused=lambda: _fused_call(module, x, "torch"),
+        fused=lambda: _alone(module, x, "torch"),
         own=lambda: base.original_forward(module)(x, *args, **kwargs),
     )
 
 
-def _fused_lora(self: nn.Module, x: torch.Tensor, backend: str) -> torch.Tensor:
-    name = self.active_adapters[0]
-    base_layer = self.get_base_layer()
-    dropout = self.lora_dropout[name]
+def _adapter(module: nn.Module) -> lora_shared.Adapter:
+    """The active adapter's tensors and settings for this call (eval mode: no dropout)."""
+    name = module.active_adapters[0]
+    base_layer = module.get_base_layer()
+    dropout = module.lora_dropout[name]
     dropout_p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+    return lora_shared.Adapter(
+        base_layer.weight, base_layer.bias, module.lora_A[name].weight,
+        module.lora_B[name].weight, module.scaling[name], dropout_p,
+    )  # fmt: skip
+
+
+def _alone(self: nn.Module, x: torch.Tensor, backend: str) -> torch.Tensor:
+    """The fused call computing this layer's own down-projection."""
+    a = _adapter(self)
     return functional.lora_linear(
-        x,
-        base_layer.weight,
-        base_layer.bias,
-        self.lora_A[name].weight,
-        self.lora_B[name].weight,
-        self.scaling[name],
-        dropout_p,
-        backend=backend,
+        x, a.weight, a.bias, a.lora_a, a.lora_b, a.scaling, a.dropout_p, backend=backend
     )
+
+
+def _fused_lora(self: nn.Module, x: torch.Tensor, backend: str) -> torch.Tensor:
+    group = base.state_of(self).shared if base.is_patched(self) else None
+    if group is not None and lora_shared.usable(x):
+        return group.forward(self, x, backend)
+    return _alone(self, x, backend)
+
+
+def _sibling_fallback_reason(module: nn.Module, x: torch.Tensor) -> str | None:
+    return call_fallback_reason(module, x, (), {})
+
+
+SHARED_CALLS = lora_shared.Calls(_adapter, _alone, _sibling_fallback_reason)
+
+
+def link(model: nn.Module) -> list[list[str]]:
+    """After patching: group the patched LoRA siblings on one input (q/k/v, gate/up) so that they
+    share their down-projection launch (fastpeft/patching/lora_shared.py). Returns the groups'
+    module names."""
+    return lora_shared.link(model, "lora", SHARED_CALLS)
 
 
 def _fused_call(self: nn.Module, x: torch.Tensor, backend: str) -> torch.Tensor:

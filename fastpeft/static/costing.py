@@ -5,6 +5,8 @@ import importlib
 import json
 import math
 
+import torch
+
 from . import model
 from .archs import Arch
 from .launches import named_args, tensor_bytes
@@ -48,6 +50,7 @@ def launch_record(arch: Arch, launch, compiled) -> dict:
         "config": compiled.config,
         "flops": flops,
         "dram_bytes": dram,
+        "operand_dtypes": operand_dtypes(named),
         "dropout_elements": dropout_elements(named),
         "step_elements": step_elements(named),
     }
@@ -99,6 +102,14 @@ def inspection(compiled, flops: float) -> dict:
     }
 
 
+def operand_dtypes(named: dict) -> list[str]:
+    """The dtypes of a launch's first two tensor arguments (its data: x and A, z and W, ...; the
+    seeds, masks and placeholders come after them): launches of one kernel with the same tiles
+    but other dtypes (16-bit or fp32 adapters) compile to other code."""
+    tensors = [v for v in named.values() if isinstance(v, torch.Tensor)]
+    return [str(t.dtype).replace("torch.", "") for t in tensors[:2]]
+
+
 def step_elements(named: dict) -> int:
     """The [M, K] (or [M, D]) input positions of a kernel that can draw dropout for them, with
     or without it on (what its instructions per element multiply), else 0."""
@@ -128,20 +139,20 @@ def add_dropout_issue_time(arch: Arch, rows: list[dict], dropout: list[dict]) ->
     times: warps waiting on memory or on the asynchronous tensor cores leave the issue slots to
     the integer work. `predicted_us_serial` keeps the pessimistic bound of a launch with
     dropout: the dropout's issue time added to the time without it."""
-    costs = {(d["kernel"], dropout_key(d["config"]), d["num_warps"]): d for d in dropout}
-    by_mode = {(d["kernel"], dropout_key(d["config"]), d["num_warps"], d["mask"]): d
-               for d in dropout}  # fmt: skip
+    costs = {_twin_key(d, d["config"]): d for d in dropout}
+    by_mode = {(*_twin_key(d, d["config"]), d["mask"]): d for d in dropout}
     for row in rows:
         if row["predicted_us"] is None:
             continue
         config = row["config"] or {}
-        key = (row["kernel"], dropout_key(config), row["num_warps"])
+        key = _twin_key(row, config)
         cost = by_mode.get((*key, mask_mode(config))) or costs.get(key)
         if cost is None:
             continue
         rate = model.peak(arch, "issue") * 1e12 * max(row["utilisation"], 1e-9)
         elements = row["step_elements"]
-        extra = max(cost["instructions_per_element"], 0) if row["dropout_elements"] else 0.0
+        per_mask = max(cost["instructions_per_element"], 0) if row["dropout_elements"] else 0.0
+        extra = per_mask * cost.get("masks_per_element", 1)
         issue_us = (cost["base_instructions_per_element"] + extra) * elements / rate * 1e6
         row["issue_us"] = round(issue_us, 3)
         if extra:
@@ -161,18 +172,18 @@ def dropout_cost(rows: list[dict]) -> list[dict]:
         if "HAS_DROPOUT" not in config or not r["instructions"]:
             continue
         flag = config.pop("HAS_DROPOUT")
-        key = (r["kernel"], dropout_key(config), r["num_warps"], mask_mode(r["config"]))
+        key = (*_twin_key(r, config), mask_mode(r["config"]))
         by_key.setdefault(key, {})[bool(flag)] = r
     out = []
-    for (kernel, config, warps, mode), pair in sorted(by_key.items()):
+    for (kernel, config, warps, dtypes, mode), pair in sorted(by_key.items()):
         if True not in pair:
             continue
         if False not in pair:  # a mask-mode variant: compare with the no-dropout launch
             pair[False] = next(
                 (
                     p[False]
-                    for (k, c, w, _), p in by_key.items()
-                    if (k, c, w) == (kernel, config, warps) and False in p
+                    for (*twin, _), p in by_key.items()
+                    if tuple(twin) == (kernel, config, warps, dtypes) and False in p
                 ),
                 None,
             )
@@ -181,21 +192,31 @@ def dropout_cost(rows: list[dict]) -> list[dict]:
         cfg = json.loads(config)
         tile = cfg.get("BLOCK_M", 1) * cfg.get("BLOCK_K", cfg.get("BLOCK_D", 1))
         per_thread = tile / (32 * warps)
+        # A shared-input launch draws one mask per member at each position: per mask element.
+        masks = cfg.get("MEMBERS", 1)
         extra = pair[True]["instructions"] - pair[False]["instructions"]
         out.append(
             {
                 "kernel": kernel,
                 "mask": mode,
+                "operand_dtypes": list(dtypes),
                 "config": cfg,
                 "num_warps": warps,
                 "extra_instructions": extra,
                 "elements_per_thread": per_thread,
+                "masks_per_element": masks,
                 "base_instructions_per_element": round(pair[False]["instructions"] / per_thread, 1),
-                "instructions_per_element": round(extra / per_thread, 1),
+                "instructions_per_element": round(extra / per_thread / masks, 1),
                 "source": pair[True]["instruction_source"],
             }
         )
     return out
+
+
+def _twin_key(row: dict, config: dict) -> tuple:
+    """What a launch with dropout and its no-dropout twin share: kernel, tiles, warps, dtypes."""
+    dtypes = tuple(row.get("operand_dtypes", ()))
+    return (row["kernel"], dropout_key(config), row["num_warps"], dtypes)
 
 
 def dropout_key(config: dict) -> str:

@@ -59,11 +59,15 @@ def case_record(arch, method, static_model, case, weights, dropout, rows) -> dic
     failed = [r["kernel"] for r in rows if r["predicted_us"] is None]
     fused = sum(r["predicted_us"] or 0.0 for r in rows)
     serial = sum(r.get("predicted_us_serial", r["predicted_us"]) or 0.0 for r in rows)
+    moved = sum(r["dram_bytes"] for r in rows)
     if hasattr(static_model, "untraced_ops"):  # e.g. the hybrid path's cuBLAS products
-        untraced = _reference_us(arch, static_model.untraced_ops(case, weights, dropout))
+        ops = static_model.untraced_ops(case, weights, dropout)
+        untraced = _reference_us(arch, ops)
         fused, serial = fused + untraced, serial + untraced
+        moved += sum(op.dram_bytes for op in ops)
     out = {"method": method.name, "case": case.name(), "adapter_dtype": weights,
-           "dropout": dropout, "launches": len(rows), "model": True}  # fmt: skip
+           "dropout": dropout, "launches": len(rows), "fused_dram_bytes": moved,
+           "model": True}  # fmt: skip
     if hasattr(static_model, "fields"):
         out.update(static_model.fields(weights))
     if isinstance(case, layer_case.LayerCase):
@@ -163,7 +167,7 @@ def format_static(result: dict) -> str:
         ratio = next((c[k] for k in ("predicted_fused_over_base", "predicted_speedup_vs_eager",
                                      "predicted_over_adamw") if k in c), None)  # fmt: skip
         flags = (" tf32" if c.get("allow_tf32") else "") + (
-            " hybrid" if c.get("path") == "hybrid" else "")  # fmt: skip
+            f" {c['path']}" if c.get("path") in ("hybrid", "unshared") else "")  # fmt: skip
         label = f"{c['case']} {SHORT.get(c['adapter_dtype'], '')}{flags} p={c['dropout']:g}"
         target = f"{c.get('target', '')} ({c.get('predicted_verdict', '-')})"
         lines.append(f"model: {label[:66]:66} {c['predicted_fused_us'] or 0:9.1f} {ref or 0:9.1f} "

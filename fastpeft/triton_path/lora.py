@@ -24,12 +24,14 @@ from .partials import sum_partials
 _EMPTY = (0,)
 
 
-def _mask_bits(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Where the forward stores the keep-mask: [M, ceil(K / 8)] uint8 (1 bit per element) when
-    dropout is on and FASTPEFT_DROPOUT_MASK is "bits" (the default), else an empty tensor (the
-    backward kernels draw the mask again from the seed)."""
+def _mask_bits(x: torch.Tensor, p: float, members: int) -> torch.Tensor:
+    """Where the forward stores the keep-masks: [members, M, ceil(K / 8)] uint8 (1 bit per
+    element) when dropout is on and FASTPEFT_DROPOUT_MASK is "bits" (the default), else an empty
+    tensor (the backward kernels draw the masks again from the seeds)."""
     shape, dtype = mask_spec(x, p)
-    return torch.empty(shape, device=x.device, dtype=dtype)
+    return torch.empty(
+        (members, *shape) if len(shape) == 2 else shape, device=x.device, dtype=dtype
+    )
 
 
 def forward(x, weight, bias, lora_a, lora_b, seed, scaling: float, p: float):
@@ -46,35 +48,68 @@ def backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling: float, p: fl
     )
 
 
+def shared_down(x, lora_as, seeds, p: float):
+    """(t, keep) of up to three adapters of one rank and dtype on the same input x (shared-input
+    LoRA: q/k/v, gate/up), from one lora_down_kernel launch that reads x once: t [M, members, R]
+    (member g's t = drop_g(x) A_gᵀ at t[:, g]), keep [members, M, ceil(K / 8)] their masks' bits
+    (each member's own seed: the masks are independent, as PEFT's separate dropout modules
+    draw them), or empty when the backward draws them again."""
+    return _down(x, lora_as, seeds, p)
+
+
+def forward_up(x, weight, bias, lora_b, t, scaling: float):
+    """y = x Wᵀ + b + s · t Bᵀ for a t `shared_down` computed (the fused base GEMM)."""
+    return run_up(x, weight, bias, t, lora_b, scaling, hybrid=False)
+
+
 def run_forward(x, weight, bias, lora_a, lora_b, seed, scaling, p, hybrid: bool):
     """`forward`, with the base product x Wᵀ + b fused into lora_fwd_kernel, or (hybrid) by
     cuBLAS (F.linear) with the rank-r update added in place by the same kernel."""
+    t, bits = _down(x, [lora_a], [seed], p)
+    y = run_up(x, weight, bias, t[:, 0], lora_b, scaling, hybrid)
+    return y, t[:, 0], bits[0] if bits.numel() else bits
+
+
+def _down(x, lora_as, seeds, p):
+    """(t [M, members, R], bits [members, M, ceil(K / 8)] or empty): lora_down_kernel for one to
+    three adapters on x, with K split so the grid fills a wave (fp32 partials summed in order)."""
     M, K = x.shape
-    N, R = lora_b.shape
+    members, lora_a = len(lora_as), lora_as[0]
+    R = lora_a.shape[0]
     target = target_for(x.device)
-    cfg = launch_configs(target, x.dtype, lora_a.dtype, R)
-    bits = _mask_bits(x, p)
-    skinny = dict(cfg["skinny"])
-    block_m, block_k = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
+    cfg = launch_configs(target, x.dtype, lora_a.dtype, R, members)
+    bits = _mask_bits(x, p, members)
+    down = dict(cfg["down"])
+    block_m, block_k = down.pop("BLOCK_M"), down.pop("BLOCK_INNER")
     m_blocks = triton.cdiv(M, block_m)
-    stage = (
-        block_m * x.element_size() + cfg["shared"]["BLOCK_R"] * lora_a.element_size()
-    ) * block_k
-    per, splits = lora_plan.split(target, triton.cdiv(K, block_k), m_blocks, cfg["skinny"], stage)
-    t = torch.empty((M, R), device=x.device, dtype=lora_a.dtype)
-    out = t if splits == 1 else x.new_empty((splits, M, R), dtype=torch.float32)
+    rank_tiles = members * cfg["shared"]["BLOCK_R"] * lora_a.element_size()
+    stage = (block_m * x.element_size() + rank_tiles) * block_k
+    traffic = (x.numel() * x.element_size(), 4 * M * members * R)
+    k_blocks = triton.cdiv(K, block_k)
+    per, splits = lora_plan.split(target, k_blocks, m_blocks, cfg["down"], stage, traffic)
+    t = torch.empty((M, members, R), device=x.device, dtype=lora_a.dtype)
+    out = t if splits == 1 else x.new_empty((splits, M, members, R), dtype=torch.float32)
+    a1, a2 = (lora_as + [lora_a] * 2)[1:3]
+    seed0, seed1, seed2 = (seeds + [seeds[0]] * 2)[:3] if p > 0 else (t, t, t)
     launch(
         kernels.lora_down_kernel, (m_blocks, splits),
-        x, lora_a, out, seed if seed is not None else t, bits if bits.numel() else t,
+        x, lora_a, a1, a2, out, seed0, seed1, seed2, bits if bits.numel() else t,
         M, K, R, p, per * block_k,
         x.stride(0), x.stride(1), lora_a.stride(0), lora_a.stride(1),
-        0 if splits == 1 else out.stride(0), out.stride(-2), out.stride(-1),
-        bits.stride(0) if bits.numel() else 0,
-        HAS_DROPOUT=p > 0, STORE_BITS=bits.numel() > 0, BLOCK_M=block_m, BLOCK_K=block_k,
-        **cfg["shared"], **skinny,
+        0 if splits == 1 else out.stride(0), out.stride(-3), out.stride(-2), out.stride(-1),
+        bits.stride(0) if bits.numel() else 0, bits.stride(1) if bits.numel() else 0,
+        MEMBERS=members, HAS_DROPOUT=p > 0, STORE_BITS=bits.numel() > 0,
+        BLOCK_M=block_m, BLOCK_K=block_k, **cfg["shared"], **down,
     )  # fmt: skip
-    if splits > 1:
-        t = sum_partials(out, lora_a.dtype)
+    return (t if splits == 1 else sum_partials(out, lora_a.dtype)), bits
+
+
+def run_up(x, weight, bias, t, lora_b, scaling, hybrid: bool):
+    """y = x Wᵀ + b + s · t Bᵀ: lora_fwd_kernel with the base GEMM in its accumulator, or
+    (hybrid) cuBLAS's F.linear with the update added in place."""
+    M, K = x.shape
+    N, R = lora_b.shape
+    cfg = launch_configs(target_for(x.device), x.dtype, lora_b.dtype, R)
     if hybrid:
         y = F.linear(x, weight, bias)
     else:
@@ -89,7 +124,7 @@ def run_forward(x, weight, bias, lora_a, lora_b, seed, scaling, p, hybrid: bool)
         lora_b.stride(0), lora_b.stride(1), y.stride(0), y.stride(1),
         HAS_BIAS=bias is not None, BASE_IN_Y=hybrid, **cfg["shared"], **gemm,
     )  # fmt: skip
-    return y, t, bits
+    return y
 
 
 def _u_and_db(dy, t, lora_b, scaling, cfg, target):
@@ -104,11 +139,10 @@ def _u_and_db(dy, t, lora_b, scaling, cfg, target):
     m_blocks, n_blocks = triton.cdiv(M, block_m), triton.cdiv(N, block_n)
     stage = block_m * block_n * size + block_n * block_r * lora_b.element_size()
     per, splits = lora_plan.split(target, n_blocks, m_blocks, cfg["skinny"], stage)
-    stage = block_n * block_m * size + block_m * block_r * t.element_size()
-    rows_db, db_splits = lora_plan.split(target, m_blocks, n_blocks, cfg["skinny"], stage)
+    db_splits = _m_split_plan(dy, t, cfg, target)[-1]
     separate = lora_plan.separate_db(M, N, R, dy.element_size(), m_blocks, db_splits)
     u_parts = dy.new_empty((splits, M, R), dtype=torch.float32)
-    db_parts = dy.new_empty((db_splits if separate else m_blocks, N, R), dtype=torch.float32)
+    db_parts = dy.new_empty((1 if separate else m_blocks, N, R), dtype=torch.float32)
     launch(
         kernels.lora_dy_b_kernel, (m_blocks, splits),
         dy, lora_b, t, u_parts, db_parts,
@@ -118,17 +152,9 @@ def _u_and_db(dy, t, lora_b, scaling, cfg, target):
         db_parts.stride(0), db_parts.stride(1), db_parts.stride(2),
         WITH_DB=not separate, BLOCK_M=block_m, BLOCK_N=block_n, **cfg["shared"], **skinny,
     )  # fmt: skip
-    if separate:  # dBᵀ = tᵀ dy: lora_da_kernel's product (uᵀ x) with t for u and dy for x
-        launch(
-            kernels.lora_da_kernel, (n_blocks, db_splits),
-            dy, t, t, t, db_parts,
-            M, N, R, 0.0, rows_db * block_m,
-            dy.stride(0), dy.stride(1), t.stride(0), t.stride(1), 0,
-            db_parts.stride(0), db_parts.stride(2), db_parts.stride(1),
-            HAS_DROPOUT=False, FROM_BITS=False, BLOCK_M=block_m, BLOCK_K=block_n,
-            **cfg["shared"], **skinny,
-        )  # fmt: skip
     u = sum_partials(u_parts, lora_b.dtype, scaling)
+    if separate:  # dBᵀ = tᵀ dy: lora_da_kernel's product (uᵀ x) with t for u and dy for x
+        return u, _reduce_over_m(dy, t, 0.0, _NO_MASK, cfg, target, lora_b.dtype, scaling, True)
     return u, sum_partials(db_parts, lora_b.dtype, scaling)
 
 
@@ -186,29 +212,52 @@ def _da_output(x, lora_a, splits: int) -> torch.Tensor:
     return x.new_empty((splits, *lora_a.shape) if splits else (1, 1, 1), dtype=torch.float32)
 
 
-def _da(x, u, lora_a, p, mask, cfg, target):
-    """dA = uᵀ drop(x) by lora_da_kernel, M split so the grid fills a wave."""
+_NO_MASK = (None, None, 0, False)  # (seed, bits, bits' row stride, from bits): no dropout
+
+
+def _m_split_plan(x, u, cfg, target):
+    """(BLOCK_M, BLOCK_K, the other tile settings, column blocks, row blocks per split, splits)
+    of lora_da_kernel's reduction of uᵀ x over M (x [M, K], u [M, R])."""
     M, K = x.shape
-    R = lora_a.shape[0]
-    seed_arg, bits_arg, bits_stride, from_bits = mask
-    skinny = dict(cfg["skinny"])
-    block_m, block_k = skinny.pop("BLOCK_M"), skinny.pop("BLOCK_INNER")
+    tiles = dict(cfg["da"])
+    block_m, block_k = tiles.pop("BLOCK_M"), tiles.pop("BLOCK_INNER")
     k_blocks = triton.cdiv(K, block_k)
     stage = (
         block_m * block_k * x.element_size() + cfg["shared"]["BLOCK_R"] * block_m * u.element_size()
     )
-    per, splits = lora_plan.split(target, triton.cdiv(M, block_m), k_blocks, cfg["skinny"], stage)
-    out = _da_output(x, lora_a, splits)
+    per, splits = lora_plan.split(target, triton.cdiv(M, block_m), k_blocks, cfg["da"], stage)
+    return block_m, block_k, tiles, k_blocks, per, splits
+
+
+def _reduce_over_m(x, u, p, mask, cfg, target, dtype, scale: float, transposed: bool):
+    """scale · uᵀ drop(x) [R, K] (its transpose [K, R] when `transposed`) in `dtype`, by
+    lora_da_kernel with M split so the grid fills a wave (fp32 partials summed in order)."""
+    block_m, block_k, tiles, k_blocks, per, splits = _m_split_plan(x, u, cfg, target)
+    K, R = x.shape[1], u.shape[1]
+    shape = (K, R) if transposed else (R, K)
+    direct = splits == 1 and scale == 1.0
+    out = x.new_empty(
+        shape if direct else (splits, *shape), dtype=dtype if direct else torch.float32
+    )
+    seed_arg, bits_arg, bits_stride, from_bits = mask
+    rows, cols = (
+        (out.stride(-1), out.stride(-2)) if transposed else (out.stride(-2), out.stride(-1))
+    )
     launch(
         kernels.lora_da_kernel, (k_blocks, splits),
-        x, u, seed_arg, bits_arg, out,
-        M, K, R, p, per * block_m,
+        x, u, seed_arg if seed_arg is not None else u, bits_arg if bits_arg is not None else u, out,
+        x.shape[0], K, R, p, per * block_m,
         x.stride(0), x.stride(1), u.stride(0), u.stride(1), bits_stride,
-        0 if splits == 1 else out.stride(0), out.stride(-2), out.stride(-1),
+        0 if direct else out.stride(0), rows, cols,
         HAS_DROPOUT=p > 0, FROM_BITS=from_bits, BLOCK_M=block_m, BLOCK_K=block_k,
-        **cfg["shared"], **skinny,
+        **cfg["shared"], **tiles,
     )  # fmt: skip
-    return out if splits == 1 else sum_partials(out, lora_a.dtype)
+    return out if direct else sum_partials(out, dtype, scale)
+
+
+def _da(x, u, lora_a, p, mask, cfg, target):
+    """dA = uᵀ drop(x) by lora_da_kernel, M split so the grid fills a wave."""
+    return _reduce_over_m(x, u, p, mask, cfg, target, lora_a.dtype, 1.0, False)
 
 
 def keep_mask(seed: torch.Tensor, M: int, K: int, p: float) -> torch.Tensor:

@@ -72,10 +72,12 @@ def _gemm_config(
     return _fit_shared(cfg, reduction, out_cols, dtype.itemsize, adapter_dtype.itemsize, block_r)
 
 
-def _skinny_config(target: Target, base: int, adapter: int, block_r: int) -> dict:
+def _skinny_config(target: Target, base: int, adapter: int, block_r: int, members: int = 1) -> dict:
     """Tiles of the rank-wide kernels: each stage loads a [BLOCK_M, BLOCK_INNER] base-dtype tile
     and a rank tile of at most max(BLOCK_M, BLOCK_INNER) x BLOCK_R; wide ranks and fp32
-    adapters trade stages, then the inner step, then BLOCK_M, until that fits the budget."""
+    adapters trade stages, then the inner step, then BLOCK_M, until that fits the budget.
+    `members` adapters sharing one input (lora_down_kernel's shared-input launch) each hold their
+    own accumulator and rank tiles: BLOCK_M shrinks so that all of them fit as one would."""
     if target.interpreter:
         return dict(_CPU_SKINNY)
     cfg = dict(_GPU_SKINNY)
@@ -84,18 +86,26 @@ def _skinny_config(target: Target, base: int, adapter: int, block_r: int) -> dic
     # low parts in registers (3xTF32), so at most 128 rows and 128 x 64, at half the step.
     # Larger tiles spill (the static suite's gate checks every launch).
     tallest, largest = (256, 128 * 128) if adapter == 2 else (128, 128 * 64)
-    if adapter == 4:
+    if members > 1:
+        # Each member masks and casts its own copy of the x tile, beside its own accumulator:
+        # the tiles the static compile keeps spill-free with the most elements a thread (the
+        # dropout's per-step work spread thinnest) are 128 x 64 for two members and, for three,
+        # 64 x 128 (16-bit adapters) or 64 x 64 (fp32 ones, split for 3xTF32 in registers).
+        tallest = 128 if members == 2 else 64
+        if members > 2 and adapter == 2:
+            cfg["BLOCK_INNER"] *= 2
+    if adapter == 4 and members == 1:
         cfg["BLOCK_INNER"] //= 2
     elif block_r >= 128:
         # Wide 16-bit ranks take a wider step: more elements a thread per step spread the
         # dropout's per-step work (its instruction budget, checked by the static suite).
         cfg["BLOCK_INNER"] *= 2
     cfg["BLOCK_M"] = min(cfg["BLOCK_M"], tallest)
-    while cfg["BLOCK_M"] * block_r > largest and cfg["BLOCK_M"] > 32:
+    while cfg["BLOCK_M"] * block_r * members > largest and cfg["BLOCK_M"] > 32:
         cfg["BLOCK_M"] //= 2
 
     def shared(c: dict) -> int:
-        rank_tile = max(c["BLOCK_M"], c["BLOCK_INNER"]) * block_r * adapter
+        rank_tile = members * max(c["BLOCK_M"], c["BLOCK_INNER"]) * block_r * adapter
         return c["num_stages"] * (c["BLOCK_M"] * c["BLOCK_INNER"] * base + rank_tile)
 
     while shared(cfg) > _SHARED_BUDGET:
@@ -107,6 +117,28 @@ def _skinny_config(target: Target, base: int, adapter: int, block_r: int) -> dic
             cfg["BLOCK_M"] //= 2
         else:
             break
+    return cfg
+
+
+def _down_config(target: Target, base: int, adapter: int, block_r: int, members: int) -> dict:
+    """Tiles of lora_down_kernel: the skinny tiles for `members` adapters, with a wider step for
+    one fp32 adapter of rank 64 or more (the A tile it splits for 3xTF32 each step is then
+    spread over more x columns, as in `_reduction_config`)."""
+    cfg = _skinny_config(target, base, adapter, block_r, members)
+    if not target.interpreter and adapter == 4 and block_r >= 64 and members == 1:
+        cfg["BLOCK_INNER"] = 64
+    return cfg
+
+
+def _reduction_config(target: Target, base: int, adapter: int, block_r: int) -> dict:
+    """Tiles of lora_da_kernel's split-M reductions (dA = uᵀ x, and dB at wide ranks): the
+    skinny tiles, but with fp32 rank tiles of 64 or more a wider step. Each step loads and
+    converts a [BLOCK_R, BLOCK_M] rank tile for BLOCK_INNER columns of x; at the fp32 step of
+    32 columns that is four rank elements per x element, and the instructions, not the bytes,
+    bound the launch (the static model's issue time)."""
+    cfg = _skinny_config(target, base, adapter, block_r)
+    if not target.interpreter and adapter == 4 and block_r >= 64:
+        cfg["BLOCK_INNER"] = 128
     return cfg
 
 
@@ -122,14 +154,26 @@ def wave_ctas(target: Target, num_warps: int, shared_bytes: int = 0) -> int:
     return target.sm_count * max(1, min(by_threads, by_shared))
 
 
-def split(target: Target, blocks: int, programs: int, skinny: dict, stage_bytes: int):
+def split(
+    target: Target,
+    blocks: int,
+    programs: int,
+    skinny: dict,
+    stage_bytes: int,
+    traffic: tuple[int, int] | None = None,
+):
     """(blocks per split, splits) of a reduction over `blocks` blocks, for a launch with
     `programs` programs per split whose pipeline stages load `stage_bytes` each. At least
     enough splits to fill a wave; among up to twice that many, the count whose last wave is
     fullest (the fewer splits, so fewer partials to write and sum, on a tie); never an empty
-    split. The interpreter takes two splits, so the CPU tests run the partial-sum paths too."""
+    split. `traffic` = (bytes the launch streams, bytes of one split's fp32 partial) caps the
+    splits so that writing and summing the partials costs at most half the streamed bytes: the
+    wave estimate (by threads) errs high, and wide partials (three adapters' t, rank 128) would
+    otherwise cost more than the wave they fill is worth. The interpreter takes two splits, so
+    the CPU tests run the partial-sum paths too."""
     if blocks <= 1:
         return max(blocks, 1), 1
+    cap = blocks if traffic is None else max(1, traffic[0] // (4 * traffic[1]))
     if target.interpreter:
         want, wave = 2, 0
     else:
@@ -137,12 +181,13 @@ def split(target: Target, blocks: int, programs: int, skinny: dict, stage_bytes:
         # an SM holds err high and the grid errs towards more than a wave).
         shared = max(skinny.get("num_stages", 1) - 1, 1) * stage_bytes
         wave = wave_ctas(target, skinny.get("num_warps", 4), shared)
-        want = triton.cdiv(wave, programs)
+        want = min(triton.cdiv(wave, programs), cap)
     if want <= 1:
         return blocks, 1
     # Balanced splits: `per` blocks each, from the most that still gives `want` splits down.
     most = max(1, (blocks - 1) // (want - 1))
     counts = sorted({triton.cdiv(blocks, per) for per in range(max(1, most // 2), most + 1)})
+    counts = [n for n in counts if n <= cap] or [want]
     best = (
         max(counts, key=lambda n: (_last_wave_fill(programs * n, wave), -n)) if wave else counts[0]
     )
@@ -190,19 +235,27 @@ def dx_row_blocks(target: Target, m_blocks: int, k_blocks: int) -> int:
 
 
 def launch_configs(
-    target: Target, base_dtype: torch.dtype, adapter_dtype: torch.dtype, rank: int
+    target: Target,
+    base_dtype: torch.dtype,
+    adapter_dtype: torch.dtype,
+    rank: int,
+    members: int = 1,
 ) -> dict[str, dict]:
-    """Every launch's configuration for `target`: "skinny" (lora_down, lora_dy_b, lora_da: the
-    rank-wide kernels, BLOCK_INNER being their K or N step), "fwd" and "dx" (the GEMMs), plus
-    BLOCK_R and the dot flags shared by all."""
+    """Every launch's configuration for `target`: "skinny" (lora_dy_b: a rank-wide kernel,
+    BLOCK_INNER being its N step), "down" (lora_down's, for `members` adapters reading one
+    input), "da" (lora_da's split-M reductions), "fwd" and "dx" (the GEMMs), plus BLOCK_R and
+    the dot flags shared by all."""
     block_r = rank_block(rank)
+    base, adapter = base_dtype.itemsize, adapter_dtype.itemsize
     dx = _gemm_config(target, base_dtype, adapter_dtype, block_r, "BLOCK_N")
     if fuse_da(rank, adapter_dtype) and not target.interpreter:
         # dA's accumulator and x tile sit beside dx's: a 128-wide tile keeps them in registers
         # (at 256, 255 registers a thread and spills).
         dx["BLOCK_K"] = min(dx["BLOCK_K"], 128)
     return dict(
-        skinny=_skinny_config(target, base_dtype.itemsize, adapter_dtype.itemsize, block_r),
+        skinny=_skinny_config(target, base, adapter, block_r),
+        down=_down_config(target, base, adapter, block_r, members),
+        da=_reduction_config(target, base, adapter, block_r),
         fwd=_gemm_config(target, base_dtype, adapter_dtype, block_r, "BLOCK_K"),
         dx=dx,
         shared=dict(BLOCK_R=block_r, **dot_flags(target)),

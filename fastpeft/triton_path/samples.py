@@ -117,6 +117,34 @@ def _drive_lora(tag: Tag, where: str, mode: str, base, adapter, rank: int) -> No
                 lora_host.backward(dy, x, w, lora_a, lora_b, t, keep, seed, 2.0, p, need_dx)
 
 
+def lora_shared(tag: Tag, full: bool = False) -> None:
+    """Shared-input LoRA: q/k/v (three adapters) and gate/up (two) on one 4096-wide input, their
+    down-projections from one launch, each then its own up-projection and backward."""
+    ranks = LORA_RANKS if full else (16, 128)
+    for (base, adapter, mode, tf32), rank in itertools.product(_runs(full), ranks):
+        with allow_tf32(tf32):
+            for members in (2, 3):
+                where = f"{_label(base, adapter, tf32)} r={rank} members={members}"
+                _drive_lora_shared(tag, where, mode, base, adapter, rank, members)
+
+
+def _drive_lora_shared(tag: Tag, where, mode: str, base, adapter, rank: int, members: int) -> None:
+    M, K, N = M_TOKENS, HIDDEN, HIDDEN
+    x, w = _empty(M, K, dtype=base), _empty(N, K, dtype=base)
+    lora_as = [_empty(rank, K, dtype=adapter) for _ in range(members)]
+    lora_b, dy = _empty(N, rank, dtype=adapter), _empty(M, N, dtype=base)
+    for p in _PS[mode]:
+        seeds = [_seed(1, p) for _ in range(members)] if p > 0 else []
+        with tag(f"{where} shared down p={p}"):
+            t, keep = lora_host.shared_down(x, lora_as, seeds, p)
+        mask = keep[1] if keep.dim() == 3 else keep
+        with tag(f"{where} up p={p}"):
+            lora_host.forward_up(x, w, None, lora_b, t[:, 1], 2.0)
+        with tag(f"{where} bwd p={p}"):
+            seed = seeds[1] if seeds else None
+            lora_host.backward(dy, x, w, lora_as[1], lora_b, t[:, 1], mask, seed, 2.0, p, True)
+
+
 # ------------------------------------------------------------------------------------------------
 # IA3
 # ------------------------------------------------------------------------------------------------

@@ -9,8 +9,11 @@ themselves are (gpu tier).
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from fastpeft import functional
+from fastpeft.kernels._common import mma_widened, tf32_round
 from fastpeft.triton_path import launch
 
 
@@ -44,6 +47,65 @@ def test_three_tf32_products_err_like_fp32_and_far_less_than_tf32(K):
     assert split < 1e-5  # the fp32 tolerance of the tests (SPEC: rtol 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16bit_operand_needs_two_products_not_three(dtype):
+    # bf16 and fp16 values are exact in TF32 (8 and 10 mantissa bits; fp32's exponent range), so
+    # 3xTF32's product with their remainder is zero: two products give the same sum.
+    g = torch.Generator().manual_seed(7)
+    a = (torch.randn(256, 4096, generator=g) * 3).to(dtype).float()
+    b = torch.randn(4096, 64, generator=g)
+    assert torch.equal(_tf32(a), a)
+    b_hi = _tf32(b)
+    two = a @ _tf32(b - b_hi) + a @ b_hi
+    exact = a.double() @ b.double()
+    assert _error(two, exact) <= 2 * _error(a @ b, exact) + 1e-7
+
+
+@triton.jit
+def _round_kernel(v_ptr, out_ptr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tf32_round(tl.load(v_ptr + offs)))
+
+
+@triton.jit
+def _widened_kernel(
+    a_ptr, b_ptr, out_ptr, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr,
+    A_WIDENS: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    rows, inner, cols = tl.arange(0, M), tl.arange(0, K), tl.arange(0, N)
+    a = tl.load(a_ptr + rows[:, None] * K + inner[None, :])
+    b = tl.load(b_ptr + inner[:, None] * N + cols[None, :])
+    acc = mma_widened(a, b, tl.zeros((M, N), dtype=tl.float32), A_WIDENS, True, PRECISION)
+    tl.store(out_ptr + rows[:, None] * N + cols[None, :], acc)
+
+
+def test_the_kernels_tf32_rounding_is_cvt_rna():
+    g = torch.Generator().manual_seed(1)
+    scales = 10.0 ** torch.randint(-30, 30, (1018,), generator=g)  # fp32's range, no subnormals
+    special = torch.tensor([0.0, -0.0, 1.0, -1.5, float("inf"), 3e38])  # 3e38 rounds up to inf
+    v = torch.cat([torch.randn(1018, generator=g) * scales, special])
+    out = torch.empty_like(v)
+    _round_kernel[(1,)](v, out, BLOCK=1024)
+    assert torch.equal(out.view(torch.int32), _tf32(v).view(torch.int32))
+
+
+@pytest.mark.parametrize("a_widens", [True, False])
+@pytest.mark.parametrize("precision", ["tf32x3", "ieee"])
+def test_mixed_product_of_a_16bit_and_an_fp32_tile(a_widens, precision):
+    # The helper the LoRA kernels use where x (16-bit) meets fp32 adapter tiles: in "tf32x3" it
+    # runs the two products above (the interpreter multiplies TF32 inputs in fp32, so this checks
+    # the split's wiring; the GPU tier checks the tensor cores), else one plain product.
+    g = torch.Generator().manual_seed(2)
+    M, K, N = 32, 64, 16
+    narrow = torch.randn(M if a_widens else K, K if a_widens else N, generator=g).half()
+    wide = torch.randn(K if a_widens else M, N if a_widens else K, generator=g)
+    a, b = (narrow, wide) if a_widens else (wide, narrow)
+    out = torch.empty(M, N)
+    _widened_kernel[(1,)](a, b, out, M, K, N, a_widens, precision)
+    exact = a.double() @ b.double()
+    assert _error(out, exact) < 1e-6
+
+
 def test_the_dot_precision_follows_torchs_tf32_switch():
     hopper = launch.Target("cuda", 90)
     with launch.allow_tf32(False):
@@ -67,3 +129,27 @@ def test_fp32_lora_on_the_gpu_errs_like_torch_at_the_same_setting(tf32):
         got = functional.lora_linear(x, w, None, a, b, 2.0, backend="triton")
         torch_way = x @ w.t() + 2.0 * (x @ a.t()) @ b.t()
     assert _error(got, exact) <= 2 * _error(torch_way, exact) + 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tf32", [False, True], ids=["3xtf32", "tf32"])
+def test_fp32_adapters_on_a_bf16_base_on_the_gpu(tf32):
+    # PEFT's default (Paper A's): bf16 activations, fp32 adapters. The kernels multiply the bf16
+    # x (exact in TF32) with fp32 A and B tiles in two products instead of 3xTF32's three.
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(512, 4096, generator=g).cuda().bfloat16()
+    w = (torch.randn(1024, 4096, generator=g) / 64).cuda().bfloat16()
+    a = (torch.randn(64, 4096, generator=g) / 64).cuda().requires_grad_()
+    b = (torch.randn(1024, 64, generator=g) / 8).cuda().requires_grad_()
+    dy = torch.randn(512, 1024, generator=g).cuda().bfloat16()
+    x64, a64, b64 = x.double(), a.detach().double(), b.detach().double()
+    t64 = x64 @ a64.t()
+    want_da, want_db = 2.0 * (dy.double() @ b64).t() @ x64, 2.0 * dy.double().t() @ t64
+    with launch.allow_tf32(tf32):
+        y = functional.lora_linear(x, w, None, a, b, 2.0, backend="triton")
+        y.backward(dy)
+        t32 = x.float() @ a.detach().t()  # torch's fp32 matmuls at the same setting
+        torch_da = (2.0 * (dy.float() @ b.detach())).t() @ x.float()
+        torch_db = 2.0 * dy.float().t() @ t32
+    assert _error(a.grad, want_da) <= 2 * _error(torch_da, want_da) + 1e-6
+    assert _error(b.grad, want_db) <= 2 * _error(torch_db, want_db) + 1e-6

@@ -112,3 +112,35 @@ def test_partial_sums_add_in_split_order_scale_once_and_cast(dtype, device):
     got = sum_partials(parts, dtype, 0.75)
     assert got.dtype == dtype and got.shape == (37, 19)
     assert torch.equal(got, (want * 0.75).to(dtype))
+
+
+def test_partials_never_cost_more_than_half_the_streamed_bytes():
+    # Three rank-16 adapters' t on an [8192, 4096] bf16 x (shared-input LoRA): a wave by threads
+    # would take 17 or more splits of 1.5 MiB fp32 partials each; the cap keeps it to 10.
+    streamed, partial = 8192 * 4096 * 2, 4 * 8192 * 3 * 16
+    uncapped = lora_plan.split(HOPPER, 128, 128, SKINNY, 0)[1]
+    per, splits = lora_plan.split(HOPPER, 128, 128, SKINNY, 0, (streamed, partial))
+    assert uncapped > 10 >= splits and 4 * partial * splits <= streamed
+    assert per * splits >= 128 and per * (splits - 1) < 128
+
+
+@pytest.mark.parametrize("adapter", [torch.bfloat16, torch.float32])
+def test_shared_input_down_tiles_hold_every_members_accumulator(adapter):
+    one = lora_plan.launch_configs(HOPPER, torch.bfloat16, adapter, 16)["down"]
+    for members in (2, 3):
+        down = lora_plan.launch_configs(HOPPER, torch.bfloat16, adapter, 16, members)["down"]
+        # Each member's accumulator and masked x copy: shorter row blocks than one adapter's,
+        # and the stages (x tile plus every member's rank tile) within the shared budget.
+        assert down["BLOCK_M"] < one["BLOCK_M"] or adapter == torch.float32
+        rank_tiles = members * max(down["BLOCK_M"], down["BLOCK_INNER"]) * 16 * adapter.itemsize
+        stage = down["BLOCK_M"] * down["BLOCK_INNER"] * 2 + rank_tiles
+        assert down["num_stages"] * stage <= 200 * 1024
+
+
+def test_wide_fp32_ranks_take_a_wider_step_where_the_rank_tile_is_reloaded():
+    for rank in (64, 128):
+        cfg = lora_plan.launch_configs(HOPPER, torch.bfloat16, torch.float32, rank)
+        assert cfg["da"]["BLOCK_INNER"] == 128 > cfg["skinny"]["BLOCK_INNER"]
+        assert cfg["down"]["BLOCK_INNER"] == 64 > cfg["skinny"]["BLOCK_INNER"]
+    narrow = lora_plan.launch_configs(HOPPER, torch.bfloat16, torch.float32, 16)
+    assert narrow["da"] == narrow["skinny"] == narrow["down"]
