@@ -52,12 +52,24 @@ def mma_widened(a, b, acc, A_WIDENS: tl.constexpr, UPCAST: tl.constexpr, PRECISI
         narrow, wide = a, b
     else:
         narrow, wide = b, a
-    two_products: tl.constexpr = (
-        PRECISION == "tf32x3" and wide.dtype == tl.float32 and narrow.dtype.primitive_bitwidth == 16
-    )
-    if two_products:
-        acc = _tf32x2(narrow.to(tl.float32), wide, acc, A_WIDENS)
-    elif A_WIDENS:
+    # Nested compile-time branches, one comparison each (Triton 3.6 and 3.9 alike).
+    if PRECISION == "tf32x3":
+        if wide.dtype == tl.float32:
+            if narrow.dtype.primitive_bitwidth == 16:
+                acc = _tf32x2(narrow.to(tl.float32), wide, acc, A_WIDENS)
+            else:
+                acc = _cast_mma(a, b, acc, A_WIDENS, UPCAST, PRECISION)
+        else:
+            acc = _cast_mma(a, b, acc, A_WIDENS, UPCAST, PRECISION)
+    else:
+        acc = _cast_mma(a, b, acc, A_WIDENS, UPCAST, PRECISION)
+    return acc
+
+
+@triton.jit
+def _cast_mma(a, b, acc, A_WIDENS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    # The plain product, the narrow operand cast to the other's dtype first.
+    if A_WIDENS:
         acc = mma(a.to(b.dtype), b, acc, UPCAST, PRECISION)
     else:
         acc = mma(a, b.to(a.dtype), acc, UPCAST, PRECISION)

@@ -290,13 +290,13 @@ def lora_dx_kernel(
 
 
 # The static model's analytic cost of each launch (fastpeft/static): the matrix products' FLOPs,
-# per product keyed by the tensor argument whose dtype sets its rate (x cast to the adapter dtype
-# multiplies A's dtype), and the minimum DRAM bytes where the tensor arguments (each read or
-# written once) do not say it (None). `a` maps argument names to the launch's values; `grid` is
-# its grid.
+# per product keyed by the tensor arguments whose dtypes set its rate ("a_ptr*x_ptr": A's tile
+# times x's, cast to A's dtype; fastpeft/static/costing.work_by_rate), and the minimum DRAM
+# bytes where the tensor arguments (each read or written once) do not say it (None). `a` maps
+# argument names to the launch's values; `grid` is its grid.
 COSTS = {
     "lora_down_kernel": lambda a, grid: (
-        {"a_ptr": 2 * a["MEMBERS"] * a["M"] * a["K"] * a["R"]},
+        {"a_ptr*x_ptr": 2 * a["MEMBERS"] * a["M"] * a["K"] * a["R"]},
         None,
     ),
     "lora_fwd_kernel": lambda a, grid: (
@@ -315,14 +315,15 @@ COSTS = {
         ),  # fmt: skip
     ),
     "lora_dy_b_kernel": lambda a, grid: (
-        {"b_ptr": (4 if a["WITH_DB"] else 2) * a["M"] * a["N"] * a["R"]},
+        {"b_ptr*dy_ptr": (4 if a["WITH_DB"] else 2) * a["M"] * a["N"] * a["R"]},
         None,
     ),
-    "lora_da_kernel": lambda a, grid: ({"u_ptr": 2 * a["M"] * a["K"] * a["R"]}, None),
+    "lora_da_kernel": lambda a, grid: ({"u_ptr*x_ptr": 2 * a["M"] * a["K"] * a["R"]}, None),
     "lora_dx_kernel": lambda a, grid: (
         {
             "dy_ptr": 0 if a["BASE_IN_DX"] else 2 * a["M"] * a["K"] * a["N"],
-            "u_ptr": (4 if a["WITH_DA"] else 2) * a["M"] * a["K"] * a["R"],
+            "u_ptr": 2 * a["M"] * a["K"] * a["R"],
+            "u_ptr*x_ptr": 2 * a["M"] * a["K"] * a["R"] if a["WITH_DA"] else 0,
         },
         _bytes(
             a,

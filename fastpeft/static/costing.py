@@ -76,14 +76,17 @@ def launch_record(arch: Arch, launch, compiled) -> dict:
 
 def work_by_rate(named: dict, products, row: dict) -> dict[str, float]:
     """{rate: FLOPs} of a launch. COSTS gives either its FLOPs, run at the rate its code's
-    instructions say, or {operand argument: FLOPs} per product, each at the rate of that
-    operand's dtype (a bf16 base GEMM and an fp32 adapter's 3xTF32 product in one kernel)."""
+    instructions say, or {operand arguments: FLOPs} per product, each at the rate of those
+    operands' dtypes (a bf16 base GEMM and an fp32 adapter's 3xTF32 product in one kernel):
+    "a_ptr" for a product whose operands share a_ptr's dtype, "a_ptr*x_ptr" for one of a_ptr's
+    tile and x_ptr's (a 16-bit x meeting fp32 adapters: two TF32 products, not three)."""
     types = set(row["tensor_core_types"])
     if not isinstance(products, dict):
         return {model.rate_of(types, row["fma"], products): products}
     work: dict[str, float] = {}
-    for arg, flops in products.items():
-        rate = model.operand_rate(named[arg].dtype, named.get("PRECISION"), types)
+    for args, flops in products.items():
+        dtypes = [named[arg].dtype for arg in args.split("*")]
+        rate = model.product_rate(dtypes, named.get("PRECISION"), types)
         work[rate] = work.get(rate, 0.0) + flops
     return work
 

@@ -39,8 +39,9 @@ def utilisation(arch: Arch, ctas: int, per_sm: int) -> float:
 # last-wave quantisation as the Triton launches, and to take it out of the measured ceiling.
 CUBLAS_TILE = (128, 256)
 
-# Rates derived from another ceiling: 3xTF32 runs three TF32 products per product.
-DERIVED_RATES = {"tf32x3": ("tf32", 3.0)}
+# Rates derived from another ceiling: 3xTF32 runs three TF32 products per product, and two
+# where one operand is a 16-bit tile cast to fp32 (exact in TF32: kernels/_common.mma_widened).
+DERIVED_RATES = {"tf32x3": ("tf32", 3.0), "tf32x2": ("tf32", 2.0)}
 
 
 def gemm_utilisation(arch: Arch, M: int, N: int) -> float:
@@ -73,7 +74,7 @@ class Prediction:
 
 def predict(arch: Arch, work: dict[str, float], dram_bytes: float, busy: float) -> Prediction:
     """max(compute, memory) at the arch's peaks scaled by `busy` (utilisation). `work` maps each
-    rate the launch's products run at ("tc16", "tf32", "tf32x3", "fp32") to their FLOPs; their
+    rate the launch's products run at ("tc16", "tf32", "tf32x3", "tf32x2", "fp32") to their FLOPs; their
     compute times add up (one SM's tensor cores run one product at a time)."""
     busy = max(busy, 1e-9)
     compute = sum(flops / (peak(arch, rate) * 1e12 * busy) * 1e6
@@ -92,6 +93,16 @@ def rate_of(tensor_core_types: set[str], fma_count: int, flops: float) -> str:
     if "tf32" in tensor_core_types:
         return "tf32"
     return "fp32"
+
+
+def product_rate(dtypes, precision: str | None, tensor_core_types: set[str]) -> str:
+    """The ceiling of a product of operands of `dtypes` (one dtype: both alike): a 16-bit
+    operand widened to meet an fp32 one under 3xTF32 needs two TF32 products ("tf32x2")."""
+    widest = max(dtypes, key=lambda d: d.itemsize)
+    rate = operand_rate(widest, precision, tensor_core_types)
+    if rate == "tf32x3" and min(d.itemsize for d in dtypes) == 2:
+        return "tf32x2"
+    return rate
 
 
 def operand_rate(dtype, precision: str | None, tensor_core_types: set[str]) -> str:

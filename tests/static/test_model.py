@@ -76,6 +76,14 @@ def test_rate_follows_the_instructions():
     assert model.operand_rate(torch.float32, "ieee", {"bf16"}) == "fp32"
     assert model.operand_rate(torch.bfloat16, "tf32x3", {"bf16", "tf32"}) == "tc16"
     assert model.operand_rate(torch.bfloat16, "ieee", set()) == "fp32"
+    # A 16-bit tile widened to meet an fp32 one: two TF32 products under 3xTF32, at half TF32.
+    bf16, fp32, tc = torch.bfloat16, torch.float32, {"bf16", "tf32"}
+    assert model.product_rate([fp32, bf16], "tf32x3", tc) == "tf32x2"
+    assert model.product_rate([fp32, fp32], "tf32x3", tc) == "tf32x3"
+    assert model.product_rate([fp32, bf16], "tf32", tc) == "tf32"
+    assert model.product_rate([bf16, bf16], "tf32x3", tc) == "tc16"
+    arch = archs.get("sm_90")
+    assert model.peak(arch, "tf32x2") == pytest.approx(model.peak(arch, "tf32") / 2)
 
 
 def test_every_ceiling_names_its_source():
