@@ -74,8 +74,8 @@ class Prediction:
 
 def predict(arch: Arch, work: dict[str, float], dram_bytes: float, busy: float) -> Prediction:
     """max(compute, memory) at the arch's peaks scaled by `busy` (utilisation). `work` maps each
-    rate the launch's products run at ("tc16", "tf32", "tf32x3", "tf32x2", "fp32") to their FLOPs; their
-    compute times add up (one SM's tensor cores run one product at a time)."""
+    rate the launch's products run at ("tc16", "tf32", "tf32x3", "tf32x2", "fp32") to their
+    FLOPs; their compute times add up (one SM's tensor cores run one product at a time)."""
     busy = max(busy, 1e-9)
     compute = sum(flops / (peak(arch, rate) * 1e12 * busy) * 1e6
                   for rate, flops in work.items() if flops and rate != "none")  # fmt: skip
