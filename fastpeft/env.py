@@ -5,10 +5,10 @@
 - ``FASTPEFT_BACKEND``: overrides ``backend="auto"`` for every method that has the named backend
   (``torch``, ``triton``, ``cpp``, ``cuda``; fastpeft/dispatch.py applies it), e.g. to compare
   paths without editing code.
-- ``FASTPEFT_DROPOUT_MASK``: how the Triton LoRA kernels carry the dropout mask from the forward
-  to the backward: ``bits`` (the default: the forward stores 1 bit per input element) or
-  ``regenerate`` (nothing stored; the backward kernels redraw it from the seed).
-- ``FASTPEFT_CPU_RULE``: ``on`` (the default) lets a patched LoRA layer on the CPU, with
+- ``FASTPEFT_DROPOUT_MASK``: how the Triton LoRA and adapter kernels carry the dropout mask from
+  the forward to the backward: ``bits`` (the default: the forward stores 1 bit per input element)
+  or ``regenerate`` (nothing stored; the backward kernels redraw it from the seed).
+- ``FASTPEFT_CPU_RULE``: ``on`` (the default) lets a patched LoRA or IA3 layer on the CPU, with
   ``backend="auto"``, run PEFT's own forward at shapes where that is faster (timed once per
   shape: fastpeft/patching/cpu_rule.py); ``off`` keeps the fused PyTorch path everywhere (the
   test suite sets it, so its fused-path checks do not depend on timings).

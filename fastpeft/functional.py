@@ -231,8 +231,10 @@ def adapter(
     or post-adapter); pass the base output for a parallel adapter. ``activation`` is one of tanh,
     relu, gelu (exact erf form) or silu. ``dropout_p`` is inverted dropout on z for the bottleneck
     (pass 0 in eval mode); its mask comes from counter-based random numbers seeded from torch's
-    global generator and is regenerated, not stored, for the backward. Gradients flow to z,
-    w_down, w_up and residual; only pre [M, H] is saved. Returns [..., d] in the residual's dtype.
+    global generator; the backward gets the forward's mask (on the Triton path 1 bit per element
+    stored by the forward, or drawn again: FASTPEFT_DROPOUT_MASK). Gradients flow to z, w_down,
+    w_up and residual; pre [M, H] (and the mask's bits) are saved. Returns [..., d] in the
+    residual's dtype.
     ``backend``: "auto" (Triton on CUDA, PyTorch elsewhere), "triton" or "torch".
     """
     checks.adapter_input(z, "z")

@@ -142,6 +142,23 @@ def dropout_keep_bits(seed, offs_m, offs_k, K, p):
 
 
 @triton.jit
+def draw_keep(
+    seed, bits_ptr, offs_m, offs_k, k0, K, p, stride_bits, store_rows,
+    STORE_BITS: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """The keep-mask of the tile at (offs_m, offs_k = k0 + arange(BLOCK_K)) drawn from `seed`;
+    with STORE_BITS its bytes also go to bits_ptr ([rows, ceil(K / 8)] uint8, row stride
+    `stride_bits`) for the rows below `store_rows`, for the backward to read (`load_keep`)."""
+    if STORE_BITS:
+        keep, bits = dropout_keep_bits(seed, offs_m, offs_k, K, p)
+        offs_b = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+        store_tile(bits_ptr, bits, offs_m, offs_b, stride_bits, 1, store_rows, tl.cdiv(K, 8))
+    else:
+        keep = dropout_keep(seed, offs_m, offs_k, K, p)
+    return keep
+
+
+@triton.jit
 def load_keep(bits_ptr, offs_m, offs_k, stride_bm, M, K):
     """The keep-mask of the tile at (offs_m, offs_k) from the bytes `dropout_keep_bits` stored
     ([M, ceil(K / 8)] uint8, row stride `stride_bm`)."""

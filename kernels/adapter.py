@@ -6,18 +6,27 @@ for the backward), g = s · (dy W_up) ⊙ act'(pre) [M, H]. The bottleneck runs 
 adapters on one input (LLaVA's gate/up pre-adapters), each with its own dropout mask drawn from
 seed[0] and seed[1]. Six kernels:
 
-    adapter_down_kernel     pre = drop(z) W_downᵀ                one z tile feeds both of a pair
+    adapter_down_kernel     pre = drop(z) W_downᵀ                one z tile feeds both of a pair;
+                                                                 stores the masks' bits
     adapter_up_kernel       out = residual + s · act(pre) W_upᵀ  act applied to pre tiles on load
     adapter_dpre_kernel     g = s · (dy W_up) ⊙ act'(pre), a = act(pre)      one pass over dy
     adapter_dw_up_kernel    dW_up = s · dyᵀ a                    walks M in order (deterministic)
-    adapter_dw_down_kernel  dW_down = gᵀ drop(z)                 mask regenerated from the seed
+    adapter_dw_down_kernel  dW_down = gᵀ drop(z)                 the forward's mask (its bits)
     adapter_dz_kernel       dz = drop'(g W_down) (+ dy, + dy2)   the residual's grad in the epilogue
 """
 
 import triton
 import triton.language as tl
 
-from ._common import dropout_keep, grouped_tile, load_tile, mma, store_tile
+from ._common import (
+    draw_keep,
+    dropout_keep,
+    grouped_tile,
+    load_keep,
+    load_tile,
+    mma,
+    store_tile,
+)
 
 # NOTE: globals must be tl.constexpr instances: the GPU compiler rejects a `: tl.constexpr`
 # annotation that the interpreter accepts (triton 3.9, caught by an sm_90 compile without a GPU).
@@ -79,12 +88,37 @@ def activation_grad(x, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def _drop(x, seed, offs_m, offs_k, K, p, HAS_DROPOUT: tl.constexpr):
-    # x is already in the adapter dtype; nn.Dropout scales there and rounds back to it.
-    y = x
-    if HAS_DROPOUT:
+def _drop(x, keep, p):
+    # x is already in the adapter dtype; dropout scales there and rounds back to it. The scale is
+    # multiplied in fp32, as CUDA's fused dropout multiplies by its fp32 1 / (1 - p) (one FMUL an
+    # element; a division would cost a dozen).
+    keep_scale = 1.0 / (1.0 - p)
+    return tl.where(keep, x.to(tl.float32) * keep_scale, 0.0).to(x.dtype)
+
+
+@triton.jit
+def _keep(seed, bits_ptr, offs_m, offs_k, M, K, stride_bm, p, FROM_BITS: tl.constexpr):
+    # The forward's keep-mask for a tile: read from the bits it stored, or drawn again.
+    if FROM_BITS:
+        keep = load_keep(bits_ptr, offs_m, offs_k, stride_bm, M, K)
+    else:
         keep = dropout_keep(seed, offs_m, offs_k, K, p)
-        y = tl.where(keep, x.to(tl.float32) / (1.0 - p), 0.0).to(x.dtype)
+    return keep
+
+
+@triton.jit
+def _drop_and_store(
+    z, seed, bits_ptr, offs_m, offs_d, d0, M, D, p, stride_bm, store_rows,
+    HAS_DROPOUT: tl.constexpr, STORE_BITS: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    # drop(z) for one adapter of adapter_down_kernel; with STORE_BITS its keep decisions also go
+    # to bits_ptr (1 bit per element), for the first `store_rows` rows (0 in the programs whose
+    # H block is not the first: one program per row block writes them).
+    y = z
+    if HAS_DROPOUT:
+        keep = draw_keep(seed, bits_ptr, offs_m, offs_d, d0, D, p, stride_bm, store_rows,
+                         STORE_BITS, BLOCK_D)  # fmt: skip
+        y = _drop(z, keep, p)
     return y
 
 
@@ -101,31 +135,39 @@ def _seeds(seed_ptr, PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr):
 
 @triton.jit
 def adapter_down_kernel(
-    z_ptr, wd_ptr, wd2_ptr, pre_ptr, pre2_ptr, seed_ptr,
+    z_ptr, wd_ptr, wd2_ptr, pre_ptr, pre2_ptr, seed_ptr, bits_ptr,
     M, D, H, p,
-    stride_zm, stride_zd, stride_wh, stride_wd, stride_pm, stride_ph,
-    PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+    stride_zm, stride_zd, stride_wh, stride_wd, stride_pm, stride_ph, stride_bg, stride_bm,
+    PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_BITS: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     # Grid: one program per (row block, H block), H blocks adjacent so that a row block's z tiles
     # come from L2 after the first read. Each z tile loaded feeds one fp32 accumulator, or two for
     # a pair (each through its own mask); the two weights share strides, as do the two pres.
+    # With STORE_BITS the masks also go to bits_ptr ([count, M, ceil(D / 8)] uint8, adapter g's
+    # at g * stride_bg) for the backward kernels to read instead of drawing them again.
     num_h = tl.cdiv(H, BLOCK_H)
     pid_m, pid_h = tl.program_id(0) // num_h, tl.program_id(0) % num_h
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·D > 2**31
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     w_dtype = wd_ptr.dtype.element_ty
     seed1, seed2 = _seeds(seed_ptr, PAIR, HAS_DROPOUT)
+    store_rows = tl.where(pid_h == 0, M, 0)
     acc1 = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         z = load_tile(z_ptr, offs_m, offs_d, stride_zm, stride_zd, M, D).to(w_dtype)
         w_t = load_tile(wd_ptr, offs_d, offs_h, stride_wd, stride_wh, D, H)
-        acc1 = mma(_drop(z, seed1, offs_m, offs_d, D, p, HAS_DROPOUT), w_t, acc1, UPCAST, PRECISION)
+        z1 = _drop_and_store(z, seed1, bits_ptr, offs_m, offs_d, d0, M, D, p, stride_bm,
+                             store_rows, HAS_DROPOUT, STORE_BITS, BLOCK_D)  # fmt: skip
+        acc1 = mma(z1, w_t, acc1, UPCAST, PRECISION)
         if PAIR:
             w2_t = load_tile(wd2_ptr, offs_d, offs_h, stride_wd, stride_wh, D, H)
-            z2 = _drop(z, seed2, offs_m, offs_d, D, p, HAS_DROPOUT)
+            bits2_ptr = bits_ptr + stride_bg
+            z2 = _drop_and_store(z, seed2, bits2_ptr, offs_m, offs_d, d0, M, D, p, stride_bm,
+                                 store_rows, HAS_DROPOUT, STORE_BITS, BLOCK_D)  # fmt: skip
             acc2 = mma(z2, w2_t, acc2, UPCAST, PRECISION)
     store_tile(pre_ptr, acc1, offs_m, offs_h, stride_pm, stride_ph, M, H)
     if PAIR:
@@ -211,14 +253,15 @@ def adapter_dw_up_kernel(
 
 @triton.jit
 def adapter_dw_down_kernel(
-    z_ptr, g_ptr, g2_ptr, seed_ptr, dwd_ptr, dwd2_ptr,
+    z_ptr, g_ptr, g2_ptr, seed_ptr, bits_ptr, dwd_ptr, dwd2_ptr,
     M, D, H, p,
-    stride_zm, stride_zd, stride_gm, stride_gh, stride_wh, stride_wd,
-    PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
+    stride_zm, stride_zd, stride_gm, stride_gh, stride_wh, stride_wd, stride_bg, stride_bm,
+    PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr, FROM_BITS: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     # Grid: (H blocks, D blocks) of dW_down, walking M in order (deterministic). The dropout masks
-    # are regenerated from the forward's seeds; a pair reads each z tile once for both gradients.
+    # are the forward's: read from its bits (FROM_BITS) or drawn again from its seeds; a pair
+    # reads each z tile once for both gradients.
     offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     w_dtype = g_ptr.dtype.element_ty
@@ -229,10 +272,18 @@ def adapter_dw_down_kernel(
         offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
         z = load_tile(z_ptr, offs_m, offs_d, stride_zm, stride_zd, M, D).to(w_dtype)
         g_t = load_tile(g_ptr, offs_h, offs_m, stride_gh, stride_gm, H, M)
-        acc1 = mma(g_t, _drop(z, seed1, offs_m, offs_d, D, p, HAS_DROPOUT), acc1, UPCAST, PRECISION)
+        z1 = z
+        if HAS_DROPOUT:
+            keep = _keep(seed1, bits_ptr, offs_m, offs_d, M, D, stride_bm, p, FROM_BITS)
+            z1 = _drop(z, keep, p)
+        acc1 = mma(g_t, z1, acc1, UPCAST, PRECISION)
         if PAIR:
             g2_t = load_tile(g2_ptr, offs_h, offs_m, stride_gh, stride_gm, H, M)
-            z2 = _drop(z, seed2, offs_m, offs_d, D, p, HAS_DROPOUT)
+            z2 = z
+            if HAS_DROPOUT:
+                keep2 = _keep(seed2, bits_ptr + stride_bg, offs_m, offs_d, M, D, stride_bm, p,
+                              FROM_BITS)  # fmt: skip
+                z2 = _drop(z, keep2, p)
             acc2 = mma(g2_t, z2, acc2, UPCAST, PRECISION)
     store_tile(dwd_ptr, acc1, offs_h, offs_d, stride_wh, stride_wd, H, D)
     if PAIR:
@@ -241,13 +292,13 @@ def adapter_dw_down_kernel(
 
 @triton.jit
 def adapter_dz_kernel(
-    g_ptr, g2_ptr, wd_ptr, wd2_ptr, dy_ptr, dy2_ptr, seed_ptr, dz_ptr,
+    g_ptr, g2_ptr, wd_ptr, wd2_ptr, dy_ptr, dy2_ptr, seed_ptr, bits_ptr, dz_ptr,
     M, D, H, p,
     stride_gm, stride_gh, stride_wh, stride_wd, stride_dym, stride_dyd, stride_dy2m, stride_dy2d,
-    stride_dzm, stride_dzd,
-    PAIR: tl.constexpr, NUM_DY: tl.constexpr, HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    stride_dzm, stride_dzd, stride_bg, stride_bm,
+    PAIR: tl.constexpr, NUM_DY: tl.constexpr, HAS_DROPOUT: tl.constexpr, FROM_BITS: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     # Grid: one program per [BLOCK_M, BLOCK_D] tile of dz (grouped order), K = H (2H for a pair).
     # Without dropout a pair's two products share one accumulator; with it each needs its own
@@ -271,10 +322,14 @@ def adapter_dz_kernel(
                 acc2 = mma(g2, w2, acc2, UPCAST, PRECISION)
             else:
                 acc1 = mma(g2, w2, acc1, UPCAST, PRECISION)
-    if HAS_DROPOUT:
-        acc1 = tl.where(dropout_keep(seed1, offs_m, offs_d, D, p), acc1 / (1.0 - p), 0.0)
+    if HAS_DROPOUT:  # the forward's masks (its bits, or drawn again), in the accumulator layout
+        keep_scale = 1.0 / (1.0 - p)
+        keep = _keep(seed1, bits_ptr, offs_m, offs_d, M, D, stride_bm, p, FROM_BITS)
+        acc1 = tl.where(keep, acc1 * keep_scale, 0.0)
         if PAIR:
-            acc1 += tl.where(dropout_keep(seed2, offs_m, offs_d, D, p), acc2 / (1.0 - p), 0.0)
+            keep2 = _keep(seed2, bits_ptr + stride_bg, offs_m, offs_d, M, D, stride_bm, p,
+                          FROM_BITS)  # fmt: skip
+            acc1 += tl.where(keep2, acc2 * keep_scale, 0.0)
     if NUM_DY >= 1:
         acc1 += load_tile(dy_ptr, offs_m, offs_d, stride_dym, stride_dyd, M, D).to(tl.float32)
     if NUM_DY == 2:

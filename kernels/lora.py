@@ -25,8 +25,8 @@ import triton.language as tl
 
 from ._common import (
     accumulate_x_wt,
+    draw_keep,
     dropout_keep,
-    dropout_keep_bits,
     grouped_tile,
     load_keep,
     load_tile,
@@ -47,12 +47,8 @@ def _down_member(
     # x's dtype, two 16-bit values a register, then cast), stored as bits when asked, then
     # acc += drop(x) Aᵀ for this step's columns.
     if HAS_DROPOUT:
-        if STORE_BITS:
-            keep, bits = dropout_keep_bits(seed, offs_m, offs_k, K, p)
-            offs_b = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-            store_tile(bits_ptr, bits, offs_m, offs_b, stride_bits, 1, M, tl.cdiv(K, 8))
-        else:
-            keep = dropout_keep(seed, offs_m, offs_k, K, p)
+        keep = draw_keep(seed, bits_ptr, offs_m, offs_k, k0, K, p, stride_bits, M, STORE_BITS,
+                         BLOCK_K)  # fmt: skip
         x = tl.where(keep, x, 0.0)
     a_t = load_tile(a_ptr, offs_k, offs_r, stride_ak, stride_ar, K, R)
     return mma_widened(x, a_t, acc, True, UPCAST, PRECISION)

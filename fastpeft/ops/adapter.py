@@ -16,11 +16,12 @@ Backward:
 A pair (`adapter_pair`) is two adapters on one x, u = x + A1(x) and v = x + A2(x), with independent
 dropout masks (seed[0], seed[1]); dx = du + dv + drop1'(g1 W_down1) + drop2'(g2 W_down2).
 
-The forward ops return (outputs..., pre, keep): keep is the dropout mask where one must be stored
-(the PyTorch path off the CPU) and empty wherever it is regenerated from `seed` (Triton, and the
-CPU path through fastpeft._C). `backend` names the implementation the dispatcher chose; all share
-one signature. One custom-op boundary per call, with explicit fake and autograd rules so the ops
-pass torch.library.opcheck and compile with fullgraph=True.
+The forward ops return (outputs..., pre, keep): keep is the dropout mask where one is stored (bool
+on the PyTorch path off the CPU; 1 bit per element, as uint8, on the Triton path unless
+FASTPEFT_DROPOUT_MASK=regenerate) and empty wherever it is drawn again from `seed` (the CPU path
+through fastpeft._C, and Triton's "regenerate"). `backend` names the implementation the
+dispatcher chose; all share one signature. One custom-op boundary per call, with explicit fake and
+autograd rules so the ops pass torch.library.opcheck and compile with fullgraph=True.
 """
 
 import torch
@@ -36,8 +37,9 @@ def _impl(backend: str):
     return dispatch.implementation("adapter", backend)
 
 
-def _keep_shape(z: torch.Tensor, count: int, p: float, backend: str) -> tuple[int, ...]:
-    return _impl(backend).mask_shape(z, p, count)
+def _keep_like(z: torch.Tensor, count: int, p: float, backend: str) -> torch.Tensor:
+    shape, dtype = _impl(backend).mask_spec(z, p, count)
+    return z.new_empty(shape, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -67,7 +69,7 @@ def adapter_fwd(
 def _(z, w_down, w_up, residual, seed, scaling, dropout_p, activation, backend):
     out = z.new_empty(z.shape, dtype=(z if residual is None else residual).dtype)
     pre = z.new_empty((z.shape[0], w_down.shape[0]), dtype=w_down.dtype)
-    return out, pre, z.new_empty(_keep_shape(z, 1, dropout_p, backend), dtype=torch.bool)
+    return out, pre, _keep_like(z, 1, dropout_p, backend)
 
 
 @torch.library.custom_op("fastpeft::adapter_bwd", mutates_args=())
@@ -151,7 +153,7 @@ def adapter_pair_fwd(
 @adapter_pair_fwd.register_fake
 def _(x, w_down_1, w_up_1, w_down_2, w_up_2, seed, scaling, dropout_p, activation, backend):
     pre = x.new_empty((x.shape[0], 2 * w_down_1.shape[0]), dtype=w_down_1.dtype)
-    keep = x.new_empty(_keep_shape(x, 2, dropout_p, backend), dtype=torch.bool)
+    keep = _keep_like(x, 2, dropout_p, backend)
     return torch.empty_like(x), torch.empty_like(x), pre, keep
 
 

@@ -1,9 +1,11 @@
-"""On the CPU, a patched LoRA layer is never slower than PEFT's own forward.
+"""On the CPU, a patched LoRA or IA3 layer is never slower than PEFT's own forward.
 
 The PyTorch path's fused op pays a custom-op boundary and its own autograd record per call; at
-small shapes that costs more than PEFT's few eager kernels. So the first CPU call of each kind
-(power-of-two bucket of the token count and the layer's sizes, dtypes, rank, dropout on or off)
-times both forwards on that call's input (no autograd, the random streams restored afterwards,
+small shapes that costs more than PEFT's few eager kernels (IA3's one elementwise op most of
+all). So the first CPU call of each kind (the method, a power-of-two bucket of the token count,
+the layer's sizes, dtypes, rank or vector, dropout on or off, IA3's scaling side, training or
+not) times both paths on that call's input (forward, and in training the backward to the
+adapter's parameters too, without touching their .grad; the random streams restored afterwards,
 so training is not perturbed and a resumed run repeats exactly), and every later call of that
 kind takes the faster. Calls that PEFT's forward wins are counted under `REASON` in the module's
 fallbacks and listed by `PatchReport.usage(model)`; `decisions()` shows the timings.
@@ -12,6 +14,8 @@ fallbacks and listed by `PatchReport.usage(model)`; `decisions()` shows the timi
 import time
 
 import torch
+
+from .. import env
 
 REASON = "CPU: PEFT's own forward is faster at this shape (timed once: fastpeft.patching.cpu_rule)"
 _REPEATS = 3
@@ -24,20 +28,39 @@ def _bucket(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def kind(x: torch.Tensor, weight: torch.Tensor, adapter: torch.Tensor, dropout: bool) -> tuple:
+def applies(x: torch.Tensor, backend: str) -> bool:
+    """Whether a call on x may be routed by the rule: on the CPU, where "auto" picked the
+    PyTorch path (an explicit backend is the caller's to pin), with FASTPEFT_CPU_RULE on."""
+    return x.device.type == "cpu" and backend == "auto" and env.cpu_rule()
+
+
+def kind(
+    method: str, x: torch.Tensor, weight: torch.Tensor, adapter: torch.Tensor, *extra
+) -> tuple:
+    """The key calls share a decision under: `method`, the token count's power-of-two bucket,
+    the base weight's shape, the dtypes, the adapter tensor's shape, and `extra` (dropout on,
+    IA3's scaling side)."""
     tokens = x.numel() // x.shape[-1] if x.dim() else 1
-    return (_bucket(tokens), tuple(weight.shape), x.dtype, adapter.dtype, adapter.shape[0], dropout)
+    shape = (_bucket(tokens), tuple(weight.shape), tuple(adapter.shape))
+    return (method, *shape, x.dtype, adapter.dtype, *extra)
 
 
-def peft_is_faster(key: tuple, fused, own) -> bool:
+def peft_is_faster(key: tuple, fused, own, params=()) -> bool:
     """Whether PEFT's forward (`own()`) beats the fused one (`fused()`) for calls of kind `key`,
     timing both the first time the kind is seen (eagerly; under torch.compile nothing is timed
-    and the fused path is kept)."""
+    and the fused path is kept). With autograd on and trainable `params` (the layer's, and its
+    input when that needs a gradient: else PEFT's graph would skip its dx GEMM), the timing
+    covers the backward too (torch.autograd.grad to them: nothing lands in a .grad): the step a
+    training call pays, where the two paths' backwards differ as much as their forwards."""
+    train = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+    key = (*key, train)
     found = _timings.get(key)
     if found is None:
         if torch.compiler.is_compiling():
             return False
-        found = _timings[key] = {"fused": _best(fused), "peft": _best(own)}
+        trainable = [p for p in params if p.requires_grad] if train else []
+        found = {"fused": _best(fused, trainable), "peft": _best(own, trainable)}
+        _timings[key] = found
     return found["peft"] < found["fused"]
 
 
@@ -50,12 +73,17 @@ def clear() -> None:
     _timings.clear()
 
 
-def _best(forward) -> float:
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        forward()  # warm-up
+def _best(forward, trainable: list) -> float:
+    def step():
+        y = forward()
+        if trainable:
+            torch.autograd.grad(y.float().sum(), trainable, allow_unused=True)
+
+    with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(bool(trainable)):
+        step()  # warm-up
         times = []
         for _ in range(_REPEATS):
             start = time.perf_counter()
-            forward()
+            step()
             times.append(time.perf_counter() - start)
     return min(times)

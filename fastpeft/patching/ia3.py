@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .. import functional
-from . import base
+from . import base, cpu_rule
 
 
 def ia3_layer_types() -> tuple[type, type]:
@@ -55,12 +55,30 @@ def ineligibility_reasons(module: nn.Module) -> list[str]:
 
 
 def call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) -> str | None:
-    """Why this call must use PEFT's forward, or None for the fused path."""
+    """Why this call must use PEFT's forward, or None for the fused path (on the CPU, PEFT's
+    forward where the CPU rule timed it faster: fastpeft/patching/cpu_rule.py)."""
     reason = base.peft_call_fallback_reason(module, x, args, kwargs)
     if reason is not None:
         return reason
     reasons = _adapter_reasons(module)
-    return reasons[0] if reasons else None
+    if reasons:
+        return reasons[0]
+    if cpu_rule.applies(x, base.state_of(module).backend) and _peft_is_faster(
+        module, x, args, kwargs
+    ):
+        return cpu_rule.REASON
+    return None
+
+
+def _peft_is_faster(module: nn.Module, x: torch.Tensor, args, kwargs) -> bool:
+    vector = module.ia3_l[module.active_adapters[0]]
+    key = cpu_rule.kind("ia3", x, module.get_base_layer().weight, vector, module.is_feedforward)
+    return cpu_rule.peft_is_faster(
+        key,
+        fused=lambda: _fused_call(module, x, "torch"),
+        own=lambda: base.original_forward(module)(x, *args, **kwargs),
+        params=[*module.parameters(), x],
+    )
 
 
 def _fused_call(self: nn.Module, x: torch.Tensor, backend: str) -> torch.Tensor:

@@ -16,7 +16,7 @@ Rank limits belong to the implementations (the dispatcher picks one that takes t
 import torch
 import torch.nn as nn
 
-from .. import env, functional
+from .. import functional
 from ..registry import FLOAT_DTYPES
 from . import base, cpu_rule, lora_shared
 
@@ -149,25 +149,23 @@ def call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) -> st
     if not getattr(module, "cast_input_dtype_enabled", True) and x.dtype != adapter_dtype:
         # PEFT then feeds x uncast to lora_A and raises; the fused path would cast silently.
         return "cast_input_dtype_enabled=False with an input dtype other than the adapter's"
-    if _cpu_rule_applies(module, x) and _peft_is_faster(module, x, args, kwargs):
+    backend = base.state_of(module).backend
+    if cpu_rule.applies(x, backend) and _peft_is_faster(module, x, args, kwargs):
         return cpu_rule.REASON
     return None
-
-
-def _cpu_rule_applies(module: nn.Module, x: torch.Tensor) -> bool:
-    # Only where "auto" picked the PyTorch path: an explicit backend is the caller's to pin.
-    return x.device.type == "cpu" and base.state_of(module).backend == "auto" and env.cpu_rule()
 
 
 def _peft_is_faster(module: nn.Module, x: torch.Tensor, args, kwargs) -> bool:
     name = module.active_adapters[0]
     dropout = module.lora_dropout[name]
     drops = isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0
-    key = cpu_rule.kind(x, module.get_base_layer().weight, module.lora_A[name].weight, drops)
+    weight, lora_a = module.get_base_layer().weight, module.lora_A[name].weight
+    key = cpu_rule.kind("lora", x, weight, lora_a, drops)
     return cpu_rule.peft_is_faster(
         key,
         fused=lambda: _alone(module, x, "torch"),
         own=lambda: base.original_forward(module)(x, *args, **kwargs),
+        params=[*module.parameters(), x],
     )
 
 

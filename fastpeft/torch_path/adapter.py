@@ -34,14 +34,14 @@ def _activation_backward(da: torch.Tensor, pre: torch.Tensor, a: torch.Tensor, a
 
 def stored_masks(z: torch.Tensor, seed: torch.Tensor | None, p: float, count: int) -> torch.Tensor:
     """[count, M, D] keep-masks where this path must store them, else an empty tensor."""
-    if mask_shape(z, p, count) == _EMPTY:
+    if mask_spec(z, p, count)[0] == _EMPTY:
         return z.new_empty(_EMPTY, dtype=torch.bool)
     return torch.stack([draw_mask(z, p, seed[i]) for i in range(count)])
 
 
-def mask_shape(z: torch.Tensor, p: float, count: int) -> tuple[int, ...]:
-    """The shape of the keep-masks `forward` (count 1) or `forward_pair` (2) return for z."""
-    return stored_shape(z, p, (count,))
+def mask_spec(z: torch.Tensor, p: float, count: int) -> tuple[tuple[int, ...], torch.dtype]:
+    """(shape, dtype) of the keep-masks `forward` (count 1) or `forward_pair` (2) return for z."""
+    return stored_shape(z, p, (count,)), torch.bool
 
 
 def _mask(keep: torch.Tensor, i: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ strided view the kernels address with the shared strides.
 import torch
 import triton
 
+from .. import env
 from ..kernels import adapter as kernels
 from .launch import Target, dot_flags, launch, target_for
 
@@ -39,7 +40,15 @@ def _h_block(H: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(H)))  # tl.dot needs >= 16
 
 
-def _down(z, wd, wd2, pre, pre2, seed, p: float) -> None:
+def _bits_args(keep: torch.Tensor, fallback: torch.Tensor) -> tuple:
+    """(bits pointer, plane stride, row stride) of stored masks, or placeholders when the
+    kernels draw them from the seeds (keep empty)."""
+    if keep.numel() == 0:
+        return fallback, 0, 0
+    return keep, keep.stride(0), keep.stride(1)
+
+
+def _down(z, wd, wd2, pre, pre2, seed, keep, p: float) -> None:
     M, D = z.shape
     H = wd.shape[0]
     cfg, options = launch_configs(target_for(z.device), wd.dtype)
@@ -50,14 +59,16 @@ def _down(z, wd, wd2, pre, pre2, seed, p: float) -> None:
     block_h = _h_block(H, cfg["BLOCK_H"] if pair else 2 * cfg["BLOCK_H"])
     block_d = max(16, cfg["BLOCK_K"] // 2) if pair else cfg["BLOCK_K"]
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(H, block_h),)
+    bits, stride_bg, stride_bm = _bits_args(keep, pre)
     launch(
         kernels.adapter_down_kernel, grid,
         z, wd, wd2 if wd2 is not None else wd, pre, pre2 if pre2 is not None else pre,
-        seed if seed is not None else pre,
+        seed if seed is not None else pre, bits,
         M, D, H, p,
         z.stride(0), z.stride(1), wd.stride(0), wd.stride(1), pre.stride(0), pre.stride(1),
-        PAIR=pair, HAS_DROPOUT=p > 0, BLOCK_M=cfg["BLOCK_M"], BLOCK_D=block_d, BLOCK_H=block_h,
-        **options,
+        stride_bg, stride_bm,
+        PAIR=pair, HAS_DROPOUT=p > 0, STORE_BITS=keep.numel() > 0, BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_D=block_d, BLOCK_H=block_h, **options,
     )  # fmt: skip
 
 
@@ -116,7 +127,7 @@ def _dw_up(dy, a, w_up, scaling: float) -> torch.Tensor:
     return dwu
 
 
-def _dw_down(z, g, g2, seed, w_down, p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _dw_down(z, g, g2, seed, keep, w_down, p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     M, D = z.shape
     H = w_down.shape[0]
     dwd = torch.empty_like(w_down, memory_format=torch.contiguous_format)
@@ -128,19 +139,21 @@ def _dw_down(z, g, g2, seed, w_down, p: float) -> tuple[torch.Tensor, torch.Tens
     block_h = _h_block(H, cfg["BLOCK_H"] // 2 if fp32_pair else cfg["BLOCK_H"])
     block_m, block_d = max(16, cfg["BLOCK_K"] // 2), cfg["BLOCK_M"]
     grid = (triton.cdiv(H, block_h), triton.cdiv(D, block_d))
+    bits, stride_bg, stride_bm = _bits_args(keep, g)
     launch(
         kernels.adapter_dw_down_kernel, grid,
-        z, g, g2 if g2 is not None else g, seed if seed is not None else g,
+        z, g, g2 if g2 is not None else g, seed if seed is not None else g, bits,
         dwd, dwd2 if dwd2 is not None else dwd,
         M, D, H, p,
         z.stride(0), z.stride(1), g.stride(0), g.stride(1), dwd.stride(0), dwd.stride(1),
-        PAIR=g2 is not None, HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_D=block_d,
-        BLOCK_H=block_h, **options,
+        stride_bg, stride_bm,
+        PAIR=g2 is not None, HAS_DROPOUT=p > 0, FROM_BITS=keep.numel() > 0, BLOCK_M=block_m,
+        BLOCK_D=block_d, BLOCK_H=block_h, **options,
     )  # fmt: skip
     return dwd, dwd2
 
 
-def _dz(g, g2, wd, wd2, dys, seed, z, p: float) -> torch.Tensor:
+def _dz(g, g2, wd, wd2, dys, seed, keep, z, p: float) -> torch.Tensor:
     """drop'(g W_down) [+ drop2'(g2 W_down2)] + Σ dys, rounded once to z's dtype."""
     M, D = z.shape
     H = wd.shape[0]
@@ -151,15 +164,17 @@ def _dz(g, g2, wd, wd2, dys, seed, z, p: float) -> torch.Tensor:
     grid = (triton.cdiv(M, block_m) * triton.cdiv(D, cfg["BLOCK_N"]),)
     dy1 = dys[0] if dys else dz
     dy2 = dys[1] if len(dys) > 1 else dy1
+    bits, stride_bg, stride_bm = _bits_args(keep, g)
     launch(
         kernels.adapter_dz_kernel, grid,
         g, g2 if pair else g, wd, wd2 if pair else wd, dy1, dy2, seed if seed is not None else g,
-        dz,
+        bits, dz,
         M, D, H, p,
         g.stride(0), g.stride(1), wd.stride(0), wd.stride(1), dy1.stride(0), dy1.stride(1),
-        dy2.stride(0), dy2.stride(1), dz.stride(0), dz.stride(1),
-        PAIR=pair, NUM_DY=len(dys), HAS_DROPOUT=p > 0, BLOCK_M=block_m, BLOCK_D=cfg["BLOCK_N"],
-        BLOCK_H=_h_block(H, cfg["BLOCK_K"]), GROUP_M=cfg["GROUP_M"], **options,
+        dy2.stride(0), dy2.stride(1), dz.stride(0), dz.stride(1), stride_bg, stride_bm,
+        PAIR=pair, NUM_DY=len(dys), HAS_DROPOUT=p > 0, FROM_BITS=keep.numel() > 0,
+        BLOCK_M=block_m, BLOCK_D=cfg["BLOCK_N"], BLOCK_H=_h_block(H, cfg["BLOCK_K"]),
+        GROUP_M=cfg["GROUP_M"], **options,
     )  # fmt: skip
     return dz
 
@@ -173,22 +188,23 @@ def _same_strides(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def forward(z, w_down, w_up, residual, seed, scaling: float, p: float, activation: str):
     """(out, pre, keep) for 2-D z: out = residual + s·act(drop(z) W_downᵀ) W_upᵀ (residual z if
-    None); keep is empty (the kernels regenerate the mask)."""
+    None); keep holds the mask's bits ([1, M, ceil(D / 8)] uint8), or is empty when the backward
+    draws it again (FASTPEFT_DROPOUT_MASK=regenerate, or no dropout)."""
     M, H = z.shape[0], w_down.shape[0]
     # pre is kept in the adapter dtype: the reference rounds it there before act (so do we), it
     # is fp32 anyway for PEFT-style fp32 adapters, and 16-bit adapters save half the bytes.
     pre = torch.empty((M, H), device=z.device, dtype=w_down.dtype)
-    keep = z.new_empty(_EMPTY, dtype=torch.bool)
+    keep = _stored_masks(z, p, 1)
     if M == 0:
         return torch.empty_like(z if residual is None else residual), pre, keep
-    _down(z, w_down, None, pre, None, seed, p)
+    _down(z, w_down, None, pre, None, seed, keep, p)
     out = _up(pre, w_up, z if residual is None else residual, scaling, activation)
     return out, pre, keep
 
 
 def backward(dy, z, w_down, w_up, pre, keep, seed, scaling, p, activation, residual_is_z, need_dz):
-    """(dz or None, dW_down, dW_up) for 2-D dy/z; dz includes dy when the residual is z. `keep`
-    is unused: the kernels regenerate the forward's mask from `seed`."""
+    """(dz or None, dW_down, dW_up) for 2-D dy/z; dz includes dy when the residual is z. The
+    forward's mask comes from `keep` (its bits), or from `seed` when `keep` is empty."""
     M, H = pre.shape
     if M == 0:
         dz = torch.empty_like(z) if need_dz else None
@@ -198,23 +214,23 @@ def backward(dy, z, w_down, w_up, pre, keep, seed, scaling, p, activation, resid
     _dpre(dy, w_up, pre, g, a, scaling, activation)
     d_w_up = _dw_up(dy, a, w_up, scaling)
     del a
-    d_w_down, _ = _dw_down(z, g, None, seed, w_down, p)
+    d_w_down, _ = _dw_down(z, g, None, seed, keep, w_down, p)
     dz = None
     if need_dz:
-        dz = _dz(g, None, w_down, None, (dy,) if residual_is_z else (), seed, z, p)
+        dz = _dz(g, None, w_down, None, (dy,) if residual_is_z else (), seed, keep, z, p)
     return dz, d_w_down, d_w_up
 
 
 def forward_pair(x, w_down_1, w_up_1, w_down_2, w_up_2, seed, scaling, p, activation):
     """(u, v, pre, keep) for 2-D x; pre [M, 2H] holds both bottleneck activations side by side;
-    keep is empty."""
+    keep the two masks' bits ([2, M, ceil(D / 8)]), or empty (as in `forward`)."""
     M, H = x.shape[0], w_down_1.shape[0]
     pre = torch.empty((M, 2 * H), device=x.device, dtype=w_down_1.dtype)
-    keep = x.new_empty(_EMPTY, dtype=torch.bool)
+    keep = _stored_masks(x, p, 2)
     if M == 0:
         return torch.empty_like(x), torch.empty_like(x), pre, keep
     w_down_1, w_down_2 = _same_strides(w_down_1, w_down_2)
-    _down(x, w_down_1, w_down_2, pre[:, :H], pre[:, H:], seed, p)
+    _down(x, w_down_1, w_down_2, pre[:, :H], pre[:, H:], seed, keep, p)
     u = _up(pre[:, :H], w_up_1, x, scaling, activation)
     v = _up(pre[:, H:], w_up_2, x, scaling, activation)
     return u, v, pre, keep
@@ -234,17 +250,27 @@ def backward_pair(du, dv, x, w_down_1, w_up_1, w_down_2, w_up_2, pre, keep, seed
     d_w_up_1 = _dw_up(du, a[:, :H], w_up_1, scaling)
     d_w_up_2 = _dw_up(dv, a[:, H:], w_up_2, scaling)
     del a
-    d_w_down_1, d_w_down_2 = _dw_down(x, g[:, :H], g[:, H:], seed, w_down_1, p)
+    d_w_down_1, d_w_down_2 = _dw_down(x, g[:, :H], g[:, H:], seed, keep, w_down_1, p)
     dx = None
     if need_dx:
         w_down_1, w_down_2 = _same_strides(w_down_1, w_down_2)
-        dx = _dz(g[:, :H], g[:, H:], w_down_1, w_down_2, (du, dv), seed, x, p)
+        dx = _dz(g[:, :H], g[:, H:], w_down_1, w_down_2, (du, dv), seed, keep, x, p)
     return dx, d_w_down_1, d_w_up_1, d_w_down_2, d_w_up_2
 
 
-def mask_shape(z: torch.Tensor, p: float, count: int) -> tuple[int, ...]:
-    """Nothing is stored: the kernels regenerate the masks."""
-    return _EMPTY
+def mask_spec(z: torch.Tensor, p: float, count: int) -> tuple[tuple[int, ...], torch.dtype]:
+    """(shape, dtype) of the masks `forward` (count 1) or `forward_pair` (2) return for z:
+    [count, M, ceil(D / 8)] uint8, 1 bit per element, when dropout is on and
+    FASTPEFT_DROPOUT_MASK is "bits" (the default; the backward kernels read them, at a few
+    instructions an element against a Philox draw in each), else empty (drawn again)."""
+    if p > 0 and env.dropout_mask_mode() == "bits":
+        return (count, z.shape[0], triton.cdiv(z.shape[1], 8)), torch.uint8
+    return _EMPTY, torch.uint8
+
+
+def _stored_masks(z: torch.Tensor, p: float, count: int) -> torch.Tensor:
+    shape, dtype = mask_spec(z, p, count)
+    return torch.empty(shape, device=z.device, dtype=dtype)
 
 
 def activation_and_grad(x: torch.Tensor, activation: str) -> tuple[torch.Tensor, torch.Tensor]:

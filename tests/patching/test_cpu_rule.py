@@ -1,5 +1,5 @@
-"""The CPU rule: a patched LoRA layer with backend "auto" on the CPU takes PEFT's own forward where
-a one-time timing says it is faster, and says so (fastpeft/patching/cpu_rule.py)."""
+"""The CPU rule: a patched LoRA or IA3 layer with backend "auto" on the CPU takes PEFT's own
+forward where a one-time timing says it is faster, and says so (fastpeft/patching/cpu_rule.py)."""
 
 import pytest
 import torch
@@ -9,6 +9,7 @@ from fastpeft import env, testing
 from fastpeft.patching import cpu_rule
 
 from .patch_checks import logits
+from .test_ia3_patch import make_ia3_model
 
 
 @pytest.fixture
@@ -64,6 +65,37 @@ def test_an_explicit_backend_is_never_second_guessed(rule_on):
     logits(model, batch)
     assert cpu_rule.decisions() == {}
     assert all(calls["fallbacks"] == {} for calls in report.usage(model).values())
+
+
+def test_ia3_layers_take_the_faster_forward_too(rule_on):
+    model = make_ia3_model(testing.tiny_llama(num_layers=1))
+    batch = testing.causal_lm_batch(model)
+    model.eval()
+    want = logits(model, batch)
+    report = fastpeft.patch(model)
+    assert {report.kinds[name] for name in report.patched} == {"IA3"}
+    got = logits(model, batch)
+    logits(model, batch)
+    timed = {key: t for key, t in cpu_rule.decisions().items() if key[0] == "ia3"}
+    # k/v (output scaling) and down_proj (input scaling): their own kinds, each timed once
+    # (the last field: training or not).
+    assert {key[-2] for key in timed} == {False, True} and {key[-1] for key in timed} == {False}
+    for name, calls in report.usage(model).items():
+        peft_won = calls["fallbacks"].get(cpu_rule.REASON, 0)
+        assert calls["fused"] + peft_won == 2, name
+    testing.assert_close_fp32(got, want, rtol=1e-5)
+
+
+def test_training_calls_are_timed_with_their_backward_and_leave_grads_alone(rule_on):
+    model = _model()
+    batch = testing.causal_lm_batch(model)
+    fastpeft.patch(model)
+    model.train()
+    out = model(**batch)  # times each kind's forward and backward, then runs
+    assert all(p.grad is None for p in model.parameters())
+    assert cpu_rule.decisions() and all(key[-1] for key in cpu_rule.decisions())
+    out.loss.backward()
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_a_bad_setting_names_the_variable(monkeypatch):

@@ -13,8 +13,8 @@ KERNEL_METHODS = [m for m in registry.METHODS.values() if m.implementations]
 INTERFACES = {
     "lora": ("forward", "backward", "mask_spec", "keep_mask"),
     "ia3": ("forward", "backward"),
-    "adapter": ("forward", "backward", "forward_pair", "backward_pair", "mask_shape"),
-    "adapter_pair": ("forward", "backward", "forward_pair", "backward_pair", "mask_shape"),
+    "adapter": ("forward", "backward", "forward_pair", "backward_pair", "mask_spec"),
+    "adapter_pair": ("forward", "backward", "forward_pair", "backward_pair", "mask_spec"),
     "spider": ("Plan",),
 }
 
