@@ -48,16 +48,28 @@ def _bits_args(keep: torch.Tensor, fallback: torch.Tensor) -> tuple:
     return keep, keep.stride(0), keep.stride(1)
 
 
+def _down_step(step: int, block_h: int, pair: bool, w_dtype: torch.dtype) -> int:
+    """The down kernel's K step: for 16-bit weights as wide as registers and shared memory allow
+    without spilling (twice the GEMMs' step up to a 128-wide accumulator block, a pair's two
+    64-wide ones; the static compile checks), since the dropout's per-step work spread over more
+    elements a thread bounds this launch, not its bytes; fp32 weights (split for 3xTF32 in
+    registers) keep the GEMMs' step, halved for a pair."""
+    accumulators = block_h * (2 if pair else 1)
+    if w_dtype.itemsize == 2:
+        return 2 * step if accumulators <= 128 else step
+    return max(16, step // 2) if pair else step
+
+
 def _down(z, wd, wd2, pre, pre2, seed, keep, p: float) -> None:
     M, D = z.shape
     H = wd.shape[0]
     cfg, options = launch_configs(target_for(z.device), wd.dtype)
     pair = wd2 is not None
     # One adapter: all of H <= 256 in one block, so z is read once. A pair: two accumulators of
-    # half the width and a halved K step (registers); for H = 256 the second H block re-reads the
-    # z tiles the first just read, from L2.
+    # half the width; for H = 256 the second H block re-reads the z tiles the first just read,
+    # from L2.
     block_h = _h_block(H, cfg["BLOCK_H"] if pair else 2 * cfg["BLOCK_H"])
-    block_d = max(16, cfg["BLOCK_K"] // 2) if pair else cfg["BLOCK_K"]
+    block_d = _down_step(cfg["BLOCK_K"], block_h, pair, wd.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(H, block_h),)
     bits, stride_bg, stride_bm = _bits_args(keep, pre)
     launch(
