@@ -121,12 +121,14 @@ class SharedInputGroup:
     def _lead(self, member, index: int, x, adapter: Adapter, backend: str) -> torch.Tensor:
         self._parked.clear()
         self._last = (weakref.ref(x), x._version, index)
-        resolved = _shared_backend(x, adapter, backend)
-        followers = [
-            (i, self.members[i], self._calls.adapter(self.members[i]))
-            for i in sorted(self._followers.get(index, ()))
-        ]
-        followers = [f for f in followers if resolved and self._joins(f[1], f[2], x, adapter)]
+        learned = sorted(self._followers.get(index, ()))
+        # Nothing to share (no follower learned yet), or a backend without the shared kernel:
+        # the call runs alone, and the followers' adapters are not even read.
+        resolved = _shared_backend(x, adapter, backend) if learned else None
+        followers = [] if resolved is None else [
+            (i, self.members[i], self._calls.adapter(self.members[i])) for i in learned
+        ]  # fmt: skip
+        followers = [f for f in followers if self._joins(f[1], f[2], x, adapter)]
         if not followers:
             return self._calls.alone(member, x, backend)
         lora_as = [adapter.lora_a] + [a.lora_a for _, _, a in followers]
