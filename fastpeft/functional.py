@@ -197,13 +197,16 @@ def ia3_linear(
     input scaling), in fp32 (PEFT's default, also on a 16-bit base) or the base dtype. Numerics
     are PEFT's: on a 16-bit base, the base output (output case) or x ⊙ ia3_l (input case) is
     rounded to the base dtype where PEFT rounds it. Gradients flow to ia3_l and x; weight and bias
-    must not require grad. Returns y [..., N] in x's dtype. ``backend``: "auto" (Triton on CUDA,
-    PyTorch elsewhere), "triton" or "torch".
+    must not require grad. Returns y [..., N] in x's dtype. ``backend``: "auto" (on CUDA the
+    faster of "triton", the fused kernels, and "hybrid", cuBLAS for the base products with the
+    scale and dl in a Triton side kernel, timed once per shape bucket; PyTorch elsewhere),
+    "triton", "hybrid" or "torch".
     """
     checks.ia3_args(x, weight, bias, ia3_l, feedforward)
     leading, K = x.shape[:-1], x.shape[-1]
     shape = (x.numel() // max(K, 1), weight.shape[0], K)
-    resolved = dispatch.resolve("ia3", backend, x.device, x.dtype, shape=shape)
+    variant = (ia3_l.dtype, bool(feedforward))
+    resolved = dispatch.resolve("ia3", backend, x.device, x.dtype, shape=shape, variant=variant)
     # z (the base output) is stored for dl only when ia3_l will get a gradient.
     save_z = not feedforward and ia3_l.requires_grad and torch.is_grad_enabled()
     y, _ = ia3_ops.ia3_linear_fwd(

@@ -177,8 +177,16 @@ register(
         label="IA3",
         implementations=(
             _triton("fastpeft.triton_path.ia3", configs="fastpeft.triton_path.ia3:launch_configs"),
+            # The base products through cuBLAS, the scale and dl in one Triton side kernel.
+            _triton(
+                "fastpeft.triton_path.ia3_hybrid",
+                configs="fastpeft.triton_path.ia3:launch_configs",
+                backend="hybrid",
+            ),
             _torch("fastpeft.torch_path.ia3"),
         ),
+        raced=("triton", "hybrid"),
+        race="fastpeft.triton_path.ia3_race:race",
         reference="fastpeft.reference.ia3:ia3_linear",
         patcher="fastpeft.patching.ia3",
         peft_layer="peft.tuners.ia3.layer:Linear",

@@ -7,7 +7,7 @@ kernels:
 
     ia3_out_fwd_kernel   z = x Wᵀ + b, y = z ⊙ l        scale and bias in the epilogue; z stored
     ia3_out_bwd_kernel   dx = (dy ⊙ l) W                 l applied to dy tiles as they load;
-                         dl partials Σ_m dy ⊙ z          by the programs with pid_k == 0
+                         dl partials Σ_m dy ⊙ z          by programs of their own, same launch
     ia3_out_dl_kernel    dl partials Σ_m dy ⊙ z          alone, when x needs no gradient
     ia3_in_fwd_kernel    y = (x ⊙ l) Wᵀ + b              l applied to x tiles along K
     ia3_in_bwd_kernel    g = dy W, dx = g ⊙ l,           both in the epilogue of one GEMM
@@ -31,6 +31,26 @@ def _load_vector(ptr, offs, n):
 @triton.jit
 def _store_partial(part_ptr, value, pid_m, offs, n, stride_pp, stride_pc):
     tl.store(part_ptr + pid_m * stride_pp + offs * stride_pc, value, mask=offs < n)
+
+
+@triton.jit
+def _scaled_left_product(a_ptr, w_ptr, l_ptr, offs_m, offs_out, M, R, OUT,
+                         stride_am, stride_ar, stride_wr, stride_wo,
+                         BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_OUT: tl.constexpr,
+                         UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    # Σ_r round_BASE(a[m, r] · l[r]) · w[r, out] over the reduction R, in fp32: the scaled left
+    # operand is formed tile by tile in registers, so no scaled copy of it exists (the input
+    # case's forward scales x, the output case's backward dy). W is addressed through
+    # (stride_wr, stride_wo), so one helper serves Wᵀ (forward) and W (backward).
+    base_dtype = w_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_M, BLOCK_OUT), dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        a = load_tile(a_ptr, offs_m, offs_r, stride_am, stride_ar, M, R).to(tl.float32)
+        scaled = (a * _load_vector(l_ptr, offs_r, R)[None, :]).to(base_dtype)
+        w = load_tile(w_ptr, offs_r, offs_out, stride_wr, stride_wo, R, OUT)
+        acc = mma(scaled, w, acc, UPCAST, PRECISION)
+    return acc
 
 
 @triton.jit
@@ -60,36 +80,52 @@ def ia3_out_fwd_kernel(
 
 
 @triton.jit
+def _dl_tile(dy_ptr, z_ptr, part_ptr, pid_m, pid_n, M, N,
+             stride_dym, stride_dyn, stride_zm, stride_zn, stride_pp, stride_pn,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    # part[pid_m, n-block] = Σ over this block's BLOCK_M rows of dy ⊙ z, in fp32: each element
+    # of the partials is written by exactly one program.
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N).to(tl.float32)
+    z = load_tile(z_ptr, offs_m, offs_n, stride_zm, stride_zn, M, N).to(tl.float32)
+    _store_partial(part_ptr, tl.sum(dy * z, axis=0), pid_m, offs_n, N, stride_pp, stride_pn)
+
+
+@triton.jit
 def ia3_out_bwd_kernel(
     dy_ptr, w_ptr, l_ptr, z_ptr, dx_ptr, part_ptr,
-    M, N, K,
+    M, N, K, DL_PROGRAMS,
     stride_dym, stride_dyn, stride_wn, stride_wk, stride_zm, stride_zn, stride_dxm, stride_dxk,
     stride_pp, stride_pn,
-    NEED_DL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    DL_BLOCK_M: tl.constexpr, DL_BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    # Grid: one program per [BLOCK_M, BLOCK_K] tile of dx (grouped order). Each dy tile is scaled
-    # by l in fp32 and rounded to BASE (PEFT's autograd hands the base GEMM a BASE dy ⊙ l), so no
-    # scaled copy of dy exists. The programs with pid_k == 0 stream dy[m-block, all N] anyway:
-    # they also read z there and write this block's dl partial, so dy is read once for both.
-    pid_m, pid_k = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M)
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    base_dtype = w_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N).to(tl.float32)
-        scaled = (dy * _load_vector(l_ptr, offs_n, N)[None, :]).to(base_dtype)
-        w = load_tile(w_ptr, offs_n, offs_k, stride_wn, stride_wk, N, K)
-        acc = mma(scaled, w, acc, UPCAST, PRECISION)
-        if NEED_DL:
-            if pid_k == 0:
-                z = load_tile(z_ptr, offs_m, offs_n, stride_zm, stride_zn, M, N).to(tl.float32)
-                _store_partial(
-                    part_ptr, tl.sum(dy * z, axis=0), pid_m, offs_n, N, stride_pp, stride_pn
-                )
-    store_tile(dx_ptr, acc, offs_m, offs_k, stride_dxm, stride_dxk, M, K)
+    # Grid: DL_PROGRAMS programs of dl partials ([DL_BLOCK_M, DL_BLOCK_N] tiles of dy ⊙ z), then
+    # one program per [BLOCK_M, BLOCK_K] tile of dx (grouped order). The dl work has programs of
+    # its own, so the GEMM's main loop carries no branch and no extra loads: its tiles pipeline
+    # as a plain GEMM's, and the memory-bound dl tiles run beside the compute-bound GEMM tiles on
+    # the SMs' spare slots (they take no shared memory). They come first so that they are
+    # spread over the launch instead of forming its tail. DL_PROGRAMS = 0 without dl.
+    pid = tl.program_id(0)
+    if pid < DL_PROGRAMS:
+        num_n_dl = tl.cdiv(N, DL_BLOCK_N)
+        _dl_tile(dy_ptr, z_ptr, part_ptr, pid // num_n_dl, pid % num_n_dl, M, N,
+                 stride_dym, stride_dyn, stride_zm, stride_zn, stride_pp, stride_pn,
+                 DL_BLOCK_M, DL_BLOCK_N)  # fmt: skip
+    else:
+        # Each dy tile is scaled by l in fp32 and rounded to BASE (PEFT's autograd hands the
+        # base GEMM a BASE dy ⊙ l), so no scaled copy of dy exists.
+        pid_m, pid_k = grouped_tile(
+            pid - DL_PROGRAMS, tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M
+        )
+        offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        acc = _scaled_left_product(dy_ptr, w_ptr, l_ptr, offs_m, offs_k, M, N, K,
+                                   stride_dym, stride_dyn, stride_wn, stride_wk,
+                                   BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)  # fmt: skip
+        store_tile(dx_ptr, acc, offs_m, offs_k, stride_dxm, stride_dxk, M, K)
 
 
 @triton.jit
@@ -99,14 +135,10 @@ def ia3_out_dl_kernel(
     stride_dym, stride_dyn, stride_zm, stride_zn, stride_pp, stride_pn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    # Grid: (m-blocks, n-blocks). The dl partials of the output case when no dx GEMM runs to carry
-    # them: part[pid_m, n-block] = Σ over this block's rows of dy ⊙ z, in fp32.
-    pid_m = tl.program_id(0)
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    dy = load_tile(dy_ptr, offs_m, offs_n, stride_dym, stride_dyn, M, N).to(tl.float32)
-    z = load_tile(z_ptr, offs_m, offs_n, stride_zm, stride_zn, M, N).to(tl.float32)
-    _store_partial(part_ptr, tl.sum(dy * z, axis=0), pid_m, offs_n, N, stride_pp, stride_pn)
+    # Grid: (m-blocks, n-blocks). The dl partials of the output case when no dx GEMM runs.
+    _dl_tile(dy_ptr, z_ptr, part_ptr, tl.program_id(0), tl.program_id(1), M, N,
+             stride_dym, stride_dyn, stride_zm, stride_zn, stride_pp, stride_pn,
+             BLOCK_M, BLOCK_N)  # fmt: skip
 
 
 @triton.jit
@@ -123,14 +155,9 @@ def ia3_in_fwd_kernel(
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    base_dtype = w_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, M, K).to(tl.float32)
-        scaled = (x * _load_vector(l_ptr, offs_k, K)[None, :]).to(base_dtype)
-        w_t = load_tile(w_ptr, offs_k, offs_n, stride_wk, stride_wn, K, N)
-        acc = mma(scaled, w_t, acc, UPCAST, PRECISION)
+    acc = _scaled_left_product(x_ptr, w_ptr, l_ptr, offs_m, offs_n, M, K, N,
+                               stride_xm, stride_xk, stride_wk, stride_wn,
+                               BLOCK_M, BLOCK_K, BLOCK_N, UPCAST, PRECISION)  # fmt: skip
     if HAS_BIAS:
         acc += _load_vector(bias_ptr, offs_n, N)[None, :]
     store_tile(y_ptr, acc, offs_m, offs_n, stride_ym, stride_yn, M, N)

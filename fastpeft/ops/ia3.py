@@ -24,9 +24,11 @@ What the backward keeps (the dl design):
   write z in D: one extra [M, N] store, and exactly the tensor PEFT itself keeps for this backward
   (its `result * l` saves `result`). So z is saved and x is not. z is written only when l will
   need a gradient (`save_z`, false under no_grad or with a frozen l), so inference pays nothing.
-  The backward reads z once: the dx GEMM's programs with pid_k == 0 already stream dy[m-block, :],
-  and also load z there to write per-m-block fp32 partials [num_m_blocks, N], summed in a fixed
-  order on the host (deterministic, no atomics). Without dx, a plain two-stage reduction runs.
+  The backward reads z once, in programs of the dx GEMM's launch that do only that: each sums
+  dy ⊙ z over a block of tokens into fp32 partials [num_m_blocks, N], summed in a fixed order on
+  the host (deterministic, no atomics), while the GEMM's own programs keep a branch-free main
+  loop. Without dx, a plain two-stage reduction runs. The hybrid path (cuBLAS GEMMs, side
+  kernel: fastpeft/triton_path/ia3_hybrid.py) keeps the same tensors.
 - Input case: dl needs x and g; g is computed for dx anyway, so dl is a second epilogue of that
   one GEMM (g never reaches memory) and x is saved: it is the op's input, alive already (PEFT,
   on a 16-bit base with an fp32 l, keeps an fp32 copy of x for its mul backward instead).

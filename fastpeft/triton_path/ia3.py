@@ -9,38 +9,48 @@ import triton
 from ..kernels import ia3 as kernels
 from .launch import Target, dot_flags, launch, target_for
 
-# NOTE: untuned starting points (no GPU was available when these were written), the same GEMM
-# tiles as the LoRA kernels; the interpreter gets small blocks because each program runs serially
-# in numpy. An fp32 base halves the reduction step (K in the forward GEMMs, N in the backward
-# ones): with the 16-bit tiles, ia3_out_bwd_kernel needed 257 KiB of shared memory on sm_90 (the
-# limit is 227 KiB; its dy tiles are scaled in registers and staged again for the dot), found by
-# the GPU-less compile check tests/kernels/compile_sm90.py.
-_GPU_GEMM = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+# GPU tiles for Hopper, as LoRA's (fastpeft/triton_path/lora_plan.py): 128 x 256 output tiles
+# on 8 warps (two warpgroups of wgmma), 4 stages of 64-wide steps along the reduction, for the
+# forward GEMMs ([M, N] outputs) and the backward ones ([M, K] outputs, stepping along N). The
+# kernels that scale an operand in registers (x in the input case's forward, dy in the output
+# case's backward) stage the scaled tile again for the dot, so they keep 3 stages (the sm_90
+# compile check measures each: 4 would pass 227 KiB). The input case's backward writes dx and
+# reads x for dl in its epilogue: at 256 columns that epilogue spilled (320 bytes), at 128 it
+# does not. A 4-byte base halves the step. The dl
+# programs of the output case's backward read [128, 128] tiles of dy and z. The interpreter gets
+# small blocks because each program runs serially in numpy.
+_GPU_FWD = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
+_GPU_BWD = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=256, GROUP_M=8, num_warps=8, num_stages=4)
 _CPU_GEMM = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
-_GPU_REDUCE = dict(BLOCK_M=64, BLOCK_N=128, num_warps=4)
+_GPU_REDUCE = dict(BLOCK_M=128, BLOCK_N=128, num_warps=8)
 _CPU_REDUCE = dict(BLOCK_M=32, BLOCK_N=32)
 
 
-def _gemm_config(target: Target, dtype: torch.dtype, reduction: str) -> dict:
-    """GEMM tiles for a `dtype` base; `reduction` names the block the GEMM steps along
-    ("BLOCK_K" forward, "BLOCK_N" backward), halved on a GPU for 4-byte tiles."""
+def _gemm_config(target: Target, dtype: torch.dtype, forward: bool, feedforward: bool) -> dict:
+    """GEMM tiles for a `dtype` base: the forward steps along K, the backward along N."""
     if target.interpreter:
         return dict(_CPU_GEMM)
-    cfg = dict(_GPU_GEMM)
+    cfg = dict(_GPU_FWD if forward else _GPU_BWD)
+    if forward == feedforward:  # x (input case) or dy (output case) scaled in registers
+        cfg["num_stages"] -= 1
+    if feedforward and not forward:  # the dx ⊙ l and dl epilogue
+        cfg["BLOCK_K"] //= 2
     if dtype.itemsize == 4:
-        cfg[reduction] //= 2
+        cfg["BLOCK_K" if forward else "BLOCK_N"] //= 2
     return cfg
 
 
-def launch_configs(target: Target, dtype: torch.dtype) -> dict[str, dict]:
-    """Every launch's configuration for `target` and a `dtype` base: "fwd" and "bwd" (the GEMMs),
-    "reduce" (the dl column reduction without dx) and the dot "flags"."""
+def launch_configs(target: Target, dtype: torch.dtype, feedforward: bool = False) -> dict:
+    """Every launch's configuration for `target`, a `dtype` base and the IA3 case (`feedforward`:
+    input scaling): "fwd" and "bwd" (the GEMMs), "reduce" (the dl partials' tiles) and the dot
+    "flags"."""
     reduce = dict(_CPU_REDUCE if target.interpreter else _GPU_REDUCE)
-    fwd, bwd = _gemm_config(target, dtype, "BLOCK_K"), _gemm_config(target, dtype, "BLOCK_N")
+    fwd = _gemm_config(target, dtype, True, feedforward)
+    bwd = _gemm_config(target, dtype, False, feedforward)
     return dict(fwd=fwd, bwd=bwd, reduce=reduce, flags=dot_flags(target))
 
 
-def _reduce_partials(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def reduce_partials(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # A sum over dim 0 of a dense fp32 tensor: a fixed reduction order, so dl is deterministic.
     return partials.sum(dim=0).to(dtype)
 
@@ -50,7 +60,7 @@ def forward(x, weight, bias, ia3_l, feedforward: bool, save_z: bool):
     M, K = x.shape
     N = weight.shape[0]
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    cfgs = launch_configs(target_for(x.device), x.dtype)
+    cfgs = launch_configs(target_for(x.device), x.dtype, feedforward)
     cfg, flags = cfgs["fwd"], cfgs["flags"]
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     bias_arg = bias if bias is not None else weight
@@ -79,12 +89,14 @@ def forward(x, weight, bias, ia3_l, feedforward: bool, save_z: bool):
 def _backward_output(dy, z, weight, ia3_l, need_dx: bool, need_dl: bool):
     M, N = dy.shape
     K = weight.shape[1]
-    cfgs = launch_configs(target_for(dy.device), dy.dtype)
-    if not need_dx:  # no dx GEMM to carry the dl partials: a plain two-stage column reduction
-        red = cfgs["reduce"]
+    cfgs = launch_configs(target_for(dy.device), dy.dtype, feedforward=False)
+    red = cfgs["reduce"]
+    partials = None
+    if need_dl:
         partials = torch.empty(
             (triton.cdiv(M, red["BLOCK_M"]), N), device=dy.device, dtype=torch.float32
         )
+    if not need_dx:  # no dx GEMM to run beside: the dl partials alone
         grid = (partials.shape[0], triton.cdiv(N, red["BLOCK_N"]))
         launch(
             kernels.ia3_out_dl_kernel, grid,
@@ -94,31 +106,30 @@ def _backward_output(dy, z, weight, ia3_l, need_dx: bool, need_dl: bool):
             partials.stride(0), partials.stride(1),
             **red,
         )  # fmt: skip
-        return None, _reduce_partials(partials, ia3_l.dtype)
+        return None, reduce_partials(partials, ia3_l.dtype)
     cfg = cfgs["bwd"]
-    num_m_blocks = triton.cdiv(M, cfg["BLOCK_M"])
     dx = torch.empty((M, K), device=dy.device, dtype=dy.dtype)
-    partials = dx  # placeholder pointer; never touched when NEED_DL is False
-    if need_dl:
-        partials = torch.empty((num_m_blocks, N), device=dy.device, dtype=torch.float32)
+    # One launch: the dl programs (if any) first, then the dx GEMM's tiles.
+    dl_programs = partials.shape[0] * triton.cdiv(N, red["BLOCK_N"]) if need_dl else 0
+    part_arg = partials if need_dl else dx  # never touched without dl programs
     z_arg = z if need_dl else dy
-    grid = (num_m_blocks * triton.cdiv(K, cfg["BLOCK_K"]),)
+    grid = (dl_programs + triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(K, cfg["BLOCK_K"]),)
     launch(
         kernels.ia3_out_bwd_kernel, grid,
-        dy, weight, ia3_l, z_arg, dx, partials,
-        M, N, K,
+        dy, weight, ia3_l, z_arg, dx, part_arg,
+        M, N, K, dl_programs,
         dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1),
         z_arg.stride(0), z_arg.stride(1), dx.stride(0), dx.stride(1),
-        partials.stride(0), partials.stride(1),
-        NEED_DL=need_dl, **cfgs["flags"], **cfg,
+        part_arg.stride(0), part_arg.stride(1),
+        **cfgs["flags"], **cfg, DL_BLOCK_M=red["BLOCK_M"], DL_BLOCK_N=red["BLOCK_N"],
     )  # fmt: skip
-    return dx, (_reduce_partials(partials, ia3_l.dtype) if need_dl else None)
+    return dx, (reduce_partials(partials, ia3_l.dtype) if need_dl else None)
 
 
 def _backward_input(dy, x, weight, ia3_l, need_dx: bool, need_dl: bool):
     M, N = dy.shape
     K = weight.shape[1]
-    cfgs = launch_configs(target_for(dy.device), dy.dtype)
+    cfgs = launch_configs(target_for(dy.device), dy.dtype, feedforward=True)
     cfg = cfgs["bwd"]
     dx = torch.empty((M, K), device=dy.device, dtype=dy.dtype) if need_dx else None
     num_m_blocks = triton.cdiv(M, cfg["BLOCK_M"])
@@ -136,7 +147,7 @@ def _backward_input(dy, x, weight, ia3_l, need_dx: bool, need_dl: bool):
         dx_arg.stride(0), dx_arg.stride(1), part_arg.stride(0), part_arg.stride(1),
         NEED_DX=need_dx, NEED_DL=need_dl, **cfgs["flags"], **cfg,
     )  # fmt: skip
-    dl = _reduce_partials(partials, ia3_l.dtype) if need_dl else None
+    dl = reduce_partials(partials, ia3_l.dtype) if need_dl else None
     return dx, dl
 
 

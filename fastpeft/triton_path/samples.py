@@ -25,6 +25,7 @@ import torch
 from . import adapter as adapter_host
 from . import dropout as dropout_host
 from . import ia3 as ia3_host
+from . import ia3_hybrid
 from . import importance as importance_host
 from . import lora as lora_host
 from .launch import allow_tf32
@@ -181,6 +182,12 @@ def _drive_ia3(tag: Tag, where: str, mode: str, base, vec) -> None:
             for need_dx, need_dl in needs:
                 with tag(f"{case} bwd dx={need_dx} dl={need_dl}"):
                     ia3_host.backward(dy, saved, w, ia3_l, feedforward, need_dx, need_dl)
+            # The hybrid path's side kernel, in each of its four uses (dx alone: its STORE_OUT).
+            with tag(f"{case} hybrid"):
+                _, z = ia3_hybrid.forward(x, w, b, ia3_l, feedforward, True)
+                saved = x if feedforward else z
+                for need_dx, need_dl in ((True, True), (False, True), (True, False)):
+                    ia3_hybrid.backward(dy, saved, w, ia3_l, feedforward, need_dx, need_dl)
 
 
 # ------------------------------------------------------------------------------------------------

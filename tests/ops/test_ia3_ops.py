@@ -16,7 +16,7 @@ from fastpeft.torch_path import ia3 as torch_ia3
 
 from .op_checks import check_compiled_matches_eager
 
-BACKENDS = ["triton", "torch"]
+BACKENDS = ["triton", "hybrid", "torch"]
 CASES = [False, True]  # feedforward: output scaling (k/v_proj) or input scaling (down_proj)
 CASE_IDS = ["out", "ff"]
 # M, K, N not multiples of the blocks (32 under the interpreter); the middle one spans 2-3 blocks.

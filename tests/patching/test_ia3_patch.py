@@ -52,7 +52,7 @@ def _ia3_names(model) -> list[str]:
     return ["base_model.model." + name for name in paper_a_targets(model)[0]]
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "hybrid", "torch"])
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_patched_equals_unpatched_fp32(family, backend):
     build, make_batch = FAMILIES[family]
@@ -78,7 +78,7 @@ def test_patched_equals_unpatched_fp32(family, backend):
     testing.assert_all_within_reference_budget(got, want, exact)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "hybrid", "torch"])
 @pytest.mark.parametrize("autocast_adapter_dtype", [True, False], ids=["fp32-l", "fp16-l"])
 def test_fp16_base_matches_peft_within_budget(backend, autocast_adapter_dtype):
     # PEFT's default on a 16-bit base keeps fp32 vectors; the other regime has fp16 vectors.
@@ -104,7 +104,7 @@ def test_fp16_base_matches_peft_within_budget(backend, autocast_adapter_dtype):
         )
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "hybrid", "torch"])
 def test_training_steps_follow_peft(backend):
     def train(patched, fp64=False):
         model = make_ia3_model(testing.tiny_llava(num_layers=1))

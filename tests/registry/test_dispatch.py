@@ -132,3 +132,20 @@ def test_a_race_times_each_contender_on_the_shape_and_keeps_the_fastest():
     assert shown["seconds"] == seconds and shown["sizes"] == {"rank": 8}
     dispatch.clear_decisions()
     assert dispatch.races() == {}
+
+
+@pytest.mark.parametrize("feedforward", [False, True], ids=["out", "ff"])
+def test_ia3_races_its_fused_and_hybrid_paths(feedforward):
+    # IA3's race, as LoRA's: both paths really run (interpreted here) and the faster is kept.
+    dispatch.clear_decisions()
+    spec = registry.get("ia3")
+    assert spec.raced == ("triton", "hybrid")
+    variant = (torch.float32, feedforward)
+    key = ("ia3", "cpu", torch.float32, (), variant, (64, 32, 32))
+    chosen = dispatch.race(
+        spec, ["triton", "hybrid"], CPU, torch.float32, {}, (40, 24, 32), variant, key
+    )
+    seconds = dispatch.races()[key]
+    assert set(seconds) == {"triton", "hybrid"} and all(s > 0 for s in seconds.values())
+    assert chosen == min(seconds, key=seconds.get)
+    dispatch.clear_decisions()
