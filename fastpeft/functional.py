@@ -209,10 +209,13 @@ def ia3_linear(
     resolved = dispatch.resolve("ia3", backend, x.device, x.dtype, shape=shape, variant=variant)
     # z (the base output) is stored for dl only when ia3_l will get a gradient.
     save_z = not feedforward and ia3_l.requires_grad and torch.is_grad_enabled()
-    y, _ = ia3_ops.ia3_linear_fwd(
-        x.reshape(-1, K), weight, bias, ia3_l, feedforward, save_z, resolved
-    )
-    return y.reshape(*leading, weight.shape[0])
+    flat = x.dim() == 2  # no view nodes around a 2-D call (each costs autograd a node)
+    args = (x if flat else x.reshape(-1, K), weight, bias, ia3_l, feedforward, save_z, resolved)
+    if torch.compiler.is_compiling():  # the custom ops: what a graph can hold
+        y, _ = ia3_ops.ia3_linear_fwd(*args)
+    else:  # the same implementation without the ops' dispatch cost (ops/ia3.py)
+        y = ia3_ops.EagerIA3Linear.apply(*args)
+    return y if flat else y.reshape(*leading, weight.shape[0])
 
 
 def adapter(

@@ -6,11 +6,11 @@ for the backward), g = s · (dy W_up) ⊙ act'(pre) [M, H]. The bottleneck runs 
 adapters on one input (LLaVA's gate/up pre-adapters), each with its own dropout mask drawn from
 seed[0] and seed[1]. Six kernels:
 
-    adapter_down_kernel     pre = drop(z) W_downᵀ                one z tile feeds both of a pair;
+    adapter_down_kernel     pre = drop(z) W_downᵀ, a = act(pre)  one z tile feeds both of a pair;
                                                                  stores the masks' bits
-    adapter_up_kernel       out = residual + s · act(pre) W_upᵀ  act applied to pre tiles on load
+    adapter_up_kernel       out = residual + s · a W_upᵀ         a from the down kernel
     adapter_dpre_kernel     g = s · (dy W_up) ⊙ act'(pre), a = act(pre)      one pass over dy
-    adapter_dw_up_kernel    dW_up = s · dyᵀ a                    walks M in order (deterministic)
+    adapter_dw_up_kernel    dW_up = s · dyᵀ a                    M split into fixed-order partials
     adapter_dw_down_kernel  dW_down = gᵀ drop(z)                 the forward's mask (its bits)
     adapter_dz_kernel       dz = drop'(g W_down) (+ dy, + dy2)   the residual's grad in the epilogue
 """
@@ -135,18 +135,20 @@ def _seeds(seed_ptr, PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr):
 
 @triton.jit
 def adapter_down_kernel(
-    z_ptr, wd_ptr, wd2_ptr, pre_ptr, pre2_ptr, seed_ptr, bits_ptr,
+    z_ptr, wd_ptr, wd2_ptr, pre_ptr, pre2_ptr, a_ptr, a2_ptr, seed_ptr, bits_ptr,
     M, D, H, p,
     stride_zm, stride_zd, stride_wh, stride_wd, stride_pm, stride_ph, stride_bg, stride_bm,
-    PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_BITS: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    ACTIVATION: tl.constexpr, PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    STORE_BITS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     # Grid: one program per (row block, H block), H blocks adjacent so that a row block's z tiles
     # come from L2 after the first read. Each z tile loaded feeds one fp32 accumulator, or two for
     # a pair (each through its own mask); the two weights share strides, as do the two pres.
     # With STORE_BITS the masks also go to bits_ptr ([count, M, ceil(D / 8)] uint8, adapter g's
-    # at g * stride_bg) for the backward kernels to read instead of drawing them again.
+    # at g * stride_bg) for the backward kernels to read instead of drawing them again. The
+    # epilogue writes pre (kept for the backward) and a = act(pre) (for the up kernel, in pre's
+    # strides): act runs once per element of pre, here, not once per output column block there.
     num_h = tl.cdiv(H, BLOCK_H)
     pid_m, pid_h = tl.program_id(0) // num_h, tl.program_id(0) % num_h
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·D > 2**31
@@ -169,31 +171,42 @@ def adapter_down_kernel(
             z2 = _drop_and_store(z, seed2, bits2_ptr, offs_m, offs_d, d0, M, D, p, stride_bm,
                                  store_rows, HAS_DROPOUT, STORE_BITS, BLOCK_D)  # fmt: skip
             acc2 = mma(z2, w2_t, acc2, UPCAST, PRECISION)
-    store_tile(pre_ptr, acc1, offs_m, offs_h, stride_pm, stride_ph, M, H)
+    _store_pre_and_act(acc1, pre_ptr, a_ptr, offs_m, offs_h, stride_pm, stride_ph, M, H,
+                       ACTIVATION)  # fmt: skip
     if PAIR:
-        store_tile(pre2_ptr, acc2, offs_m, offs_h, stride_pm, stride_ph, M, H)
+        _store_pre_and_act(acc2, pre2_ptr, a2_ptr, offs_m, offs_h, stride_pm, stride_ph, M, H,
+                           ACTIVATION)  # fmt: skip
+
+
+@triton.jit
+def _store_pre_and_act(acc, pre_ptr, a_ptr, offs_m, offs_h, stride_pm, stride_ph, M, H,
+                       ACTIVATION: tl.constexpr):  # fmt: skip
+    # pre rounded to the adapter dtype, and act of that rounded value (the reference rounds pre
+    # before act, and act(pre) again to the adapter dtype).
+    pre = acc.to(pre_ptr.dtype.element_ty)
+    store_tile(pre_ptr, pre, offs_m, offs_h, stride_pm, stride_ph, M, H)
+    a = activation(pre.to(tl.float32), ACTIVATION)
+    store_tile(a_ptr, a, offs_m, offs_h, stride_pm, stride_ph, M, H)
 
 
 @triton.jit
 def adapter_up_kernel(
-    pre_ptr, wu_ptr, res_ptr, out_ptr,
+    a_ptr, wu_ptr, res_ptr, out_ptr,
     M, D, H, scaling,
-    stride_pm, stride_ph, stride_wd, stride_wh, stride_rm, stride_rd, stride_om, stride_od,
-    ACTIVATION: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    stride_am, stride_ah, stride_wd, stride_wh, stride_rm, stride_rd, stride_om, stride_od,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    # Grid: one program per [BLOCK_M, BLOCK_D] tile of out (grouped order). act is applied to each
-    # pre tile as it loads, so act(pre) never touches memory; the residual is added to the fp32
+    # Grid: one program per [BLOCK_M, BLOCK_D] tile of out (grouped order). a = act(pre) comes
+    # from the down kernel's epilogue in the adapter dtype; the residual is added to the fp32
     # accumulator and the sum rounded once to out's dtype.
     pid_m, pid_d = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(D, BLOCK_D), GROUP_M)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    w_dtype = wu_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
-        pre = load_tile(pre_ptr, offs_m, offs_h, stride_pm, stride_ph, M, H).to(tl.float32)
-        a = activation(pre, ACTIVATION).to(w_dtype)  # rounded where the reference rounds act(pre)
+        a = load_tile(a_ptr, offs_m, offs_h, stride_am, stride_ah, M, H)
         w_t = load_tile(wu_ptr, offs_h, offs_d, stride_wh, stride_wd, H, D)
         acc = mma(a, w_t, acc, UPCAST, PRECISION)
     res = load_tile(res_ptr, offs_m, offs_d, stride_rm, stride_rd, M, D).to(tl.float32)
@@ -232,43 +245,52 @@ def adapter_dpre_kernel(
 @triton.jit
 def adapter_dw_up_kernel(
     dy_ptr, a_ptr, dwu_ptr,
-    M, D, H, scaling,
-    stride_dym, stride_dyd, stride_am, stride_ah, stride_wd, stride_wh,
+    M, D, H, scaling, ROWS_PER_SPLIT,
+    stride_dym, stride_dyd, stride_am, stride_ah, stride_ws, stride_wd, stride_wh,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
-    # Grid: (D blocks, H blocks) of dW_up; each program walks all of M in order, so the reduction
-    # over tokens is deterministic (no atomics, no partials).
+    # Grid: (D blocks, H blocks, M splits) of dW_up; each program walks its split's
+    # ROWS_PER_SPLIT rows (a multiple of BLOCK_M) in order and writes its own slot of the fp32
+    # partials (at split * stride_ws; the host sums them in split order, or with one split the
+    # program writes dW_up itself): deterministic, no atomics.
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    split = tl.program_id(2)
     w_dtype = a_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_D, BLOCK_H), dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_M):
+    m_start = split * ROWS_PER_SPLIT
+    for m0 in range(m_start, tl.minimum(M, m_start + ROWS_PER_SPLIT), BLOCK_M):
         offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
         dy_t = load_tile(dy_ptr, offs_d, offs_m, stride_dyd, stride_dym, D, M).to(w_dtype)
         a = load_tile(a_ptr, offs_m, offs_h, stride_am, stride_ah, M, H)
         acc = mma(dy_t, a, acc, UPCAST, PRECISION)
-    store_tile(dwu_ptr, scaling * acc, offs_d, offs_h, stride_wd, stride_wh, D, H)
+    out_ptr = dwu_ptr + split.to(tl.int64) * stride_ws
+    store_tile(out_ptr, scaling * acc, offs_d, offs_h, stride_wd, stride_wh, D, H)
 
 
 @triton.jit
 def adapter_dw_down_kernel(
     z_ptr, g_ptr, g2_ptr, seed_ptr, bits_ptr, dwd_ptr, dwd2_ptr,
-    M, D, H, p,
-    stride_zm, stride_zd, stride_gm, stride_gh, stride_wh, stride_wd, stride_bg, stride_bm,
+    M, D, H, p, ROWS_PER_SPLIT,
+    stride_zm, stride_zd, stride_gm, stride_gh, stride_ws, stride_wh, stride_wd, stride_bg,
+    stride_bm,
     PAIR: tl.constexpr, HAS_DROPOUT: tl.constexpr, FROM_BITS: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
-    # Grid: (H blocks, D blocks) of dW_down, walking M in order (deterministic). The dropout masks
-    # are the forward's: read from its bits (FROM_BITS) or drawn again from its seeds; a pair
-    # reads each z tile once for both gradients.
+    # Grid: (H blocks, D blocks, M splits) of dW_down, each split's rows walked in order into its
+    # own partial slot (as adapter_dw_up_kernel: deterministic). The dropout masks are the
+    # forward's: read from its bits (FROM_BITS) or drawn again from its seeds; a pair reads each
+    # z tile once for both gradients.
     offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    split = tl.program_id(2)
     w_dtype = g_ptr.dtype.element_ty
     seed1, seed2 = _seeds(seed_ptr, PAIR, HAS_DROPOUT)
     acc1 = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_M):
+    m_start = split * ROWS_PER_SPLIT
+    for m0 in range(m_start, tl.minimum(M, m_start + ROWS_PER_SPLIT), BLOCK_M):
         offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
         z = load_tile(z_ptr, offs_m, offs_d, stride_zm, stride_zd, M, D).to(w_dtype)
         g_t = load_tile(g_ptr, offs_h, offs_m, stride_gh, stride_gm, H, M)
@@ -285,9 +307,10 @@ def adapter_dw_down_kernel(
                               FROM_BITS)  # fmt: skip
                 z2 = _drop(z, keep2, p)
             acc2 = mma(g2_t, z2, acc2, UPCAST, PRECISION)
-    store_tile(dwd_ptr, acc1, offs_h, offs_d, stride_wh, stride_wd, H, D)
+    slot = split.to(tl.int64) * stride_ws
+    store_tile(dwd_ptr + slot, acc1, offs_h, offs_d, stride_wh, stride_wd, H, D)
     if PAIR:
-        store_tile(dwd2_ptr, acc2, offs_h, offs_d, stride_wh, stride_wd, H, D)
+        store_tile(dwd2_ptr + slot, acc2, offs_h, offs_d, stride_wh, stride_wd, H, D)
 
 
 @triton.jit

@@ -51,6 +51,20 @@ def _saves_z(feedforward: bool, save_z: bool) -> bool:
     return save_z and not feedforward
 
 
+def _run_forward(x, weight, bias, ia3_l, feedforward, save_z, backend):
+    """(y, z or None): the implementation `backend` names, counted."""
+    _counters.record("ia3_fwd", backend)
+    impl = dispatch.implementation("ia3", backend)
+    return impl.forward(x, weight, bias, ia3_l, feedforward, _saves_z(feedforward, save_z))
+
+
+def _run_backward(dy, saved, weight, ia3_l, feedforward, need_dx, need_dl, backend):
+    """(dx or None, dl or None): the implementation `backend` names, counted."""
+    _counters.record("ia3_bwd", backend)
+    impl = dispatch.implementation("ia3", backend)
+    return impl.backward(dy, saved, weight, ia3_l, feedforward, need_dx, need_dl)
+
+
 @torch.library.custom_op("fastpeft::ia3_linear_fwd", mutates_args=())
 def ia3_linear_fwd(
     x: torch.Tensor,
@@ -62,10 +76,7 @@ def ia3_linear_fwd(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, z) for 2-D x; z = x Wᵀ + b is returned (for dl) only in the output case with save_z."""
-    _counters.record("ia3_fwd", backend)
-    save_z = _saves_z(feedforward, save_z)
-    impl = dispatch.implementation("ia3", backend)
-    y, z = impl.forward(x, weight, bias, ia3_l, feedforward, save_z)
+    y, z = _run_forward(x, weight, bias, ia3_l, feedforward, save_z, backend)
     return y, (z if z is not None else x.new_empty(_EMPTY))
 
 
@@ -87,9 +98,7 @@ def ia3_linear_bwd(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dl); each is an empty tensor when not needed. `saved` is x (input case) or z."""
-    _counters.record("ia3_bwd", backend)
-    impl = dispatch.implementation("ia3", backend)
-    dx, dl = impl.backward(dy, saved, weight, ia3_l, feedforward, need_dx, need_dl)
+    dx, dl = _run_backward(dy, saved, weight, ia3_l, feedforward, need_dx, need_dl, backend)
     return (
         dx if dx is not None else dy.new_empty(_EMPTY),
         dl if dl is not None else ia3_l.new_empty(_EMPTY),
@@ -100,6 +109,25 @@ def ia3_linear_bwd(
 def _(dy, saved, weight, ia3_l, feedforward, need_dx, need_dl, backend):
     dx = dy.new_empty((dy.shape[0], weight.shape[1]) if need_dx else _EMPTY)
     return dx, torch.empty_like(ia3_l) if need_dl else ia3_l.new_empty(_EMPTY)
+
+
+def _needs(ctx) -> tuple[bool, bool]:
+    """(need_dx, need_dl) of a backward; the frozen base is checked here, where it is known."""
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        raise RuntimeError("fastpeft IA3: the base weight and bias must be frozen")
+    return ctx.needs_input_grad[0], ctx.needs_input_grad[3]
+
+
+def _check_saved(saved: torch.Tensor, need_dl: bool) -> None:
+    if need_dl and saved.dim() != 2:
+        raise RuntimeError(
+            "fastpeft IA3: ia3_l needs a gradient but the forward ran with save_z=False"
+        )
+
+
+def _grads(need_dx: bool, need_dl: bool, dx, dl) -> tuple:
+    """The autograd return for (x, weight, bias, ia3_l, feedforward, save_z, backend)."""
+    return (dx if need_dx else None, None, None, dl if need_dl else None, None, None, None)
 
 
 def _setup_context(ctx, inputs, output):
@@ -113,25 +141,41 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, _dz):
     saved, weight, ia3_l = ctx.saved_tensors
-    need_dx, need_dl = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
-    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        raise RuntimeError("fastpeft IA3: the base weight and bias must be frozen")
-    if need_dl and saved.dim() != 2:
-        raise RuntimeError(
-            "fastpeft IA3: ia3_l needs a gradient but the forward ran with save_z=False"
-        )
+    need_dx, need_dl = _needs(ctx)
+    _check_saved(saved, need_dl)
     dx, dl = ia3_linear_bwd(
         dy, saved, weight, ia3_l, ctx.feedforward, need_dx, need_dl, ctx.backend
     )
-    return (
-        dx if need_dx else None,
-        None,
-        None,
-        dl if need_dl else None,
-        None,
-        None,
-        None,
-    )
+    return _grads(need_dx, need_dl, dx, dl)
 
 
 ia3_linear_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class EagerIA3Linear(torch.autograd.Function):
+    """The same forward and backward as the custom ops, for eager calls: a custom op's dispatcher
+    round trips and autograd registration cost about 120 µs per forward + backward on a CPU
+    (measured on this project's 2-core VM), as much as IA3's own elementwise work at bench
+    shapes. torch.compile needs the ops (`fastpeft.functional.ia3_linear` uses them while
+    compiling); eager calls take this Function, which runs the same implementation, counted
+    alike. `apply(x, weight, bias, ia3_l, feedforward, save_z, backend)` returns y."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, ia3_l, feedforward, save_z, backend):
+        y, z = _run_forward(x, weight, bias, ia3_l, feedforward, save_z, backend)
+        saved = x if feedforward else (z if z is not None else x.new_empty(_EMPTY))
+        ctx.save_for_backward(saved, weight, ia3_l)
+        ctx.feedforward, ctx.backend = feedforward, backend
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        saved, weight, ia3_l = ctx.saved_tensors
+        need_dx, need_dl = _needs(ctx)
+        _check_saved(saved, need_dl)
+        if not (need_dx or need_dl):
+            return _grads(False, False, None, None)
+        dx, dl = _run_backward(
+            dy.contiguous(), saved, weight, ia3_l, ctx.feedforward, need_dx, need_dl, ctx.backend
+        )
+        return _grads(need_dx, need_dl, dx, dl)

@@ -45,21 +45,23 @@ def kind(
     return (method, *shape, x.dtype, adapter.dtype, *extra)
 
 
-def peft_is_faster(key: tuple, fused, own, params=()) -> bool:
+def peft_is_faster(key: tuple, fused, own, train: bool, trainable=list) -> bool:
     """Whether PEFT's forward (`own()`) beats the fused one (`fused()`) for calls of kind `key`,
     timing both the first time the kind is seen (eagerly; under torch.compile nothing is timed
-    and the fused path is kept). With autograd on and trainable `params` (the layer's, and its
-    input when that needs a gradient: else PEFT's graph would skip its dx GEMM), the timing
-    covers the backward too (torch.autograd.grad to them: nothing lands in a .grad): the step a
-    training call pays, where the two paths' backwards differ as much as their forwards."""
-    train = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+    and the fused path is kept). In training (`train`: autograd on and the layer's adapter or
+    its input needs a gradient; the caller knows cheaply), the timing covers the backward to
+    `trainable()` too (the layer's trainable tensors and its input when that needs a gradient:
+    else PEFT's graph would skip its dx GEMM; torch.autograd.grad to them: nothing lands in a
+    .grad): the step a training call pays, where the two paths' backwards differ as much as their
+    forwards. `trainable` is a callable, called only when timing: building the list costs more
+    than the lookup every later call makes."""
     key = (*key, train)
     found = _timings.get(key)
     if found is None:
         if torch.compiler.is_compiling():
             return False
-        trainable = [p for p in params if p.requires_grad] if train else []
-        found = {"fused": _best(fused, trainable), "peft": _best(own, trainable)}
+        tensors = [p for p in trainable() if p.requires_grad] if train else []
+        found = {"fused": _best(fused, tensors), "peft": _best(own, tensors)}
         _timings[key] = found
     return found["peft"] < found["fused"]
 

@@ -35,7 +35,7 @@ def _adapter_reasons(module: nn.Module) -> list[str]:
     if name not in module.ia3_l:
         return [f"active adapter {name!r} has no IA3 vector in this layer"]
     vector = module.ia3_l[name]
-    base_dtype = module.get_base_layer().weight.dtype
+    base_dtype = base.base_layer_of(module).weight.dtype
     if vector.dtype not in (torch.float32, base_dtype):
         # Elsewhere PEFT's casts differ (a bf16 vector on an fp16 base rounds x to bf16 first).
         return [f"IA3 vector dtype {vector.dtype} is neither fp32 nor the base dtype {base_dtype}"]
@@ -72,17 +72,18 @@ def call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) -> st
 
 def _peft_is_faster(module: nn.Module, x: torch.Tensor, args, kwargs) -> bool:
     vector = module.ia3_l[module.active_adapters[0]]
-    key = cpu_rule.kind("ia3", x, module.get_base_layer().weight, vector, module.is_feedforward)
+    key = cpu_rule.kind("ia3", x, base.base_layer_of(module).weight, vector, module.is_feedforward)
     return cpu_rule.peft_is_faster(
         key,
         fused=lambda: _fused_call(module, x, "torch"),
         own=lambda: base.original_forward(module)(x, *args, **kwargs),
-        params=[*module.parameters(), x],
+        train=torch.is_grad_enabled() and (vector.requires_grad or x.requires_grad),
+        trainable=lambda: [*module.parameters(), x],
     )
 
 
 def _fused_call(self: nn.Module, x: torch.Tensor, backend: str) -> torch.Tensor:
-    base_layer = self.get_base_layer()
+    base_layer = base.base_layer_of(self)
     return functional.ia3_linear(
         x,
         base_layer.weight,

@@ -86,7 +86,7 @@ def _factor_reasons(module: nn.Module, name: str) -> list[str]:
     a, b = lora_a.weight, lora_b.weight
     if a.dtype != b.dtype or a.dtype not in FLOAT_DTYPES:
         reasons.append(f"adapter dtypes {a.dtype}/{b.dtype} are not one of fp32, fp16, bf16")
-    N, K = module.get_base_layer().weight.shape
+    N, K = base.base_layer_of(module).weight.shape
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != K or tuple(b.shape) != (N, a.shape[0]):
         reasons.append(
             f"LoRA factor shapes A {tuple(a.shape)}, B {tuple(b.shape)} do not fit the base "
@@ -159,20 +159,23 @@ def _peft_is_faster(module: nn.Module, x: torch.Tensor, args, kwargs) -> bool:
     name = module.active_adapters[0]
     dropout = module.lora_dropout[name]
     drops = isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0
-    weight, lora_a = module.get_base_layer().weight, module.lora_A[name].weight
+    weight, lora_a = base.base_layer_of(module).weight, module.lora_A[name].weight
     key = cpu_rule.kind("lora", x, weight, lora_a, drops)
+    lora_b = module.lora_B[name].weight
     return cpu_rule.peft_is_faster(
         key,
         fused=lambda: _alone(module, x, "torch"),
         own=lambda: base.original_forward(module)(x, *args, **kwargs),
-        params=[*module.parameters(), x],
+        train=torch.is_grad_enabled()
+        and (lora_a.requires_grad or lora_b.requires_grad or x.requires_grad),
+        trainable=lambda: [*module.parameters(), x],
     )
 
 
 def _adapter(module: nn.Module) -> lora_shared.Adapter:
     """The active adapter's tensors and settings for this call (eval mode: no dropout)."""
     name = module.active_adapters[0]
-    base_layer = module.get_base_layer()
+    base_layer = base.base_layer_of(module)
     dropout = module.lora_dropout[name]
     dropout_p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
     return lora_shared.Adapter(

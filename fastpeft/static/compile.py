@@ -42,7 +42,7 @@ from .inspect_code import Inspection, inspect, ptxas_usage
 
 # The most shared memory one block may use (the opt-in maximum), per SM version.
 SHARED_LIMIT_BYTES = {80: 163 * 1024, 90: 227 * 1024}  # A100: 163 KiB; H100: 227 KiB
-_CACHE_FORMAT = 1  # bump when a cached record's meaning changes
+_CACHE_FORMAT = 2  # bump when a cached record's meaning changes
 
 
 @dataclass

@@ -101,6 +101,7 @@ def inspection(compiled, flops: float) -> dict:
         "tensor_core_types": types,
         "fma": compiled.fma_count,
         "instructions": compiled.instructions,
+        "loop_instructions": compiled.loop_instructions,
         "instruction_source": compiled.instruction_source,
     }
 
@@ -136,12 +137,12 @@ def add_dropout_issue_time(arch: Arch, rows: list[dict], dropout: list[dict]) ->
     are measured: `dropout_cost`).
 
     Per input element, such a launch issues its own instructions (those of the kernel compiled
-    without dropout, per element of one loop step: an overestimate, as it counts the prologue
-    and epilogue once a step) plus, with dropout, the Philox rounds and the mask's bits (with
-    against without HAS_DROPOUT). The prediction is the longest of the memory, product and issue
-    times: warps waiting on memory or on the asynchronous tensor cores leave the issue slots to
-    the integer work. `predicted_us_serial` keeps the pessimistic bound of a launch with
-    dropout: the dropout's issue time added to the time without it."""
+    without dropout: its loop body once a step, the rest once a program, see
+    `_base_instructions_per_element`) plus, with dropout, the Philox rounds and the mask's bits
+    (with against without HAS_DROPOUT). The prediction is the longest of the memory, product
+    and issue times: warps waiting on memory or on the asynchronous tensor cores leave the issue
+    slots to the integer work. `predicted_us_serial` keeps the pessimistic bound of a launch
+    with dropout: the dropout's issue time added to the time without it."""
     costs = {_twin_key(d, d["config"]): d for d in dropout}
     by_mode = {(*_twin_key(d, d["config"]), d["mask"]): d for d in dropout}
     for row in rows:
@@ -156,13 +157,32 @@ def add_dropout_issue_time(arch: Arch, rows: list[dict], dropout: list[dict]) ->
         elements = row["step_elements"]
         per_mask = max(cost["instructions_per_element"], 0) if row["dropout_elements"] else 0.0
         extra = per_mask * cost.get("masks_per_element", 1)
-        issue_us = (cost["base_instructions_per_element"] + extra) * elements / rate * 1e6
+        base = _base_instructions_per_element(row, cost)
+        issue_us = (base + extra) * elements / rate * 1e6
         row["issue_us"] = round(issue_us, 3)
         if extra:
             extra_us = extra * elements / rate * 1e6
             row["dropout_issue_us"] = round(extra_us, 3)
             row["predicted_us_serial"] = round(row["predicted_us"] + extra_us, 3)
         row["predicted_us"] = round(max(row["predicted_us"], issue_us), 3)
+
+
+def _base_instructions_per_element(row: dict, cost: dict) -> float:
+    """The no-dropout kernel's instructions per input element of `row`'s launch: its main loop's
+    body once per step, the code around the loop (prologue, epilogue: an activation, a mask, the
+    stores) once per program, spread over the program's steps. Steps per program are the
+    launch's input positions over its programs' tiles (a kernel whose programs re-walk the same
+    positions, e.g. the down kernel's H blocks, gets fewer steps: the code around the loop
+    weighs more, an overestimate). Without a loop count (PTX only) every instruction counts once
+    a step, an overestimate too."""
+    loop = cost.get("base_loop_instructions")
+    per_thread = cost["elements_per_thread"]
+    if not loop or per_thread <= 0:
+        return cost["base_instructions_per_element"]
+    tile_positions = per_thread * 32 * row["num_warps"]
+    steps = max(1.0, row["step_elements"] / max(row["ctas"] * tile_positions, 1))
+    around = cost["base_instructions"] - loop
+    return (loop + around / steps) / per_thread
 
 
 def dropout_cost(rows: list[dict]) -> list[dict]:
@@ -209,6 +229,8 @@ def dropout_cost(rows: list[dict]) -> list[dict]:
                 "elements_per_thread": per_thread,
                 "masks_per_element": masks,
                 "base_instructions_per_element": round(pair[False]["instructions"] / per_thread, 1),
+                "base_loop_instructions": pair[False].get("loop_instructions"),
+                "base_instructions": pair[False]["instructions"],
                 "instructions_per_element": round(extra / per_thread / masks, 1),
                 "source": pair[True]["instruction_source"],
             }

@@ -48,6 +48,9 @@ class Inspection:
     sass_instructions: int | None = None  # None without a disassembler
     instructions: int | None = None  # SASS where it was read, else PTX
     instruction_source: str | None = None  # "sass" or "ptx"
+    # SASS instructions inside loops (the main loop's body runs once per step, the rest once per
+    # program): None where no SASS was read.
+    loop_instructions: int | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,6 +114,38 @@ def sass_opcodes(sass: str) -> list[str]:
         if match and match.group(1) != "NOP":
             out.append(match.group(1))
     return out
+
+
+_SASS_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+_SASS_BRANCH = re.compile(r"\bBRA\s+`?\(?(\.L_x_\d+)\)?")
+
+
+def sass_loop_instructions(sass: str) -> int:
+    """SASS instructions (NOPs left out) inside loops: the spans from a label to a later branch
+    back to it, overlapping spans merged (nested loops counted once), a branch to itself (the
+    trap loop after EXIT) left out."""
+    labels: dict[str, int] = {}  # label -> index of the next instruction
+    spans = []
+    index = 0
+    for line in sass.splitlines():
+        label = _SASS_LABEL.match(line)
+        if label:
+            labels[label.group(1)] = index
+            continue
+        opcode = _SASS_OPCODE.match(line)
+        if not opcode or opcode.group(1) == "NOP":
+            continue
+        branch = _SASS_BRANCH.search(line)
+        if branch and branch.group(1) in labels and labels[branch.group(1)] < index:
+            spans.append((labels[branch.group(1)], index))
+        index += 1
+    covered = 0
+    end = -1
+    for start, stop in sorted(spans):
+        if stop > end:
+            covered += stop - max(start, end + 1) + 1
+            end = stop
+    return covered
 
 
 def sass_histogram(sass: str, opcodes: Iterable[str] | None = None) -> dict[str, int]:
@@ -184,6 +219,7 @@ def inspect(asm: Mapping, sass: str | None = None) -> Inspection:
     if sass is not None:
         n_sass = len(sass_opcodes(sass))
         return Inspection(
-            **counts, sass_instructions=n_sass, instructions=n_sass, instruction_source="sass"
-        )
+            **counts, sass_instructions=n_sass, instructions=n_sass, instruction_source="sass",
+            loop_instructions=sass_loop_instructions(sass),
+        )  # fmt: skip
     return Inspection(**counts, instructions=counts["ptx_instructions"], instruction_source="ptx")

@@ -13,7 +13,7 @@ import torch
 
 from .. import registry
 from ..bench.cases import layer_case
-from . import archs
+from . import archs, layer_set
 from . import compile as compiler
 from .calibration import beside_measurements
 from .costing import add_dropout_issue_time, dropout_cost, launch_record
@@ -147,6 +147,7 @@ def run_static(arch_name: str, out: Path, quick: bool, jobs: int = 2, cache: Pat
         "dropout": dropout,
         "launches": records,
         "cases": cases,
+        "layer_sets": layer_set.rows(cases),
         "measured_beside_model": beside_measurements(cases, arch.name),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -172,6 +173,12 @@ def format_static(result: dict) -> str:
         target = f"{c.get('target', '')} ({c.get('predicted_verdict', '-')})"
         lines.append(f"model: {label[:66]:66} {c['predicted_fused_us'] or 0:9.1f} {ref or 0:9.1f} "
                      f"{ratio or 0:7.3f}  {target}")  # fmt: skip
+    for r in result.get("layer_sets", []):
+        label = f"{r['case']} {SHORT.get(r['adapter_dtype'], '')} p={r['dropout']:g}"
+        ratio = r["predicted_step_over_frozen"]
+        lines.append(f"model: {label[:66]:66} {r['predicted_adapters_us']:9.1f} "
+                     f"{r['predicted_frozen_linears_us']:9.1f} {ratio:7.3f}"
+                     f"  {r['target']} ({r['predicted_verdict']})")  # fmt: skip
     rows = [r for r in result["launches"] if r["status"] == "ok"]
     spills = sorted({(r["kernel"], r["spill_bytes"]) for r in rows if r["spill_bytes"]})
     fma = sorted({r["kernel"] for r in rows if r["tensor_cores"] is False})

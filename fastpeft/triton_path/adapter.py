@@ -5,12 +5,15 @@ bottleneck activations live side by side in one pre [M, 2H] (and g, a likewise),
 strided view the kernels address with the shared strides.
 """
 
+import math
+
 import torch
 import triton
 
 from .. import env
 from ..kernels import adapter as kernels
 from .launch import Target, dot_flags, launch, target_for
+from .partials import sum_partials
 
 # NOTE: untimed (no GPU was available). The GPU blocks were picked from GPU-less sm_90 compiles of
 # the launches below at M=8192, d=4096, H=256 (triton 3.9 + ptxas -v): no register spills (at
@@ -60,44 +63,49 @@ def _down_step(step: int, block_h: int, pair: bool, w_dtype: torch.dtype) -> int
     return max(16, step // 2) if pair else step
 
 
-def _down(z, wd, wd2, pre, pre2, seed, keep, p: float) -> None:
+def _down(z, wd, wd2, pre, pre2, a, a2, seed, keep, p: float, activation: str) -> None:
+    """pre = drop(z) W_downᵀ and a = act(pre) into pre and a (pre2, a2 for a pair's second
+    adapter; a and a2 share pre's strides)."""
     M, D = z.shape
     H = wd.shape[0]
     cfg, options = launch_configs(target_for(z.device), wd.dtype)
     pair = wd2 is not None
-    # One adapter: all of H <= 256 in one block, so z is read once. A pair: two accumulators of
-    # half the width; for H = 256 the second H block re-reads the z tiles the first just read,
-    # from L2.
-    block_h = _h_block(H, cfg["BLOCK_H"] if pair else 2 * cfg["BLOCK_H"])
+    # One adapter with 16-bit weights: all of H <= 256 in one block, so z is read once. A pair,
+    # or fp32 weights (whose 256-wide fp32 accumulator and act(pre) epilogue spilled on sm_90):
+    # blocks of half the width; for H = 256 the second H block re-reads the z tiles the first
+    # just read, from L2.
+    wide = not pair and wd.dtype.itemsize == 2
+    block_h = _h_block(H, 2 * cfg["BLOCK_H"] if wide else cfg["BLOCK_H"])
     block_d = _down_step(cfg["BLOCK_K"], block_h, pair, wd.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(H, block_h),)
     bits, stride_bg, stride_bm = _bits_args(keep, pre)
     launch(
         kernels.adapter_down_kernel, grid,
         z, wd, wd2 if wd2 is not None else wd, pre, pre2 if pre2 is not None else pre,
-        seed if seed is not None else pre, bits,
+        a, a2 if a2 is not None else a, seed if seed is not None else pre, bits,
         M, D, H, p,
         z.stride(0), z.stride(1), wd.stride(0), wd.stride(1), pre.stride(0), pre.stride(1),
         stride_bg, stride_bm,
-        PAIR=pair, HAS_DROPOUT=p > 0, STORE_BITS=keep.numel() > 0, BLOCK_M=cfg["BLOCK_M"],
-        BLOCK_D=block_d, BLOCK_H=block_h, **options,
+        ACTIVATION=activation, PAIR=pair, HAS_DROPOUT=p > 0, STORE_BITS=keep.numel() > 0,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_D=block_d, BLOCK_H=block_h, **options,
     )  # fmt: skip
 
 
-def _up(pre, wu, residual, scaling: float, activation: str) -> torch.Tensor:
-    M, H = pre.shape
+def _up(a, wu, residual, scaling: float) -> torch.Tensor:
+    """out = residual + s · a W_upᵀ for a = act(pre) from the down kernel."""
+    M, H = a.shape
     D = wu.shape[0]
-    out = torch.empty((M, D), device=pre.device, dtype=residual.dtype)
-    cfg, options = launch_configs(target_for(pre.device), wu.dtype)
+    out = torch.empty((M, D), device=a.device, dtype=residual.dtype)
+    cfg, options = launch_configs(target_for(a.device), wu.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(D, cfg["BLOCK_N"]),)
     launch(
         kernels.adapter_up_kernel, grid,
-        pre, wu, residual, out,
+        a, wu, residual, out,
         M, D, H, scaling,
-        pre.stride(0), pre.stride(1), wu.stride(0), wu.stride(1),
+        a.stride(0), a.stride(1), wu.stride(0), wu.stride(1),
         residual.stride(0), residual.stride(1), out.stride(0), out.stride(1),
-        ACTIVATION=activation, BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_N"],
-        BLOCK_H=_h_block(H, cfg["BLOCK_K"]), GROUP_M=cfg["GROUP_M"], **options,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_N"], BLOCK_H=_h_block(H, cfg["BLOCK_K"]),
+        GROUP_M=cfg["GROUP_M"], **options,
     )  # fmt: skip
     return out
 
@@ -120,49 +128,104 @@ def _dpre(dy, wu, pre, g, a, scaling: float, activation: str) -> None:
     )  # fmt: skip
 
 
+def _splits_over_m(target, M: int, block_m: int, programs: int, streamed: int,
+                   partial: int) -> tuple[int, int]:  # fmt: skip
+    """(rows per split, splits) of a weight gradient's reduction over M for a launch of
+    `programs` output tiles. Splits are for SMs the tiles leave idle: among 1 and up to twice
+    the splits that cover the SMs once, the count whose last round of one CTA per SM is
+    fullest (the fewest on a tie), kept only where it covers at least 10% more of the GPU than one split (partials to
+    write and sum, for occupancy alone, do not pay: dW at H = 256 is 128 tiles on 132 SMs), and
+    capped so that the fp32 partials (`partial` bytes per split) cost at most half of the
+    `streamed` bytes. The interpreter takes two splits, so the CPU tests run the partial sums."""
+    blocks = triton.cdiv(M, block_m)
+    sms = target.sm_count
+
+    def busy(n: int) -> float:  # the share of the SMs a grid of programs * n keeps busy
+        rounds = programs * n / sms
+        return rounds / math.ceil(rounds)
+
+    if target.interpreter:
+        splits = 2
+    else:
+        least = triton.cdiv(sms, programs)
+        cap = max(1, streamed // (4 * partial))
+        more = [n for n in range(2, 2 * least + 1) if n <= cap]
+        best = max(more, key=lambda n: (busy(n), -n), default=1)
+        splits = best if busy(best) >= 1.1 * busy(1) else 1
+    per = triton.cdiv(blocks, min(splits, blocks))
+    return per * block_m, triton.cdiv(blocks, per)
+
+
+def _gradient_slots(weight: torch.Tensor, splits: int) -> torch.Tensor:
+    """Where a weight-gradient kernel writes: the gradient itself for one split, else fp32
+    partials [splits, *weight.shape] (summed in split order by `_gradient`)."""
+    if splits == 1:
+        return torch.empty_like(weight, memory_format=torch.contiguous_format)
+    return torch.empty((splits, *weight.shape), device=weight.device, dtype=torch.float32)
+
+
+def _gradient(slots: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return slots if slots.dim() == weight.dim() else sum_partials(slots, weight.dtype)
+
+
+def _split_stride(slots: torch.Tensor, weight: torch.Tensor) -> int:
+    return slots.stride(0) if slots.dim() > weight.dim() else 0
+
+
 def _dw_up(dy, a, w_up, scaling: float) -> torch.Tensor:
     M, H = a.shape
     D = w_up.shape[0]
-    dwu = torch.empty_like(w_up, memory_format=torch.contiguous_format)
-    cfg, options = launch_configs(target_for(dy.device), w_up.dtype)
+    target = target_for(dy.device)
+    cfg, options = launch_configs(target, w_up.dtype)
     block_h = _h_block(H, cfg["BLOCK_H"])
     # 64-wide D blocks: dW_up is small ([D, H]), so narrower tiles give enough programs.
-    block_d = cfg["BLOCK_M"]
-    grid = (triton.cdiv(D, block_d), triton.cdiv(H, block_h))
+    block_d, block_m = cfg["BLOCK_M"], cfg["BLOCK_K"]
+    tiles = triton.cdiv(D, block_d) * triton.cdiv(H, block_h)
+    rows, splits = _splits_over_m(target, M, block_m, tiles,
+                                  M * (D * dy.element_size() + H * a.element_size()),
+                                  4 * D * H)  # fmt: skip
+    slots = _gradient_slots(w_up, splits)
+    grid = (triton.cdiv(D, block_d), triton.cdiv(H, block_h), splits)
     launch(
         kernels.adapter_dw_up_kernel, grid,
-        dy, a, dwu,
-        M, D, H, scaling,
-        dy.stride(0), dy.stride(1), a.stride(0), a.stride(1), dwu.stride(0), dwu.stride(1),
-        BLOCK_M=cfg["BLOCK_K"], BLOCK_D=block_d, BLOCK_H=block_h, **options,
+        dy, a, slots,
+        M, D, H, scaling, rows,
+        dy.stride(0), dy.stride(1), a.stride(0), a.stride(1), _split_stride(slots, w_up),
+        slots.stride(-2), slots.stride(-1),
+        BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_H=block_h, **options,
     )  # fmt: skip
-    return dwu
+    return _gradient(slots, w_up)
 
 
 def _dw_down(z, g, g2, seed, keep, w_down, p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     M, D = z.shape
     H = w_down.shape[0]
-    dwd = torch.empty_like(w_down, memory_format=torch.contiguous_format)
-    dwd2 = torch.empty_like(dwd) if g2 is not None else None
-    cfg, options = launch_configs(target_for(z.device), w_down.dtype)
+    target = target_for(z.device)
+    cfg, options = launch_configs(target, w_down.dtype)
     # Halved M steps (and, for an fp32 pair, half-height H blocks) keep the regenerated dropout
     # masks and the pair's two accumulators in registers.
-    fp32_pair = g2 is not None and w_down.dtype == torch.float32
-    block_h = _h_block(H, cfg["BLOCK_H"] // 2 if fp32_pair else cfg["BLOCK_H"])
+    pair = g2 is not None
+    block_h = _h_block(H, cfg["BLOCK_H"] // 2 if pair and w_down.dtype == torch.float32
+                       else cfg["BLOCK_H"])  # fmt: skip
     block_m, block_d = max(16, cfg["BLOCK_K"] // 2), cfg["BLOCK_M"]
-    grid = (triton.cdiv(H, block_h), triton.cdiv(D, block_d))
+    tiles = triton.cdiv(H, block_h) * triton.cdiv(D, block_d)
+    count = 2 if pair else 1
+    rows, splits = _splits_over_m(target, M, block_m, tiles,
+                                  M * (D * z.element_size() + count * H * g.element_size()),
+                                  4 * count * D * H)  # fmt: skip
+    slots = _gradient_slots(w_down, splits)
+    slots2 = _gradient_slots(w_down, splits) if pair else slots
     bits, stride_bg, stride_bm = _bits_args(keep, g)
     launch(
-        kernels.adapter_dw_down_kernel, grid,
-        z, g, g2 if g2 is not None else g, seed if seed is not None else g, bits,
-        dwd, dwd2 if dwd2 is not None else dwd,
-        M, D, H, p,
-        z.stride(0), z.stride(1), g.stride(0), g.stride(1), dwd.stride(0), dwd.stride(1),
-        stride_bg, stride_bm,
-        PAIR=g2 is not None, HAS_DROPOUT=p > 0, FROM_BITS=keep.numel() > 0, BLOCK_M=block_m,
+        kernels.adapter_dw_down_kernel, (triton.cdiv(H, block_h), triton.cdiv(D, block_d), splits),
+        z, g, g2 if pair else g, seed if seed is not None else g, bits, slots, slots2,
+        M, D, H, p, rows,
+        z.stride(0), z.stride(1), g.stride(0), g.stride(1), _split_stride(slots, w_down),
+        slots.stride(-2), slots.stride(-1), stride_bg, stride_bm,
+        PAIR=pair, HAS_DROPOUT=p > 0, FROM_BITS=keep.numel() > 0, BLOCK_M=block_m,
         BLOCK_D=block_d, BLOCK_H=block_h, **options,
     )  # fmt: skip
-    return dwd, dwd2
+    return _gradient(slots, w_down), (_gradient(slots2, w_down) if pair else None)
 
 
 def _dz(g, g2, wd, wd2, dys, seed, keep, z, p: float) -> torch.Tensor:
@@ -209,8 +272,9 @@ def forward(z, w_down, w_up, residual, seed, scaling: float, p: float, activatio
     keep = _stored_masks(z, p, 1)
     if M == 0:
         return torch.empty_like(z if residual is None else residual), pre, keep
-    _down(z, w_down, None, pre, None, seed, keep, p)
-    out = _up(pre, w_up, z if residual is None else residual, scaling, activation)
+    a = torch.empty_like(pre)  # act(pre), for the up kernel only
+    _down(z, w_down, None, pre, None, a, None, seed, keep, p, activation)
+    out = _up(a, w_up, z if residual is None else residual, scaling)
     return out, pre, keep
 
 
@@ -242,9 +306,11 @@ def forward_pair(x, w_down_1, w_up_1, w_down_2, w_up_2, seed, scaling, p, activa
     if M == 0:
         return torch.empty_like(x), torch.empty_like(x), pre, keep
     w_down_1, w_down_2 = _same_strides(w_down_1, w_down_2)
-    _down(x, w_down_1, w_down_2, pre[:, :H], pre[:, H:], seed, keep, p)
-    u = _up(pre[:, :H], w_up_1, x, scaling, activation)
-    v = _up(pre[:, H:], w_up_2, x, scaling, activation)
+    a = torch.empty_like(pre)  # act(pre) of both, for the up kernels only
+    _down(x, w_down_1, w_down_2, pre[:, :H], pre[:, H:], a[:, :H], a[:, H:], seed, keep, p,
+          activation)  # fmt: skip
+    u = _up(a[:, :H], w_up_1, x, scaling)
+    v = _up(a[:, H:], w_up_2, x, scaling)
     return u, v, pre, keep
 
 

@@ -27,13 +27,19 @@ import triton
 from ..kernels import ia3_side as kernels
 from .ia3 import launch_configs, reduce_partials
 from .launch import launch, target_for
+from .waves import wave_ctas
 
 
 def _side(src, ia3_l, other=None, store_out: bool = True):
     """(src ⊙ l in src's dtype or None, fp32 partials of Σ src ⊙ other or None)."""
     M, C = src.shape
-    red = launch_configs(target_for(src.device), src.dtype)["reduce"]
+    target = target_for(src.device)
+    red = launch_configs(target, src.dtype)["reduce"]
     block_m, block_c = red["BLOCK_M"], red["BLOCK_N"]
+    if not target.interpreter:  # narrow outputs (k/v with GQA): shorter tiles fill a wave
+        slots = wave_ctas(target, red["num_warps"])
+        while block_m > 16 and triton.cdiv(M, block_m) * triton.cdiv(C, block_c) < slots:
+            block_m //= 2
     out = torch.empty_like(src) if store_out else None
     partials = None
     if other is not None:

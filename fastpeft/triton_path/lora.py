@@ -16,7 +16,7 @@ import triton
 
 from .. import env
 from ..kernels import lora as kernels
-from . import dropout, lora_plan
+from . import dropout, lora_plan, waves
 from .launch import launch, target_for
 from .lora_plan import launch_configs
 from .partials import sum_partials
@@ -86,7 +86,7 @@ def _down(x, lora_as, seeds, p):
     stage = (block_m * x.element_size() + rank_tiles) * block_k
     traffic = (x.numel() * x.element_size(), 4 * M * members * R)
     k_blocks = triton.cdiv(K, block_k)
-    per, splits = lora_plan.split(target, k_blocks, m_blocks, cfg["down"], stage, traffic)
+    per, splits = waves.split(target, k_blocks, m_blocks, cfg["down"], stage, traffic)
     t = torch.empty((M, members, R), device=x.device, dtype=lora_a.dtype)
     out = t if splits == 1 else x.new_empty((splits, M, members, R), dtype=torch.float32)
     a1, a2 = (lora_as + [lora_a] * 2)[1:3]
@@ -138,7 +138,7 @@ def _u_and_db(dy, t, lora_b, scaling, cfg, target):
     block_r, size = cfg["shared"]["BLOCK_R"], dy.element_size()
     m_blocks, n_blocks = triton.cdiv(M, block_m), triton.cdiv(N, block_n)
     stage = block_m * block_n * size + block_n * block_r * lora_b.element_size()
-    per, splits = lora_plan.split(target, n_blocks, m_blocks, cfg["skinny"], stage)
+    per, splits = waves.split(target, n_blocks, m_blocks, cfg["skinny"], stage)
     db_splits = _m_split_plan(dy, t, cfg, target)[-1]
     separate = lora_plan.separate_db(M, N, R, dy.element_size(), m_blocks, db_splits)
     u_parts = dy.new_empty((splits, M, R), dtype=torch.float32)
@@ -225,7 +225,7 @@ def _m_split_plan(x, u, cfg, target):
     stage = (
         block_m * block_k * x.element_size() + cfg["shared"]["BLOCK_R"] * block_m * u.element_size()
     )
-    per, splits = lora_plan.split(target, triton.cdiv(M, block_m), k_blocks, cfg["da"], stage)
+    per, splits = waves.split(target, triton.cdiv(M, block_m), k_blocks, cfg["da"], stage)
     return block_m, block_k, tiles, k_blocks, per, splits
 
 

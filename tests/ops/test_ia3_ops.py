@@ -184,6 +184,28 @@ def test_compile_fullgraph_matches_eager(backend, compiler, device):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("feedforward", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("x_grad", [True, False], ids=["dx", "no-dx"])
+def test_eager_calls_take_the_light_function_with_the_ops_numbers(backend, feedforward, x_grad):
+    # Eager fastpeft.ia3_linear runs the implementation through EagerIA3Linear (not the custom
+    # ops' dispatcher round trips): the same numbers and counters as the ops, bit for bit.
+    inputs = make_inputs(70, 45, 38, torch.float32, torch.float32, "cpu", feedforward,
+                         x_grad=x_grad)  # fmt: skip
+    x, weight, b, ia3_l, dy = inputs
+    _counters.reset()
+    y = fastpeft.ia3_linear(x, weight, b, ia3_l, feedforward, backend=backend)
+    assert type(y.grad_fn).__name__ == "EagerIA3LinearBackward"
+    y.backward(dy)
+    got = (y.detach(), x.grad, ia3_l.grad)
+    assert _counters.launches[f"ia3_fwd:{backend}"] == 1
+    assert _counters.launches[f"ia3_bwd:{backend}"] == 1
+    x.grad, ia3_l.grad = None, None
+    want = run_op(inputs, feedforward, backend)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None and w is None) or torch.equal(g, w)
+
+
 def _args(M=6, K=8, N=5, dtype=torch.float32, feedforward=False):
     return dict(
         x=torch.randn(M, K, dtype=dtype),

@@ -9,7 +9,7 @@ import torch
 import triton
 
 from fastpeft.tolerance import assert_matches_reference
-from fastpeft.triton_path import launch, lora_plan
+from fastpeft.triton_path import launch, lora_plan, waves
 
 from .lora_cases import keep_mask, make_inputs, run_op, run_reference
 
@@ -25,10 +25,10 @@ def _fill(ctas: int, wave: int) -> float:
 
 @pytest.mark.parametrize("blocks, programs", [(64, 64), (64, 128), (128, 16), (3, 1000)])
 def test_splits_fill_a_wave_and_the_fullest_last_wave(blocks, programs):
-    per, splits = lora_plan.split(HOPPER, blocks, programs, SKINNY, 0)
+    per, splits = waves.split(HOPPER, blocks, programs, SKINNY, 0)
     assert per * splits >= blocks and per * (splits - 1) < blocks  # no empty split
     assert splits == triton.cdiv(blocks, per)
-    wave = lora_plan.wave_ctas(HOPPER, 8)
+    wave = waves.wave_ctas(HOPPER, 8)
     assert wave == 132 * 8  # by threads: 2048 / 256 CTAs an SM
     if blocks * programs < wave:  # even one block per split cannot fill a wave
         assert splits == blocks
@@ -45,21 +45,21 @@ def test_splits_fill_a_wave_and_the_fullest_last_wave(blocks, programs):
 
 def test_shared_memory_bounds_the_wave():
     # 3 stages of 32 KiB: two CTAs an SM hold, so 264 CTAs fill a wave, and fewer splits do.
-    assert lora_plan.wave_ctas(HOPPER, 8, 3 * 32 * 1024) == 132 * 2
-    per, splits = lora_plan.split(HOPPER, 64, 64, SKINNY, 32 * 1024)
-    assert 64 * splits >= 264 and lora_plan.split(HOPPER, 64, 64, SKINNY, 0)[1] > splits
+    assert waves.wave_ctas(HOPPER, 8, 3 * 32 * 1024) == 132 * 2
+    per, splits = waves.split(HOPPER, 64, 64, SKINNY, 32 * 1024)
+    assert 64 * splits >= 264 and waves.split(HOPPER, 64, 64, SKINNY, 0)[1] > splits
 
 
 def test_the_interpreter_always_takes_the_partial_sum_path():
-    assert lora_plan.split(launch.INTERPRETER, 10, 1, {}, 0) == (5, 2)
-    assert lora_plan.split(launch.INTERPRETER, 3, 1, {}, 0) == (2, 2)
-    assert lora_plan.split(launch.INTERPRETER, 1, 1, {}, 0) == (1, 1)
+    assert waves.split(launch.INTERPRETER, 10, 1, {}, 0) == (5, 2)
+    assert waves.split(launch.INTERPRETER, 3, 1, {}, 0) == (2, 2)
+    assert waves.split(launch.INTERPRETER, 1, 1, {}, 0) == (1, 1)
 
 
 def test_db_reduction_is_chosen_by_bytes_at_the_bench_shapes():
     M, N = 8192, 4096
     fused_parts = M // 128  # one dB partial per row block of lora_dy_b_kernel
-    db_parts = lora_plan.split(HOPPER, fused_parts, N // 64, SKINNY, 0)[1]
+    db_parts = waves.split(HOPPER, fused_parts, N // 64, SKINNY, 0)[1]
     assert not lora_plan.separate_db(M, N, 16, 2, fused_parts, db_parts)
     assert lora_plan.separate_db(M, N, 128, 2, fused_parts, db_parts)
 
@@ -90,7 +90,7 @@ def test_wide_rank_takes_the_separate_db_reduction_and_matches_the_reference(dev
     skinny = lora_plan.launch_configs(target, torch.float32, torch.float32, R)["skinny"]
     m_blocks = triton.cdiv(M, skinny["BLOCK_M"])
     n_blocks = triton.cdiv(N, skinny["BLOCK_INNER"])
-    db_parts = lora_plan.split(target, m_blocks, n_blocks, skinny, 0)[1]
+    db_parts = waves.split(target, m_blocks, n_blocks, skinny, 0)[1]
     assert lora_plan.separate_db(M, N, R, 4, m_blocks, db_parts)
     inputs = make_inputs(*shape, torch.float32, torch.float32, device)
     seed = torch.tensor([31], device=device)
@@ -118,8 +118,8 @@ def test_partials_never_cost_more_than_half_the_streamed_bytes():
     # Three rank-16 adapters' t on an [8192, 4096] bf16 x (shared-input LoRA): a wave by threads
     # would take 17 or more splits of 1.5 MiB fp32 partials each; the cap keeps it to 10.
     streamed, partial = 8192 * 4096 * 2, 4 * 8192 * 3 * 16
-    uncapped = lora_plan.split(HOPPER, 128, 128, SKINNY, 0)[1]
-    per, splits = lora_plan.split(HOPPER, 128, 128, SKINNY, 0, (streamed, partial))
+    uncapped = waves.split(HOPPER, 128, 128, SKINNY, 0)[1]
+    per, splits = waves.split(HOPPER, 128, 128, SKINNY, 0, (streamed, partial))
     assert uncapped > 10 >= splits and 4 * partial * splits <= streamed
     assert per * splits >= 128 and per * (splits - 1) < 128
 

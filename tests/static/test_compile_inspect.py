@@ -190,6 +190,34 @@ def test_sass_opcodes_in_both_listings():
     assert histogram == {"HMMA": 2, "HGMMA": 0, "STL": 1}
 
 
+# nvdisasm's shape of a main loop (.L_x_1 .. its backward branch), a nested loop inside it, a
+# forward branch, and the trap loop after EXIT (a branch to itself).
+SASS_LOOPS = """\
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/              @!P5 BRA `(.L_x_0) ;
+.L_x_1:
+        /*0020*/                   HGMMA.64x128x16.F32.BF16 R88, gdesc[UR8], R88 ;
+.L_x_2:
+        /*0030*/                   IADD3 R2, R2, 0x1, RZ ;
+        /*0040*/               @P1 BRA `(.L_x_2) ;
+        /*0050*/                   NOP;
+        /*0060*/               @P0 BRA `(.L_x_1) ;
+.L_x_0:
+        /*0070*/                   STG.E.128 desc[UR16][R22.64], R48 ;
+        /*0080*/                   EXIT ;
+.L_x_3:
+        /*0090*/                   BRA `(.L_x_3);
+"""
+
+
+def test_sass_loop_instructions_count_each_loop_body_once():
+    # HGMMA, IADD3, the inner BRA and the outer BRA: 4 (the NOP is padding; the nested loop is
+    # inside the outer one; the trap loop and the code around the loop are not loop bodies).
+    assert inspect_code.sass_loop_instructions(SASS_LOOPS) == 4
+    assert inspect_code.sass_loop_instructions(SASS_SM90_NVDISASM) == 0
+    assert len(inspect_code.sass_opcodes(SASS_LOOPS)) == 9
+
+
 def test_ptxas_usage():
     assert inspect_code.ptxas_usage(PTXAS_LOG) == (255, 40)
     assert inspect_code.ptxas_usage("") == (None, None)

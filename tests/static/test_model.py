@@ -151,3 +151,45 @@ def test_measured_rows_of_the_same_case_are_put_beside_the_model(tmp_path):
     assert found["fastpeft"]["model_error"] == pytest.approx(-0.1)
     assert found["peft-bf16"]["model_us"] == 1100.0
     assert beside_measurements([case], "sm_80", tmp_path) == []
+
+
+def test_issue_time_counts_the_loop_body_per_step_and_the_rest_per_program():
+    from fastpeft.static.costing import _base_instructions_per_element
+
+    # 4 programs of 8 warps, 16 elements a thread a step (4096 positions a step): 65536 input
+    # positions are 4 steps each. 100 instructions in the loop, 900 around it (an epilogue).
+    cost = {"elements_per_thread": 16, "base_instructions_per_element": 1000 / 16,
+            "base_loop_instructions": 100, "base_instructions": 1000}  # fmt: skip
+    row = {"num_warps": 8, "ctas": 4, "step_elements": 65536}
+    assert _base_instructions_per_element(row, cost) == pytest.approx((100 + 900 / 4) / 16)
+    # One step a program: everything once, as without a loop count.
+    assert _base_instructions_per_element({**row, "step_elements": 16384}, cost) == 1000 / 16
+    assert _base_instructions_per_element(row, {**cost, "base_loop_instructions": None}) == (
+        1000 / 16
+    )
+
+
+def test_the_adapter_layer_set_adds_both_adapters_to_the_layers_frozen_linears():
+    from fastpeft.static import layer_set
+
+    def single(method, label, base):
+        return {"method": method, "case": f"{method} {label} M=64 8->8", "predicted_base_us": base}
+
+    def adapter(method, us):
+        return {"method": method, "case": f"{method} x M=64", "M": 64, "H": 16,
+                "adapter_dtype": "bfloat16", "dropout": 0.05, "predicted_fused_us": us}  # fmt: skip
+
+    linears = [single("ia3", "q/o", 10.0), single("lora", "k/v gqa", 2.0),
+               single("lora", "gate/up", 20.0), single("ia3", "down", 20.0),
+               # a shared-input group is not one linear: left out
+               single("lora_shared", "gate/up", 40.0)]  # fmt: skip
+    frozen = 2 * 10 + 2 * 2 + 2 * 20 + 20
+    (row,) = layer_set.rows([*linears, adapter("adapter", 3.0), adapter("adapter_pair", 4.0)])
+    assert row["predicted_frozen_linears_us"] == frozen
+    assert row["predicted_step_over_frozen"] == pytest.approx((frozen + 7.0) / frozen, abs=1e-3)
+    assert row["predicted_verdict"] == "meets" and row["model"]
+    # A missing part (the pair, or a linear's shape): no row.
+    assert layer_set.rows([*linears, adapter("adapter", 3.0)]) == []
+    assert (
+        layer_set.rows([*linears[1:], adapter("adapter", 3.0), adapter("adapter_pair", 4.0)]) == []
+    )
