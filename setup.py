@@ -26,6 +26,7 @@ def _extension():
         "csrc/cpu/abs_moments.cpp",
         "csrc/cpu/dropout.cpp",
         "csrc/cpu/spider.cpp",
+        "csrc/cpu/spider_adamw.cpp",
     ]
     # torch picks the C++ standard (c++20 for recent torch); passing our own -std would clash.
     cxx = ["-O3"]

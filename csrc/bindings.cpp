@@ -23,6 +23,13 @@ at::Tensor spider_select_sums(const std::vector<at::Tensor>& theta0,
 void spider_blend_(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& theta0,
                    const std::vector<at::Tensor>& G, const at::Tensor& pre, const at::Tensor& ft,
                    const at::Tensor& sel);
+// SpiderAdamW's fused AdamW + blend pass (cpu/spider_adamw.cpp).
+void spider_adamw_blend_(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& grads,
+                         const std::vector<at::Tensor>& exp_avg,
+                         const std::vector<at::Tensor>& exp_avg_sq,
+                         const std::vector<at::Tensor>& theta0, const std::vector<at::Tensor>& G,
+                         const at::Tensor& hyper, const at::Tensor& pre, const at::Tensor& ft,
+                         const at::Tensor& sel);
 #ifdef FASTPEFT_WITH_CUDA
 at::Tensor abs_moments_cuda(const std::vector<at::Tensor>& tensors);
 #endif
@@ -84,6 +91,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("select_sums"), "spider_blend_(w, theta0, G, moments_pre, moments_ft, select_sums) -> None\n\n"
         "In place w[i] = theta0[i] + min(c_raw / m, 1) * (w[i] - theta0[i]), m = sum / count\n"
         "from select_sums row i; tensors with count 0 are left unchanged.");
+  m.def("spider_adamw_blend_", &fastpeft::spider_adamw_blend_, pybind11::arg("w"),
+        pybind11::arg("grads"), pybind11::arg("exp_avg"), pybind11::arg("exp_avg_sq"),
+        pybind11::arg("theta0"), pybind11::arg("G"), pybind11::arg("hyper"),
+        pybind11::arg("moments_pre"), pybind11::arg("moments_ft"), pybind11::arg("select_sums"),
+        "spider_adamw_blend_(w, grads, exp_avg, exp_avg_sq, theta0, G, hyper[n, 6], moments_pre,\n"
+        "moments_ft, select_sums) -> None\n\n"
+        "In place, per element of tensor i: AdamW's moment and parameter update with row i of\n"
+        "hyper = (1 - lr*wd, lr/bc1, beta1, beta2, eps, sqrt(bc2)), then SPIDER's blend of the\n"
+        "updated value (as spider_blend_, on a tensor whose count is nonzero); one read and one\n"
+        "write of w, exp_avg and exp_avg_sq, reads of grads, theta0 and G.");
   m.def("has_cuda", [] { return fastpeft::kHasCuda; },
         "True if this build of fastpeft._C includes the CUDA kernels.");
 }

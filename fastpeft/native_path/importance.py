@@ -12,7 +12,8 @@ from ..ops import _counters
 
 
 class Plan:
-    """The three passes over fixed lists θ₀ / G (see fastpeft/spider/_spider.py)."""
+    """The three passes over fixed lists θ₀ / G (see fastpeft/spider/_spider.py), and
+    SpiderAdamW's fused third pass."""
 
     def __init__(self, theta0, G, backend: str) -> None:
         self.theta0, self.G = list(theta0), list(G)
@@ -28,3 +29,11 @@ class Plan:
 
     def blend(self, w, pre: torch.Tensor, ft: torch.Tensor, sel: torch.Tensor) -> None:
         self._C.spider_blend_(list(w), self.theta0, self.G, pre, ft, sel)
+
+    def adamw_blend(self, w, grads, exp_avg, exp_avg_sq, hyper, pre, ft, sel) -> None:
+        """SpiderAdamW's fused pass (csrc/cpu/spider_adamw.cpp, csrc/cuda/spider_adamw.cu)."""
+        _counters.record("spider_adamw", self.backend)
+        self._C.spider_adamw_blend_(
+            list(w), list(grads), list(exp_avg), list(exp_avg_sq), self.theta0, self.G,
+            hyper, pre, ft, sel,
+        )  # fmt: skip

@@ -14,6 +14,7 @@ import torch
 import triton
 
 from ..kernels import importance as kernels
+from ..kernels import spider_adamw as fused_kernels
 from ..ops import _counters
 from ..torch_path.importance import upload
 from .launch import Target, launch, target_for
@@ -142,6 +143,30 @@ class Plan:
             kernels.spider_blend_kernel, (self.total_chunks,),
             self._table("w", w), self._table("t0", self.theta0), self._table("G", self.G),
             *self._pass_args(), pre, ft, sel, DT=self.dt, **self.cfg,
+        )  # fmt: skip
+
+    def adamw_blend(self, w, grads, exp_avg, exp_avg_sq, hyper, pre, ft, sel) -> None:
+        """SpiderAdamW's fused pass (kernels/spider_adamw.py): AdamW's update of w, exp_avg and
+        exp_avg_sq (θ₀'s dtype, contiguous) with hyper [n, 6] float64, then the blend."""
+        _counters.record("spider_adamw", self.backend)
+        if self.n == 0 or self.total_chunks == 0:
+            return
+        lists = {"w": w, "grads": grads, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        for name, ts in lists.items():
+            if len(ts) != self.n or any(
+                x.dtype != self.dtype or x.numel() != t.numel() or not x.is_contiguous()
+                for x, t in zip(ts, self.G, strict=False)
+            ):
+                raise ValueError(f"Plan.adamw_blend: {name} must match theta0 (contiguous)")
+        tables = [self._table(k, ts) for k, ts in lists.items()]
+        tables += [self._table("t0", self.theta0), self._table("G", self.G)]
+        aligned = all(
+            x.data_ptr() % 16 == 0 for ts in (*lists.values(), self.theta0, self.G) for x in ts
+        )
+        launch(
+            fused_kernels.spider_adamw_blend_kernel, (self.total_chunks,),
+            *tables, *self._pass_args(), hyper, pre, ft, sel,
+            DT=self.dt, ALIGNED=aligned, **self.cfg,
         )  # fmt: skip
 
 
