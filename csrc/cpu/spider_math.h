@@ -75,25 +75,39 @@ inline float exp_neg(float x) {
   return x < -87.f ? 0.f : p * scale;
 }
 
-// R(|x|) for a = |x|: an overflow-free sigmoid (exp of −|z| only). `zero` is handled by callers.
-inline float importance(float a, float mean, float scale) {
+// R(|x|) = num / den for a = |x|, as an overflow-free sigmoid (exp of −|z| only): den = 1 + e
+// and num = 1 (z >= 0) or e (z < 0), e = exp(−|z|). `zero` is handled by callers.
+struct Ratio {
+  float num, den;
+};
+inline Ratio importance(float a, float mean, float scale) {
   const float z = (a - mean) * scale;
   const float e = exp_neg(-__builtin_fabsf(z));
-  return (z >= 0.f ? 1.f : e) / (1.f + e);
+  return {z >= 0.f ? 1.f : e, 1.f + e};
 }
 
 // c[j] = I_ft / (I_pre + I_ft) where I_pre < I_ft, else 0, for n <= kBlock elements.
+//
+// NOTE: as one quotient, I_ft / (I_pre + I_ft) = n_f d_p / (n_p d_f + n_f d_p), and the test
+// I_pre < I_ft as n_p d_f < n_f d_p (the denominators are >= 1): one division per element
+// instead of three. The divisions bounded this pass (6.3M bf16 elements, 1 thread of this AMD
+// EPYC VM: the select pass went from 14.7 ms to 9.9 ms). Each side of the test is one rounded
+// product instead of one rounded quotient, so where I_pre and I_ft are within an ulp or two the
+// choice may differ from the float64 reference (as the quotient form's may); c_raw itself is
+// within 3 ulps of the float64 value of the same formula (a product of two, a sum, a quotient).
 FASTPEFT_CLONES void c_raw_block(const float* t0, const float* g, int64_t n, const RStats& pre,
                                  const RStats& ft, float* c) {
   const float pm = pre.mean, ps = pre.scale, fm = ft.mean, fs = ft.scale;
   const float pz = pre.zero ? 0.f : 1.f, fz = ft.zero ? 0.f : 1.f;
   for (int64_t j = 0; j < n; ++j) {
-    const float ip = pz * importance(__builtin_fabsf(t0[j]), pm, ps);
-    const float ift = fz * importance(__builtin_fabsf(g[j]), fm, fs);
-    const bool sel = ip < ift;
+    const Ratio ip = importance(__builtin_fabsf(t0[j]), pm, ps);
+    const Ratio ift = importance(__builtin_fabsf(g[j]), fm, fs);
+    const float lhs = pz * ip.num * ift.den;   // I_pre · d_p d_f
+    const float rhs = fz * ift.num * ip.den;   // I_ft · d_p d_f
+    const bool sel = lhs < rhs;
     // Divide unconditionally (by 1 where not selected): a division under a condition is
     // control flow the vectoriser will not convert (it could trap).
-    const float q = ift / (sel ? ip + ift : 1.f);
+    const float q = rhs / (sel ? lhs + rhs : 1.f);
     c[j] = sel ? q : 0.f;
   }
 }
