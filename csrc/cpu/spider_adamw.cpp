@@ -56,7 +56,7 @@ struct AdamW {
 // As in spider_math.h. The square root also needs -fno-math-errno (setup.py): without it GCC
 // keeps a libm fallback call for negative arguments in the loop, which blocks vectorisation, and
 // GCC 12 ignores that option in a pragma or attribute.
-#pragma GCC optimize("no-trapping-math")
+#pragma GCC optimize("no-trapping-math", "fp-contract=off")
 #endif
 
 // The square root in the argument's own precision (__builtin_sqrt of a float would widen the
