@@ -43,7 +43,7 @@ def _extension():
             "fastpeft._C",
             sources
             + ["csrc/cuda/abs_moments.cu", "csrc/cuda/torch_glue.cpp"]
-            + ["csrc/cuda/spider.cu", "csrc/cuda/spider_glue.cpp"],
+            + ["csrc/cuda/spider.cu", "csrc/cuda/spider_adamw.cu", "csrc/cuda/spider_glue.cpp"],
             define_macros=[("FASTPEFT_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             extra_link_args=ldflags,

@@ -28,7 +28,7 @@
 
 namespace fastpeft {
 
-// Defined in cuda/spider_adamw_glue.cpp (CUDA builds) or below (CPU-only builds, where it raises).
+// Defined in cuda/spider_glue.cpp (CUDA builds) or below (CPU-only builds, where it raises).
 void spider_adamw_blend_cuda(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& grads,
                              const std::vector<at::Tensor>& exp_avg,
                              const std::vector<at::Tensor>& exp_avg_sq,
