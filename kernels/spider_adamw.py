@@ -1,8 +1,11 @@
 """Triton kernel of SpiderAdamW's fused pass: AdamW's update and SPIDER's blend in one pass.
 
 Runs after SPIDER's passes 1 and 2 (kernels/importance.py: G += g with the moments of G, then
-the select sums), over the same chunk tables: one program per CHUNK-element chunk of one tensor,
-tensors reached through int64 address tables. Per element, in fp32::
+the select sums), over the same chunk tables: one program per CHUNK-element chunk of one tensor.
+Each operand list comes as a typed base pointer (its first tensor) and a table of element offsets
+from it (``table[t]``: tensor t's data pointer minus the base, in elements), not as raw
+addresses: an address loaded from a table carries no alignment facts, while a pointer argument
+is specialised as 16-byte aligned by Triton and the offsets can be hinted. Per element, in fp32::
 
     m ← m + (1 − β₁)(g − m);  v ← β₂ v + (1 − β₂) g²;  x ← w (1 − lr·λ) − (lr/bc₁) m / (√v/√bc₂ + ε)
     w ← θ₀ + min(c_raw · inv_m, 1) (x − θ₀) on a tensor with a selected element, else w ← x
@@ -10,25 +13,26 @@ tensors reached through int64 address tables. Per element, in fp32::
 so w, m and v are read and written once, g, θ₀ and G read once, and x is rounded once.
 
 Vector loads: chunks start at multiples of CHUNK, and when the host has checked that every
-address is 16-byte aligned (ALIGNED) the addresses carry that fact (tl.multiple_of), so a full
-chunk is streamed with unmasked loads the compiler can widen to 16 bytes; only a tensor's last
-chunk, if partial, takes the masked loop.
+address is 16-byte aligned (ALIGNED) the offsets are hinted as multiples of 16 bytes
+(tl.multiple_of), so a full chunk is streamed with unmasked loads the compiler widens to 16 bytes;
+only a tensor's last chunk, if partial, takes the masked loop.
 """
 
 import triton
 import triton.language as tl
 
-from .importance import _c_raw, _r_stats, _typed
+from .importance import _c_raw, _r_stats
 
 HYPER_COLUMNS = 6  # (1 − lr·λ, lr / bc₁, β₁, β₂, ε, √bc₂), one float64 row per tensor
 
 
 @triton.jit
-def _address(table, t, ALIGNED: tl.constexpr):
-    addr = tl.load(table + t)
-    if ALIGNED:
-        addr = tl.multiple_of(addr, 16)
-    return addr
+def _operand(base, table, t, ALIGNED: tl.constexpr):
+    """Tensor t of an operand list: its base pointer plus its element offset from the table."""
+    off = tl.load(table + t)
+    if ALIGNED:  # every address 16-byte aligned: offsets are whole 16-byte words
+        off = tl.multiple_of(off, 128 // base.dtype.element_ty.primitive_bitwidth)
+    return base + off
 
 
 @triton.jit
@@ -70,9 +74,10 @@ def _fused_block(
 
 @triton.jit
 def spider_adamw_blend_kernel(
+    w_base, g_base, m_base, v_base, t0_base, G_base,
     w_table, g_table, m_table, v_table, t0_table, G_table,
     chunk_tensor_ptr, chunk_start_ptr, numel_ptr, hyper_ptr, pre_ptr, ft_ptr, sel_ptr,
-    DT: tl.constexpr, ALIGNED: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    ALIGNED: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Program = one chunk of one tensor t: the fused AdamW + blend pass over it. hyper[t] holds
     t's AdamW scalars; sel[t] = (Σ c_raw, count) decides the blend (none when count is 0)."""
@@ -80,12 +85,12 @@ def spider_adamw_blend_kernel(
     t = tl.load(chunk_tensor_ptr + pid)
     start = tl.multiple_of(tl.load(chunk_start_ptr + pid), CHUNK)
     n = tl.load(numel_ptr + t)
-    w = _typed(_address(w_table, t, ALIGNED), DT)
-    g = _typed(_address(g_table, t, ALIGNED), DT)
-    m = _typed(_address(m_table, t, ALIGNED), DT)
-    v = _typed(_address(v_table, t, ALIGNED), DT)
-    t0 = _typed(_address(t0_table, t, ALIGNED), DT)
-    G = _address(G_table, t, ALIGNED).to(tl.pointer_type(tl.float32))
+    w = _operand(w_base, w_table, t, ALIGNED)
+    g = _operand(g_base, g_table, t, ALIGNED)
+    m = _operand(m_base, m_table, t, ALIGNED)
+    v = _operand(v_base, v_table, t, ALIGNED)
+    t0 = _operand(t0_base, t0_table, t, ALIGNED)
+    G = _operand(G_base, G_table, t, ALIGNED)
     h = hyper_ptr + 6 * t
     h_decay = tl.load(h).to(tl.float32)
     h_step = tl.load(h + 1).to(tl.float32)
@@ -118,7 +123,7 @@ def spider_adamw_blend_kernel(
 def _fused_bytes(a, grid):
     # Per element: w, m, v read and written, g and θ₀ read (the parameter dtype), G read (fp32).
     # An upper bound by less than one chunk per tensor, as for the SPIDER passes.
-    size = 4 if a["DT"] == 0 else 2
+    size = a["w_base"].element_size()
     return 0, grid[0] * a["CHUNK"] * (8 * size + 4)
 
 

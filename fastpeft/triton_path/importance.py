@@ -158,16 +158,26 @@ class Plan:
                 for x, t in zip(ts, self.G, strict=False)
             ):
                 raise ValueError(f"Plan.adamw_blend: {name} must match theta0 (contiguous)")
-        tables = [self._table(k, ts) for k, ts in lists.items()]
-        tables += [self._table("t0", self.theta0), self._table("G", self.G)]
-        aligned = all(
-            x.data_ptr() % 16 == 0 for ts in (*lists.values(), self.theta0, self.G) for x in ts
-        )
+        lists.update(theta0=self.theta0, G=self.G)
+        aligned = all(x.data_ptr() % 16 == 0 for ts in lists.values() for x in ts)
+        bases = [ts[0] for ts in lists.values()]
+        offsets = [self._offsets(k, ts) for k, ts in lists.items()]
         launch(
             fused_kernels.spider_adamw_blend_kernel, (self.total_chunks,),
-            *tables, *self._pass_args(), hyper, pre, ft, sel,
-            DT=self.dt, ALIGNED=aligned, **self.cfg,
+            *bases, *offsets, *self._pass_args(), hyper, pre, ft, sel,
+            ALIGNED=aligned, **self.cfg,
         )  # fmt: skip
+
+    def _offsets(self, key: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Element offsets of `tensors` from the first one's data pointer (one dtype, so every
+        difference is a whole number of elements), cached like the address tables."""
+        ptrs = tuple(t.data_ptr() for t in tensors)
+        if self._addr_keys.get(f"off {key}") != ptrs:
+            size = tensors[0].element_size()
+            offsets = torch.tensor([p - ptrs[0] for p in ptrs], dtype=torch.int64) // size
+            self._addr[f"off {key}"] = self._upload(offsets)
+            self._addr_keys[f"off {key}"] = ptrs
+        return self._addr[f"off {key}"]
 
 
 def chunk_count(numels: Sequence[int], device: torch.device) -> int:
