@@ -3,7 +3,8 @@
 //
 // Per step, for n tensors (w: parameter, t0: θ₀ in w's dtype, G: fp32 gradient sum, g: gradient):
 //   1. spider_accumulate:   G += g; moments_ft[i] = (Σ|G|, ΣG², numel)
-//   2. spider_select_sums:  sel[i] = (Σ c_raw, count(c_raw > 0)) with
+//   2. spider_select_sums:  sel[i] = (Σ c_raw, count(c_raw > 0)) (and, CPU only, c_raw itself
+//                           into c_out when given, for SpiderAdamW's fused pass) with
 //                           c_raw = I_ft / (I_pre + I_ft) where I_pre < I_ft, else 0,
 //                           I_pre = R(t0) from moments_pre[i], I_ft = R(G) from moments_ft[i]
 //   3. spider_blend_:       w ← t0 + min(c_raw / m, 1) ⊙ (w − t0), m = Σ c_raw / count; tensors
@@ -78,14 +79,16 @@ void accumulate_chunk(float* G, const T* g, int64_t len, double* out) {
   out[1] = q.total();
 }
 
+// `keep` (or null): where c_raw is also stored, for a fused pass 3 to read instead of computing.
 template <typename T>
 void select_chunk(const T* t0, const float* G, int64_t len, const RStats& pre, const RStats& ft,
-                  double* out) {
+                  double* out, float* keep) {
   Sum8 s;
   int64_t cnt = 0;
-  float a[kBlock], c[kBlock];
+  float a[kBlock], buffer[kBlock];
   for (int64_t b = 0; b < len; b += kBlock) {
     const int64_t n = std::min(kBlock, len - b);
+    float* c = keep != nullptr ? keep + b : buffer;
     to_float(t0 + b, n, a);
     c_raw_block(a, G + b, n, pre, ft, c);
     s.add(c, n);
@@ -130,15 +133,17 @@ at::Tensor accumulate_cpu(const std::vector<at::Tensor>& G, const std::vector<at
 }
 
 at::Tensor select_sums_cpu(const std::vector<at::Tensor>& theta0, const std::vector<at::Tensor>& G,
-                           const at::Tensor& pre, const at::Tensor& ft) {
+                           const at::Tensor& pre, const at::Tensor& ft,
+                           const std::vector<at::Tensor>& c_out) {
   const ChunkMap map(G);
   const std::vector<RStats> sp = all_stats(pre), sf = all_stats(ft);
   std::vector<double> partial(2 * map.total());
   map.for_each([&](int64_t t, int64_t c, int64_t off, int64_t len) {
     const float* g = G[t].const_data_ptr<float>() + off;
+    float* keep = c_out.empty() ? nullptr : c_out[t].data_ptr<float>() + off;
     FASTPEFT_DISPATCH_FLOATS(theta0[t].scalar_type(), "spider_select_sums_cpu", [&] {
       select_chunk(theta0[t].const_data_ptr<scalar_t>() + off, g, len, sp[t], sf[t],
-                   &partial[2 * c]);
+                   &partial[2 * c], keep);
     });
   });
   at::Tensor out = at::empty({static_cast<int64_t>(G.size()), 2}, at::dtype(at::kDouble));
@@ -203,7 +208,7 @@ at::Tensor spider_accumulate(const std::vector<at::Tensor>& G,
 
 at::Tensor spider_select_sums(const std::vector<at::Tensor>& theta0,
                               const std::vector<at::Tensor>& G, const at::Tensor& pre,
-                              const at::Tensor& ft) {
+                              const at::Tensor& ft, const std::vector<at::Tensor>& c_out) {
   constexpr const char* fn = "spider_select_sums";
   if (G.empty() && theta0.empty()) return at::zeros({0, 2}, at::dtype(at::kDouble));
   const c10::Device device = check_lists({{&theta0, "theta0"}, {&G, "G"}}, fn);
@@ -213,8 +218,10 @@ at::Tensor spider_select_sums(const std::vector<at::Tensor>& theta0,
   check_table(pre, n, 3, device, fn, "moments_pre");
   check_table(ft, n, 3, device, fn, "moments_ft");
   const bool cuda = on_cuda(device, fn);
+  check_c_raw(c_out, G, cuda, fn, "c_out");
   GilReleasedForWork no_gil;
-  return cuda ? spider_select_sums_cuda(theta0, G, pre, ft) : select_sums_cpu(theta0, G, pre, ft);
+  return cuda ? spider_select_sums_cuda(theta0, G, pre, ft)
+              : select_sums_cpu(theta0, G, pre, ft, c_out);
 }
 
 void spider_blend_(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& theta0,

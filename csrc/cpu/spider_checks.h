@@ -66,5 +66,18 @@ c10::Device check_lists(std::initializer_list<NamedList> lists, const char* fn) 
   return *device;
 }
 
+// An optional list of fp32 c_raw buffers, one per G (empty: none). The CPU passes keep c_raw in
+// it between pass 2 and SpiderAdamW's fused pass; the GPU passes recompute it (cheaper there
+// than 8 more bytes per element), so a list on a CUDA device is refused.
+void check_c_raw(const std::vector<at::Tensor>& c, const std::vector<at::Tensor>& G, bool cuda,
+                 const char* fn, const char* name) {
+  if (c.empty()) return;
+  TORCH_CHECK_VALUE(!cuda, fn, ": ", name, " is CPU-only (the CUDA passes recompute c_raw)");
+  TORCH_CHECK_VALUE(c.size() == G.size(), fn, ": ", name, " has ", c.size(),
+                    " tensors but G has ", G.size());
+  check_lists({{&c, name}, {&G, "G"}}, fn);
+  check_pairs(c, G, fn, name, "G", true);
+}
+
 }  // namespace
 }  // namespace fastpeft

@@ -159,7 +159,7 @@ class SpiderAdamW(torch.optim.Optimizer):
             if p.grad is not None and p.grad.is_sparse:
                 raise RuntimeError("SpiderAdamW does not support sparse gradients")
         stepped = False
-        for ready in self.spider.reduce_groups():
+        for ready in self.spider.reduce_groups(keep_c_raw=True):
             stepped = True
             exp_avg, exp_avg_sq, rows = [], [], []
             for i in ready.indices:

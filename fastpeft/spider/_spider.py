@@ -136,16 +136,17 @@ class Spider:
         group.backend = self._resolve(group)
         group.plans.clear()
 
-    def reduce_groups(self) -> Iterator[Reduced]:
+    def reduce_groups(self, keep_c_raw: bool = False) -> Iterator[Reduced]:
         """Passes 1 and 2 of every group with a gradient on any of its tensors: G += g with the
         moments of G, then the select sums, each all-reduced over the shards. What is left is
-        the blend (:meth:`step`; SpiderAdamW fuses it into its AdamW update)."""
+        the blend (:meth:`step`; SpiderAdamW fuses it into its AdamW update, and asks the CPU
+        extension to keep c_raw for it: ``keep_c_raw``)."""
         for group in self._groups:
-            ready = self._reduce(group)
+            ready = self._reduce(group, keep_c_raw)
             if ready is not None:
                 yield ready
 
-    def _reduce(self, group: _Group) -> Reduced | None:
+    def _reduce(self, group: _Group, keep_c_raw: bool) -> Reduced | None:
         self._follow_device(group)
         grads = [_params.grad_of(self.params[i]) for i in group.indices]
         active = tuple(k for k, g in enumerate(grads) if g is not None)
@@ -154,7 +155,7 @@ class Spider:
         plan, pre = self._plan(group, active)
         ft = plan.accumulate([grads[k] for k in active])
         _params.all_reduce_(ft, group.shard_groups)
-        sel = plan.select_sums(pre, ft)
+        sel = plan.select_sums(pre, ft, keep_c_raw=keep_c_raw)
         _params.all_reduce_(sel, group.shard_groups)
         indices = [group.indices[k] for k in active]
         w = [_params.local(self.params[i]) for i in indices]

@@ -188,7 +188,10 @@ class Plan:
         _counters.record("spider", self.backend)
         return accumulate_(self.G, grads, self.numels)
 
-    def select_sums(self, pre: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+    def select_sums(
+        self, pre: torch.Tensor, ft: torch.Tensor, keep_c_raw: bool = False
+    ) -> torch.Tensor:
+        # keep_c_raw is a CPU extension's option (native_path); here the fused pass recomputes.
         return select_sums(self.theta0, self.G, pre, ft)
 
     def blend(self, w, pre: torch.Tensor, ft: torch.Tensor, sel: torch.Tensor) -> None:

@@ -116,8 +116,11 @@ class Plan:
             )  # fmt: skip
         return self._finalize(partial, 3)
 
-    def select_sums(self, pre: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
-        """[n, 2] float64 (Σ c_raw, count) per tensor."""
+    def select_sums(
+        self, pre: torch.Tensor, ft: torch.Tensor, keep_c_raw: bool = False
+    ) -> torch.Tensor:
+        """[n, 2] float64 (Σ c_raw, count) per tensor. ``keep_c_raw`` is ignored: on a GPU the
+        fused pass recomputing c_raw costs less than 8 more bytes per element."""
         if self.n == 0:
             return torch.zeros((0, 2), dtype=torch.float64, device=self.device)
         partial = self._partials()
