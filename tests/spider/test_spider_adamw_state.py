@@ -141,3 +141,36 @@ def test_extension_checks_name_the_argument():
         call(G=[g.double() for g in G])
     with pytest.raises(ValueError, match=r"w\[0\] has 4 elements but grads\[0\] has 5"):
         call(grads=[torch.ones(5), torch.ones(3)])
+
+
+@pytest.mark.skipif(not _ext.available(), reason="fastpeft._C is not built")
+def test_kept_c_raw_is_what_the_fused_pass_would_compute():
+    """The CPU passes keep c_raw from pass 2 for the fused pass: the kept values are the ones the
+    pass would compute, so reading them changes no bit of the result."""
+    from fastpeft.torch_path import importance as torch_impl
+
+    C = _ext.require()
+    torch.manual_seed(3)
+    theta0 = [torch.randn(3000), torch.randn(7, 5)]
+    G = [torch.randn(3000), torch.randn(7, 5)]
+    pre = C.abs_moments(theta0)
+    ft = C.abs_moments(G)
+    kept = [torch.full_like(g, float("nan")) for g in G]
+    sel = C.spider_select_sums(theta0, G, pre, ft, c_out=kept)
+    assert torch.equal(sel, C.spider_select_sums(theta0, G, pre, ft))
+    stats = torch_impl.r_stats(pre), torch_impl.r_stats(ft)
+    for i, (t0, g) in enumerate(zip(theta0, G, strict=True)):
+        c, _ = torch_impl.c_raw(t0, g, *stats, i)
+        torch.testing.assert_close(kept[i], c, rtol=4e-7, atol=0)  # the same formula, 1-3 ulps
+    hyper = torch.tensor([[0.999, 1e-2, 0.9, 0.999, 1e-8, 0.1]] * 2, dtype=torch.float64)
+
+    def fused(c_raw):
+        w = [t.clone() + 0.01 for t in theta0]
+        m, v = [torch.full_like(t, 0.1) for t in w], [torch.full_like(t, 0.2) for t in w]
+        grads = [torch.ones_like(t) for t in w]
+        C.spider_adamw_blend_(w, grads, m, v, theta0, G, hyper, pre, ft, sel, c_raw=c_raw)
+        return w + m + v
+
+    assert all(torch.equal(a, b) for a, b in zip(fused(kept), fused([]), strict=True))
+    with pytest.raises(ValueError, match=r"c_out has 1 tensors but G has 2"):
+        C.spider_select_sums(theta0, G, pre, ft, c_out=kept[:1])
