@@ -21,7 +21,7 @@ only a tensor's last chunk, if partial, takes the masked loop.
 import triton
 import triton.language as tl
 
-from .importance import _c_raw, _r_stats
+from .importance import _c_raw, _inverse_mean, _r_stats
 
 HYPER_COLUMNS = 6  # (1 − lr·λ, lr / bc₁, β₁, β₂, ε, √bc₂), one float64 row per tensor
 
@@ -100,10 +100,7 @@ def spider_adamw_blend_kernel(
     h_bc2 = tl.load(h + 5).to(tl.float32)
     pm, ps, pz = _r_stats(pre_ptr, t)
     fm, fs, fz = _r_stats(ft_ptr, t)
-    total = tl.load(sel_ptr + 2 * t)
-    count = tl.load(sel_ptr + 2 * t + 1)
-    active = count > 0
-    inv_m = tl.where(active, count / tl.where(active, total, 1.0), 0.0).to(tl.float32)
+    inv_m, active = _inverse_mean(sel_ptr, t)
     if start + CHUNK <= n:  # a full chunk: no masks, so the loads can be vectorised
         for i in range(0, CHUNK, BLOCK):
             offs = start + i + tl.max_contiguous(tl.multiple_of(tl.arange(0, BLOCK), BLOCK), BLOCK)
