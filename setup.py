@@ -26,9 +26,12 @@ def _extension():
         "csrc/cpu/abs_moments.cpp",
         "csrc/cpu/dropout.cpp",
         "csrc/cpu/spider.cpp",
+        "csrc/cpu/spider_adamw.cpp",
     ]
     # torch picks the C++ standard (c++20 for recent torch); passing our own -std would clash.
-    cxx = ["-O3"]
+    # -fno-math-errno: sqrt and friends need not set errno (nothing reads it), so GCC can
+    # vectorise them (SpiderAdamW's fused pass on the CPU: 41 -> 23 ms); no result changes.
+    cxx = ["-O3", "-fno-math-errno"]
     ldflags = []
     if sys.platform.startswith("linux"):
         # at::parallel_for is an inline `#pragma omp parallel` in torch's headers: without
@@ -40,7 +43,7 @@ def _extension():
             "fastpeft._C",
             sources
             + ["csrc/cuda/abs_moments.cu", "csrc/cuda/torch_glue.cpp"]
-            + ["csrc/cuda/spider.cu", "csrc/cuda/spider_glue.cpp"],
+            + ["csrc/cuda/spider.cu", "csrc/cuda/spider_adamw.cu", "csrc/cuda/spider_glue.cpp"],
             define_macros=[("FASTPEFT_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             extra_link_args=ldflags,

@@ -19,10 +19,17 @@ at::Tensor spider_accumulate(const std::vector<at::Tensor>& G,
                              const std::vector<at::Tensor>& grads);
 at::Tensor spider_select_sums(const std::vector<at::Tensor>& theta0,
                               const std::vector<at::Tensor>& G, const at::Tensor& pre,
-                              const at::Tensor& ft);
+                              const at::Tensor& ft, const std::vector<at::Tensor>& c_out);
 void spider_blend_(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& theta0,
                    const std::vector<at::Tensor>& G, const at::Tensor& pre, const at::Tensor& ft,
                    const at::Tensor& sel);
+// SpiderAdamW's fused AdamW + blend pass (cpu/spider_adamw.cpp).
+void spider_adamw_blend_(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& grads,
+                         const std::vector<at::Tensor>& exp_avg,
+                         const std::vector<at::Tensor>& exp_avg_sq,
+                         const std::vector<at::Tensor>& theta0, const std::vector<at::Tensor>& G,
+                         const at::Tensor& hyper, const at::Tensor& pre, const at::Tensor& ft,
+                         const at::Tensor& sel, const std::vector<at::Tensor>& c_raw);
 #ifdef FASTPEFT_WITH_CUDA
 at::Tensor abs_moments_cuda(const std::vector<at::Tensor>& tensors);
 #endif
@@ -75,15 +82,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the updated G[i] (fixed reduction order). Lists of one length, contiguous, one device.");
   m.def("spider_select_sums", &fastpeft::spider_select_sums, pybind11::arg("theta0"),
         pybind11::arg("G"), pybind11::arg("moments_pre"), pybind11::arg("moments_ft"),
-        "spider_select_sums(theta0, G, moments_pre[n, 3], moments_ft[n, 3]) -> Tensor[n, 2]\n\n"
+        pybind11::arg("c_out") = std::vector<at::Tensor>{},
+        "spider_select_sums(theta0, G, moments_pre[n, 3], moments_ft[n, 3], c_out=[]) -> Tensor[n, 2]\n\n"
         "Row i: (sum c_raw, count(c_raw > 0)) of tensor i, c_raw = I_ft / (I_pre + I_ft) where\n"
         "I_pre < I_ft else 0, I_pre = R(theta0[i]), I_ft = R(G[i]) with R's mean/std taken from\n"
-        "the (sum|x|, sum x**2, numel) moments rows (float64).");
+        "the (sum|x|, sum x**2, numel) moments rows (float64). CPU only: c_raw itself is also\n"
+        "written to c_out (fp32 tensors like G) when given.");
   m.def("spider_blend_", &fastpeft::spider_blend_, pybind11::arg("w"), pybind11::arg("theta0"),
         pybind11::arg("G"), pybind11::arg("moments_pre"), pybind11::arg("moments_ft"),
         pybind11::arg("select_sums"), "spider_blend_(w, theta0, G, moments_pre, moments_ft, select_sums) -> None\n\n"
         "In place w[i] = theta0[i] + min(c_raw / m, 1) * (w[i] - theta0[i]), m = sum / count\n"
         "from select_sums row i; tensors with count 0 are left unchanged.");
+  m.def("spider_adamw_blend_", &fastpeft::spider_adamw_blend_, pybind11::arg("w"),
+        pybind11::arg("grads"), pybind11::arg("exp_avg"), pybind11::arg("exp_avg_sq"),
+        pybind11::arg("theta0"), pybind11::arg("G"), pybind11::arg("hyper"),
+        pybind11::arg("moments_pre"), pybind11::arg("moments_ft"), pybind11::arg("select_sums"),
+        pybind11::arg("c_raw") = std::vector<at::Tensor>{},
+        "spider_adamw_blend_(w, grads, exp_avg, exp_avg_sq, theta0, G, hyper[n, 6], moments_pre,\n"
+        "moments_ft, select_sums, c_raw=[]) -> None\n\n"
+        "In place, per element of tensor i: AdamW's moment and parameter update with row i of\n"
+        "hyper = (1 - lr*wd, lr/bc1, beta1, beta2, eps, sqrt(bc2)), then SPIDER's blend of the\n"
+        "updated value (as spider_blend_, on a tensor whose count is nonzero); one read and one\n"
+        "write of w, exp_avg and exp_avg_sq, reads of grads, theta0 and G. CPU only: with c_raw\n"
+        "(what spider_select_sums wrote to c_out) read instead of computed from theta0 and G.");
   m.def("has_cuda", [] { return fastpeft::kHasCuda; },
         "True if this build of fastpeft._C includes the CUDA kernels.");
 }

@@ -8,7 +8,7 @@ fastpeft.unpatch(peft_model)
 from .adapters import AdapterConfig, add_adapters, load_adapters, remove_adapters, save_adapters
 from .functional import ia3_linear, lora_linear
 from .patch import PatchReport, is_patched, patch, unpatch
-from .spider import MagnitudeMask, Spider
+from .spider import MagnitudeMask, Spider, SpiderAdamW
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ __all__ = [
     "save_adapters",
     "FastPeftCallback",
     "Spider",
+    "SpiderAdamW",
     "SpiderCallback",
     "unpatch",
     "__version__",

@@ -62,6 +62,16 @@ def _c_raw(t0, g, pre_mean, pre_scale, pre_nz, ft_mean, ft_scale, ft_nz, mask):
 
 
 @triton.jit
+def _inverse_mean(sel_ptr, t):
+    """(1/m in fp32, 0 where nothing is selected; whether anything is) from the select sums row
+    t, (Σ c_raw, count): m = Σ c_raw / count, the mean of the nonzero c_raw."""
+    total = tl.load(sel_ptr + 2 * t)
+    count = tl.load(sel_ptr + 2 * t + 1)
+    active = count > 0
+    return tl.where(active, count / tl.where(active, total, 1.0), 0.0).to(tl.float32), active
+
+
+@triton.jit
 def spider_accumulate_kernel(
     G_table, g_table, chunk_tensor_ptr, chunk_start_ptr, numel_ptr, partial_ptr,
     DT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
@@ -135,10 +145,7 @@ def spider_blend_kernel(
     G = tl.load(G_table + t).to(tl.pointer_type(tl.float32))
     pm, ps, pz = _r_stats(pre_ptr, t)
     fm, fs, fz = _r_stats(ft_ptr, t)
-    total = tl.load(sel_ptr + 2 * t)
-    count = tl.load(sel_ptr + 2 * t + 1)
-    active = count > 0
-    inv_m = tl.where(active, count / tl.where(active, total, 1.0), 0.0).to(tl.float32)
+    inv_m, active = _inverse_mean(sel_ptr, t)
     limit = tl.where(active, n, 0)  # an inactive tensor masks every lane: no memory traffic
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)

@@ -59,3 +59,15 @@ extern "C" cudaError_t fastpeft_spider_blend_cuda(void* const* w, const void* co
                                                   const int64_t* numels, int n, const double* pre,
                                                   const double* ft, const double* sel,
                                                   cudaStream_t stream);
+
+// --- spider_adamw.cu -------------------------------------------------------------------------
+
+// SpiderAdamW's fused pass (after passes 1 and 2), in place: per element of tensor i, AdamW's
+// update of m[i], v[i] and w[i] (all of dtype_codes[i]) with the device row hyper[6 i .. 6 i + 5]
+// = (1 − lr·wd, lr / bc1, β1, β2, ε, √bc2), then the pass-3 blend of the updated value when
+// sel[i] counts a selected element. g[i] and θ₀ share the dtype; G is fp32.
+extern "C" cudaError_t fastpeft_spider_adamw_blend_cuda(
+    void* const* w, const void* const* g, void* const* m, void* const* v,
+    const void* const* theta0, const float* const* G, const int* dtype_codes,
+    const int64_t* numels, int n, const double* hyper, const double* pre, const double* ft,
+    const double* sel, cudaStream_t stream);

@@ -14,31 +14,21 @@
 // Per-element math in float32 (fast __expf / __fdividef: the passes are memory bound only if the
 // two sigmoids per element stay cheap); sums in float64; per-tensor scalars in float64 from the
 // (Σ|x|, Σx², numel) moments rows, exactly as in csrc/cpu/spider.cpp.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <cstdint>
-
-#include "common.cuh"
-#include "launchers.h"
+#include "spider_common.cuh"
 
 namespace {
 
-using namespace fastpeft;               // DtypeCode (launchers.h)
 using namespace fastpeft::cuda_common;  // block reductions and locate (common.cuh)
 
-constexpr int64_t kChunk = int64_t{1} << 16;               // elements per block
-constexpr int kThreads = 256;                              // fixed: the reduction tree uses it
 constexpr int kMaxSegs = 64;                               // segments per pass launch
 constexpr int kMaxRows = 128;                              // tensors per finalize launch
-constexpr int64_t kMaxBlocksPerLaunch = int64_t{1} << 30;  // below the 2^31-1 grid.x limit
 
 // Pointer roles per pass:   a (written)   b (read)    G (read)
 //   1 accumulate             G (fp32)      g           -
 //   2 select                 -             θ₀          G
 //   3 blend                  w             θ₀          G
 struct SegTable {
+  static constexpr int kCapacity = kMaxSegs;
   void* a[kMaxSegs];
   const void* b[kMaxSegs];
   const float* G[kMaxSegs];
@@ -60,48 +50,6 @@ struct RowTable {
 
 static_assert(sizeof(SegTable) < 4000 && sizeof(RowTable) < 4000, "kernel params must fit 4 KiB");
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(double v) { return static_cast<float>(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-struct RStats {
-  float mean;
-  float scale;  // 1 / (std + 1e-12)
-  bool zero;    // all-zero tensor: R = 0
-};
-
-// Same formula as r_stats in csrc/cpu/spider.cpp (unbiased std, std := 0 for numel <= 1).
-__device__ RStats r_stats(const double* m) {
-  const double s1 = m[0], s2 = m[1], n = m[2];
-  const double mean = n > 0 ? s1 / n : 0.0;
-  double var = n > 1 ? (s2 - s1 * mean) / (n - 1) : 0.0;
-  if (!(var > 0.0)) var = 0.0;
-  return {static_cast<float>(mean), static_cast<float>(1.0 / (sqrt(var) + 1e-12)), !(s1 > 0.0)};
-}
-
-// Overflow-free sigmoid: exp of −|z| only.
-__device__ __forceinline__ float importance(float a, const RStats& s) {
-  const float z = (a - s.mean) * s.scale;
-  const float e = __expf(-fabsf(z));
-  const float r = __fdividef(z >= 0.f ? 1.f : e, 1.f + e);
-  return s.zero ? 0.f : r;
-}
-
-__device__ __forceinline__ float c_raw(float t0, float g, const RStats& pre, const RStats& ft) {
-  const float ip = importance(fabsf(t0), pre);
-  const float ift = importance(fabsf(g), ft);
-  return ip < ift ? __fdividef(ift, ip + ift) : 0.f;
-}
 
 template <typename T>
 __device__ void accumulate_range(float* __restrict__ G, const T* __restrict__ g, int64_t len,
@@ -150,13 +98,6 @@ __device__ void blend_range(T* __restrict__ w, const T* __restrict__ t0,
   }
 }
 
-#define FASTPEFT_SPIDER_DISPATCH(code, ...)             \
-  switch (code) { /* validated on the host */           \
-    case kF32: { using T = float; __VA_ARGS__; } break;  \
-    case kF16: { using T = __half; __VA_ARGS__; } break; \
-    case kBF16: { using T = __nv_bfloat16; __VA_ARGS__; } break; \
-    default: { using T = double; __VA_ARGS__; } break;   \
-  }
 
 __global__ void __launch_bounds__(kThreads) accumulate_kernel(SegTable tab, double* partials) {
   const Where at = locate<kChunk>(tab);
@@ -209,54 +150,6 @@ finalize_kernel(RowTable tab, const double* __restrict__ partials, double* out, 
   }
 }
 
-int64_t num_chunks(int64_t numel) { return (numel + kChunk - 1) / kChunk; }
-
-cudaError_t check_inputs(const int* dtype_codes, const int64_t* numels, int n) {
-  for (int i = 0; i < n; ++i) {
-    if (numels[i] < 0 || dtype_codes[i] < kF32 || dtype_codes[i] > kF64) {
-      return cudaErrorInvalidValue;
-    }
-  }
-  return cudaSuccess;
-}
-
-// Builds segment tables over all chunks of the n tensors and calls launch(table, grid) for each
-// full table. fill(table, slot, i) sets the pass-specific pointers of tensor i.
-template <typename Fill, typename Launch>
-cudaError_t for_segments(const int64_t* numels, const int* dtype_codes, int n, Fill fill,
-                         Launch launch) {
-  SegTable seg{};
-  int64_t grid = 0;
-  auto flush = [&]() -> cudaError_t {
-    if (seg.count == 0) return cudaSuccess;
-    seg.block0[seg.count] = static_cast<int>(grid);
-    launch(seg, static_cast<unsigned>(grid));
-    seg.partial0 += grid;
-    seg.count = 0;
-    grid = 0;
-    return cudaGetLastError();
-  };
-  for (int i = 0; i < n; ++i) {
-    const int64_t chunks = num_chunks(numels[i]);
-    for (int64_t done = 0; done < chunks;) {
-      if (seg.count == kMaxSegs || grid == kMaxBlocksPerLaunch) {
-        if (cudaError_t e = flush(); e != cudaSuccess) return e;
-      }
-      const int64_t room = kMaxBlocksPerLaunch - grid;
-      const int64_t take = chunks - done < room ? chunks - done : room;
-      const int s = seg.count++;
-      fill(seg, s, i);
-      seg.numel[s] = numels[i];
-      seg.chunk0[s] = done;
-      seg.block0[s] = static_cast<int>(grid);
-      seg.tensor[s] = i;
-      seg.dtype[s] = dtype_codes[i];
-      grid += take;
-      done += take;
-    }
-  }
-  return flush();
-}
 
 cudaError_t finalize(const int64_t* numels, int n, const double* workspace, double* out,
                      int width, cudaStream_t stream) {
@@ -292,7 +185,7 @@ extern "C" cudaError_t fastpeft_spider_accumulate_cuda(float* const* G, const vo
                                                        const int64_t* numels, int n, double* out,
                                                        double* workspace, cudaStream_t stream) {
   if (cudaError_t e = check_inputs(dtype_codes, numels, n); e != cudaSuccess) return e;
-  cudaError_t e = for_segments(
+  cudaError_t e = for_segments<SegTable>(
       numels, dtype_codes, n,
       [&](SegTable& t, int s, int i) { t.a[s] = G[i]; t.b[s] = g[i]; t.G[s] = nullptr; },
       [&](const SegTable& t, unsigned grid) {
@@ -310,7 +203,7 @@ extern "C" cudaError_t fastpeft_spider_select_cuda(const void* const* theta0,
                                                    double* out, double* workspace,
                                                    cudaStream_t stream) {
   if (cudaError_t e = check_inputs(dtype_codes, numels, n); e != cudaSuccess) return e;
-  cudaError_t e = for_segments(
+  cudaError_t e = for_segments<SegTable>(
       numels, dtype_codes, n,
       [&](SegTable& t, int s, int i) { t.a[s] = nullptr; t.b[s] = theta0[i]; t.G[s] = G[i]; },
       [&](const SegTable& t, unsigned grid) {
@@ -327,10 +220,11 @@ extern "C" cudaError_t fastpeft_spider_blend_cuda(void* const* w, const void* co
                                                   const double* ft, const double* sel,
                                                   cudaStream_t stream) {
   if (cudaError_t e = check_inputs(dtype_codes, numels, n); e != cudaSuccess) return e;
-  return for_segments(
+  return for_segments<SegTable>(
       numels, dtype_codes, n,
       [&](SegTable& t, int s, int i) { t.a[s] = w[i]; t.b[s] = theta0[i]; t.G[s] = G[i]; },
       [&](const SegTable& t, unsigned grid) {
         blend_kernel<<<grid, kThreads, 0, stream>>>(t, pre, ft, sel);
       });
 }
+

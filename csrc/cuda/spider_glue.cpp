@@ -1,4 +1,4 @@
-// Torch side of the CUDA SPIDER passes: at::Tensor lists -> the raw tables of the pure-CUDA
+// Torch side of the CUDA SPIDER passes and of SpiderAdamW's fused pass (spider_adamw.cu): at::Tensor lists -> the raw tables of the pure-CUDA
 // launchers in spider.cu, workspace from the caching allocator, launches on the current stream.
 // Compiled only into CUDA builds (FASTPEFT_WITH_CUDA); arguments were validated by
 // csrc/cpu/spider.cpp before these are called.
@@ -94,6 +94,31 @@ void spider_blend_cuda(const std::vector<at::Tensor>& w, const std::vector<at::T
                                  ft.const_data_ptr<double>(), sel.const_data_ptr<double>(),
                                  c10::cuda::getCurrentCUDAStream().stream()),
       "spider_blend_");
+}
+
+void spider_adamw_blend_cuda(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& grads,
+                             const std::vector<at::Tensor>& exp_avg,
+                             const std::vector<at::Tensor>& exp_avg_sq,
+                             const std::vector<at::Tensor>& theta0,
+                             const std::vector<at::Tensor>& G, const at::Tensor& hyper,
+                             const at::Tensor& pre, const at::Tensor& ft, const at::Tensor& sel) {
+  const c10::cuda::CUDAGuard guard(G[0].device());
+  const Tables tab(theta0, G);
+  std::vector<void*> wp(tab.n), mp(tab.n), vp(tab.n);
+  std::vector<const void*> gp(tab.n);
+  for (int i = 0; i < tab.n; ++i) {
+    wp[i] = w[i].data_ptr();
+    gp[i] = grads[i].const_data_ptr();
+    mp[i] = exp_avg[i].data_ptr();
+    vp[i] = exp_avg_sq[i].data_ptr();
+  }
+  std::vector<const float*> Gc(tab.G.begin(), tab.G.end());
+  check_launch(fastpeft_spider_adamw_blend_cuda(
+                   wp.data(), gp.data(), mp.data(), vp.data(), tab.typed.data(), Gc.data(),
+                   tab.codes.data(), tab.numels.data(), tab.n, hyper.const_data_ptr<double>(),
+                   pre.const_data_ptr<double>(), ft.const_data_ptr<double>(),
+                   sel.const_data_ptr<double>(), c10::cuda::getCurrentCUDAStream().stream()),
+               "spider_adamw_blend_");
 }
 
 }  // namespace fastpeft

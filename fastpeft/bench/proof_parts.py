@@ -48,8 +48,9 @@ def no_host_sync(shapes, dtype, device: torch.device) -> dict:
 
 
 def spider(setting: Setting, deadline: Deadline) -> dict:
-    """fastpeft's SPIDER step and one AdamW step (fused on a GPU, foreach on a CPU) on 8 layers
-    of Llama-7B's trainable tensors (1.6B elements; smoke: 1 layer at hidden 128)."""
+    """fastpeft's SPIDER step, one SpiderAdamW step and one AdamW step (fused on a GPU, foreach
+    on a CPU) on 8 layers of Llama-7B's trainable tensors (1.6B elements; smoke: 1 layer at
+    hidden 128)."""
     gpu = setting.device.type == "cuda"
     shapes = llama_shapes(1, 128, 344) if setting.smoke else llama_shapes(8)
     dtype = _DTYPES[setting.dtype]
@@ -58,7 +59,7 @@ def spider(setting: Setting, deadline: Deadline) -> dict:
         shapes,
         dtype,
         setting.device,
-        providers=("fastpeft", "adamw"),
+        providers=("fastpeft", "spider_adamw", "adamw"),
         steps=steps,
         warmup=1 if setting.smoke else 2,
     )

@@ -15,8 +15,8 @@ _COLUMNS = {
             "peak_mib", "speedup_vs_peft", "speedup_vs_eager", "memory_vs_peft",
             "memory_vs_eager", "time_vs_frozen"),
     "spider": ("provider", "dtype", "elements", "median_ms", "p20_ms", "p80_ms",
-               "state_bytes_per_element", "speedup_vs_reference", "time_vs_adamw",
-               "fraction_of_copy_bw"),
+               "state_bytes_per_element", "bytes_per_element", "speedup_vs_reference",
+               "time_vs_adamw", "time_vs_adamw_p20", "time_vs_adamw_p80", "fraction_of_copy_bw"),
 }  # fmt: skip
 
 

@@ -3,15 +3,20 @@
 Providers, each on its own tensors, timed interleaved (one step of each per repetition, order
 rotated) so the per-repetition ratios cancel a shared machine's drifts:
 
-- ``fastpeft``: ``fastpeft.spider.Spider(params).step()`` (three multi-tensor passes);
+- ``spider_adamw``: one ``fastpeft.SpiderAdamW`` step (AdamW with SPIDER fused in: three
+  multi-tensor passes), the fused optimizer step;
+- ``adamw+spider``: one AdamW step followed by ``Spider.step()`` (four passes);
+- ``fastpeft``: ``fastpeft.spider.Spider(params).step()`` alone (three multi-tensor passes);
 - ``reference``: the paper-style per-tensor loop, ``fastpeft.reference.spider.SpiderReference``
-  with fp32 state (five fp32 copies, ~20 kernels and two host syncs per tensor);
+  with fp32 state (five fp32 copies, ~20 kernels and two host syncs per tensor), alone;
 - ``adamw``: one ``torch.optim.AdamW`` step over the same parameters (``fused=True`` on a GPU,
-  ``foreach=True`` on the CPU), the cost SPIDER should stay within.
+  ``foreach=True`` on the CPU), the cost SPIDER is measured against.
 
-Bandwidth: SPIDER's three passes move 5·s + 16 bytes per element for s-byte parameters (pass 1
-reads g and G and writes G; pass 2 reads θ₀ and G; pass 3 reads θ₀, G and w and writes w), i.e.
-26 B for bf16, against the device's measured copy bandwidth.
+AdamW inside ``adamw+spider`` is the same as the ``adamw`` provider's. Bytes per element, for
+s-byte parameters (`bytes_per_element`): AdamW 7·s (w, m, v read and written, g read: moments in
+the parameter's dtype, as torch keeps them); Spider 5·s + 16 (pass 1 reads g and G and writes G;
+pass 2 reads θ₀ and G; pass 3 reads θ₀, G and w and writes w); SpiderAdamW 10·s + 16 (Spider's
+passes 1 and 2, then w, m, v read and written and g, θ₀, G read once). bf16: 14, 26, 36.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..reference.spider import SpiderReference
-from ..spider import Spider
+from ..spider import Spider, SpiderAdamW
 from .stats import paired_ratios, spread
 from .timing import time_interleaved
 
@@ -36,9 +41,22 @@ def llama_shapes(layers: int, hidden: int = 4096, intermediate: int = 11008) -> 
     return per_layer * layers
 
 
-def spider_bytes_per_element(dtype: torch.dtype) -> int:
-    s = torch.empty((), dtype=dtype).element_size()
-    return 5 * s + 16
+# Bytes per element of each provider's step as (per byte of the parameter dtype, constant).
+_BYTES = {
+    "fastpeft": (5, 16),
+    "adamw": (7, 0),
+    "adamw+spider": (12, 16),
+    "spider_adamw": (10, 16),
+}
+
+
+def bytes_per_element(provider: str, dtype: torch.dtype) -> int | None:
+    """Bytes one step of `provider` moves per parameter element (None for the paper loop, whose
+    traffic depends on its temporaries)."""
+    if provider not in _BYTES:
+        return None
+    per_byte, constant = _BYTES[provider]
+    return per_byte * torch.empty((), dtype=dtype).element_size() + constant
 
 
 def _sync(device: torch.device) -> None:
@@ -89,6 +107,63 @@ def _peak_extra_mib(device: torch.device, before: int) -> float | None:
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
+def _state_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t.dim() > 0)
+
+
+def _adamw(params, device):
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=fused, foreach=not fused)
+    opt.step()  # allocate the state before timing
+    state = _state_bytes(t for s in opt.state.values() for t in s.values())
+    return opt, state, "fused" if fused else "foreach"
+
+
+def _provider_adamw(params, device, backend):
+    opt, state, kind = _adamw(params, device)
+    return opt.step, state, kind
+
+
+def _provider_spider(params, device, backend):
+    spider = Spider(params, backend=backend)
+    return spider.step, _state_bytes(spider.theta0 + spider.G), spider.backends[0]
+
+
+def _provider_adamw_spider(params, device, backend):
+    opt, state, kind = _adamw(params, device)
+    spider = Spider(params, backend=backend)
+
+    def step() -> None:
+        opt.step()
+        spider.step()
+
+    return step, state + _state_bytes(spider.theta0 + spider.G), f"{kind}+{spider.backends[0]}"
+
+
+def _provider_spider_adamw(params, device, backend):
+    opt = SpiderAdamW(params, lr=1e-5, backend=backend)
+    opt.step()  # allocate the AdamW state before timing
+    spider = opt.spider
+    state = _state_bytes(t for s in opt.state.values() for t in s.values())
+    return opt.step, state + _state_bytes(spider.theta0 + spider.G), spider.backends[0]
+
+
+def _provider_reference(params, device, backend):
+    ref = SpiderReference(params, dtype=torch.float32)
+    # plus I_ft and c (transient, fp32) inside each step
+    return ref.step, _state_bytes([*ref.theta0, *ref.i_pre, *ref.G]), "torch"
+
+
+_PROVIDERS = {
+    "spider_adamw": _provider_spider_adamw,
+    "adamw+spider": _provider_adamw_spider,
+    "fastpeft": _provider_spider,
+    "reference": _provider_reference,
+    "adamw": _provider_adamw,
+}
+PROVIDERS = tuple(_PROVIDERS)
+
+
 def setup_provider(
     provider: str, shapes: Sequence[tuple], dtype: torch.dtype, device: torch.device, backend: str
 ) -> tuple[Callable[[], None], dict]:
@@ -100,31 +175,7 @@ def setup_provider(
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     row: dict = {"provider": provider, "dtype": str(dtype).replace("torch.", "")}
-    if provider == "fastpeft":
-        spider = Spider(params, backend=backend)
-        row["backend"] = spider.backends[0]
-        state = sum(t.numel() * t.element_size() for t in spider.theta0 + spider.G)
-        fn = spider.step
-    elif provider == "reference":
-        ref = SpiderReference(params, dtype=torch.float32)
-        state = sum(
-            t.numel() * t.element_size() for ts in (ref.theta0, ref.i_pre, ref.G) for t in ts
-        )  # plus I_ft and c (transient, fp32) inside each step
-        fn = ref.step
-    elif provider == "adamw":
-        fused = device.type == "cuda"
-        opt = torch.optim.AdamW(params, lr=1e-5, fused=fused, foreach=not fused)
-        opt.step()  # allocate the state before timing
-        state = sum(
-            t.numel() * t.element_size()
-            for s in opt.state.values()
-            for t in s.values()
-            if isinstance(t, torch.Tensor) and t.dim() > 0
-        )
-        row["backend"] = "fused" if fused else "foreach"
-        fn = opt.step
-    else:
-        raise ValueError(f"unknown provider {provider!r}")
+    fn, state, row["backend"] = _PROVIDERS[provider](params, device, backend)
     fn()  # one step counted in the peak (and a warm-up)
     _sync(device)
     if device.type == "cuda":
@@ -133,19 +184,42 @@ def setup_provider(
     return fn, row
 
 
+def _put_ratio(row: dict, name: str, numerator: list, denominator: list) -> None:
+    ratio = spread(paired_ratios(numerator, denominator))
+    row.update({name: ratio.median, f"{name}_p20": ratio.p20, f"{name}_p80": ratio.p80})
+
+
+def _add_ratios(rows: dict[str, dict], dtype: torch.dtype) -> None:
+    """SPIDER rows: the modelled bytes' rate (GB/s), the paper loop's time over Spider's, and
+    time relative to the AdamW step (medians of per-repetition ratios with p20 and p80)."""
+    for provider in ("fastpeft", "spider_adamw", "adamw+spider"):
+        row = rows.get(provider)
+        if row is None:
+            continue
+        moved = bytes_per_element(provider, dtype) * row["elements"]
+        row["bytes_per_element"] = bytes_per_element(provider, dtype)
+        row["gbps"] = round(moved / (row["median_ms"] * 1e-3) / 1e9, 1)
+        if "adamw" in rows:
+            _put_ratio(row, "time_vs_adamw", row["times_ms"], rows["adamw"]["times_ms"])
+    if "fastpeft" in rows and "reference" in rows:
+        reference, fast = rows["reference"]["times_ms"], rows["fastpeft"]["times_ms"]
+        _put_ratio(rows["fastpeft"], "speedup_vs_reference", reference, fast)
+
+
 def bench_spider_step(
     shapes: Sequence[tuple],
     dtype: torch.dtype,
     device: torch.device,
-    providers: Sequence[str] = ("fastpeft", "reference", "adamw"),
+    providers: Sequence[str] = PROVIDERS,
     reference_shapes: Sequence[tuple] | None = None,
     steps: int = 10,
     warmup: int = 2,
     backend: str = "auto",
 ) -> list[dict]:
-    """Rows for every provider (per-repetition `times_ms`, median, p20, p80), fastpeft's with
-    its speedup over the reference and time relative to AdamW (medians of per-repetition
-    ratios with p20 and p80) and its fraction of the copy bandwidth.
+    """Rows for every provider (per-repetition `times_ms`, median, p20, p80); the SPIDER rows
+    (Spider, SpiderAdamW, AdamW + Spider) with their time relative to AdamW (medians of
+    per-repetition ratios with p20 and p80), modelled bytes per element and fraction of the copy
+    bandwidth, Spider's with its speedup over the paper loop.
 
     ``reference_shapes`` (default: ``shapes``) lets the slow, memory-hungry paper loop run on a
     subset; its times are then scaled by the element ratio (it is a per-tensor loop whose cost is
@@ -168,21 +242,13 @@ def bench_spider_step(
         times = [t * factors[provider] for t in samples[provider]]
         s = spread(times)
         row.update(median_ms=s.median, p20_ms=s.p20, p80_ms=s.p80, times_ms=times)
-    fast = rows.get("fastpeft")
-    if fast:
-        moved = spider_bytes_per_element(dtype) * fast["elements"]
-        fast["gbps"] = round(moved / (fast["median_ms"] * 1e-3) / 1e9, 1)
-        if "reference" in rows:
-            ratio = spread(paired_ratios(rows["reference"]["times_ms"], fast["times_ms"]))
-            fast.update(speedup_vs_reference=ratio.median, speedup_vs_reference_p20=ratio.p20)
-            fast["speedup_vs_reference_p80"] = ratio.p80
-        if "adamw" in rows:
-            ratio = spread(paired_ratios(fast["times_ms"], rows["adamw"]["times_ms"]))
-            fast.update(time_vs_adamw=ratio.median, time_vs_adamw_p20=ratio.p20)
-            fast["time_vs_adamw_p80"] = ratio.p80
+    _add_ratios(rows, dtype)
+    if any("gbps" in row for row in rows.values()):
         bw = copy_bandwidth(device)
-        fast["copy_gbps"] = round(bw / 1e9, 1)
-        fast["fraction_of_copy_bw"] = round(fast["gbps"] * 1e9 / bw, 3)
+        for row in rows.values():
+            if "gbps" in row:
+                row["copy_gbps"] = round(bw / 1e9, 1)
+                row["fraction_of_copy_bw"] = round(row["gbps"] * 1e9 / bw, 3)
     del fns
     _free(device)
     return list(rows.values())

@@ -1,14 +1,16 @@
-"""SPIDER selective fine-tuning (SPEC §6): :class:`Spider`, the :class:`MagnitudeMask` baseline
-and :class:`SpiderCallback` for the Hugging Face Trainer.
+"""SPIDER selective fine-tuning (SPEC §6): :class:`Spider`, :class:`SpiderAdamW` (AdamW with the
+Spider step fused in), the :class:`MagnitudeMask` baseline and :class:`SpiderCallback` for the
+Hugging Face Trainer.
 
 ``SpiderCallback`` is imported on first access, so importing this package does not import
 transformers.
 """
 
+from ._adamw import SpiderAdamW
 from ._mask import MagnitudeMask, top_magnitude_mask
 from ._spider import Spider
 
-__all__ = ["MagnitudeMask", "Spider", "SpiderCallback", "top_magnitude_mask"]
+__all__ = ["MagnitudeMask", "Spider", "SpiderAdamW", "SpiderCallback", "top_magnitude_mask"]
 
 
 def __getattr__(name: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,19 @@ class _Group:
     pre: torch.Tensor  # [k, 3] float64 moments of θ₀ (all-reduced over the shards)
     backend: str = ""
     plans: dict[tuple[int, ...], tuple[Any, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class Reduced:
+    """A group's tensors that have a gradient, after passes 1 and 2: what the blend needs."""
+
+    indices: list[int]  # positions in Spider.params
+    plan: Any
+    pre: torch.Tensor  # [k, 3] float64 moments of θ₀
+    ft: torch.Tensor  # [k, 3] float64 moments of the updated G
+    sel: torch.Tensor  # [k, 2] float64 (Σ c_raw, count)
+    w: list[torch.Tensor]  # the parameters' local storage
+    grads: list[torch.Tensor]  # their local gradients, contiguous
 
 
 class Spider:
@@ -122,6 +136,31 @@ class Spider:
         group.backend = self._resolve(group)
         group.plans.clear()
 
+    def reduce_groups(self, keep_c_raw: bool = False) -> Iterator[Reduced]:
+        """Passes 1 and 2 of every group with a gradient on any of its tensors: G += g with the
+        moments of G, then the select sums, each all-reduced over the shards. What is left is
+        the blend (:meth:`step`; SpiderAdamW fuses it into its AdamW update, and asks the CPU
+        extension to keep c_raw for it: ``keep_c_raw``)."""
+        for group in self._groups:
+            ready = self._reduce(group, keep_c_raw)
+            if ready is not None:
+                yield ready
+
+    def _reduce(self, group: _Group, keep_c_raw: bool) -> Reduced | None:
+        self._follow_device(group)
+        grads = [_params.grad_of(self.params[i]) for i in group.indices]
+        active = tuple(k for k, g in enumerate(grads) if g is not None)
+        if not active:
+            return None
+        plan, pre = self._plan(group, active)
+        ft = plan.accumulate([grads[k] for k in active])
+        _params.all_reduce_(ft, group.shard_groups)
+        sel = plan.select_sums(pre, ft, keep_c_raw=keep_c_raw)
+        _params.all_reduce_(sel, group.shard_groups)
+        indices = [group.indices[k] for k in active]
+        w = [_params.local(self.params[i]) for i in indices]
+        return Reduced(indices, plan, pre, ft, sel, w, [grads[k] for k in active])
+
     @torch.no_grad()
     def step(self) -> None:
         """Apply one SPIDER step: G += g, compute c, w ← θ₀ + c ⊙ (w − θ₀). Call it after
@@ -137,19 +176,8 @@ class Spider:
         if all(p.grad is None for p in self.params):
             _params.warn_no_gradients("Spider", len(self.params))
             return
-        for group in self._groups:
-            self._follow_device(group)
-            grads = [_params.grad_of(self.params[i]) for i in group.indices]
-            active = tuple(k for k, g in enumerate(grads) if g is not None)
-            if not active:
-                continue
-            plan, pre = self._plan(group, active)
-            ft = plan.accumulate([grads[k] for k in active])
-            _params.all_reduce_(ft, group.shard_groups)
-            sel = plan.select_sums(pre, ft)
-            _params.all_reduce_(sel, group.shard_groups)
-            w = [_params.local(self.params[group.indices[k]]) for k in active]
-            plan.blend(w, pre, ft, sel)
+        for ready in self.reduce_groups():
+            ready.plan.blend(ready.w, ready.pre, ready.ft, ready.sel)
         self.steps += 1
 
     # ------------------------------------------------------------------------------------------

@@ -140,6 +140,39 @@ def blend_(
         p.copy_(torch.where(active[i], t + c * (p.to(dtype) - t), p))
 
 
+def adamw_blend_(
+    w: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    exp_avg: Sequence[torch.Tensor],
+    exp_avg_sq: Sequence[torch.Tensor],
+    theta0: Sequence[torch.Tensor],
+    G: Sequence[torch.Tensor],
+    hyper: torch.Tensor,
+    moments_pre: torch.Tensor,
+    moments_ft: torch.Tensor,
+    sel: torch.Tensor,
+) -> None:
+    """SpiderAdamW's fused pass, in place: per tensor i, AdamW's update of the moments and of
+    w[i] with hyper[i] = (1 − lr·λ, lr / bc₁, β₁, β₂, ε, √bc₂) (float64), computed in float32
+    (float64 for float64 parameters), then the blend of the updated value (as `blend_`; a
+    tensor whose count is 0 takes the AdamW value alone). One rounding to w's dtype at the end."""
+    _, active = inverse_means(sel)
+    cs = c_values(theta0, G, moments_pre, moments_ft, sel)
+    rows = zip(w, grads, exp_avg, exp_avg_sq, theta0, cs, strict=True)
+    for i, (p, g, m, v, t0, c) in enumerate(rows):
+        dtype = torch.promote_types(p.dtype, torch.float32)
+        decay, step_size, beta1, beta2, eps, bc2_sqrt = hyper[i].unbind()
+        g32, m32 = g.to(dtype), m.to(dtype)
+        m32 = m32 + (1 - beta1).to(dtype) * (g32 - m32)
+        v32 = v.to(dtype) * beta2.to(dtype) + (1 - beta2).to(dtype) * (g32 * g32)
+        denom = v32.sqrt() / bc2_sqrt.to(dtype) + eps.to(dtype)
+        x = p.to(dtype) * decay.to(dtype) - step_size.to(dtype) * (m32 / denom)
+        m.copy_(m32)
+        v.copy_(v32)
+        t = t0.to(dtype)
+        p.copy_(torch.where(active[i], t + c.to(dtype) * (x - t), x))
+
+
 class Plan:
     """The three passes over fixed lists θ₀ / G, in PyTorch (backend "torch"); the interface every
     backend's `Plan` shares (see fastpeft/spider/_spider.py)."""
@@ -155,8 +188,15 @@ class Plan:
         _counters.record("spider", self.backend)
         return accumulate_(self.G, grads, self.numels)
 
-    def select_sums(self, pre: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+    def select_sums(
+        self, pre: torch.Tensor, ft: torch.Tensor, keep_c_raw: bool = False
+    ) -> torch.Tensor:
+        # keep_c_raw is a CPU extension's option (native_path); here the fused pass recomputes.
         return select_sums(self.theta0, self.G, pre, ft)
 
     def blend(self, w, pre: torch.Tensor, ft: torch.Tensor, sel: torch.Tensor) -> None:
         blend_(list(w), self.theta0, self.G, pre, ft, sel)
+
+    def adamw_blend(self, w, grads, exp_avg, exp_avg_sq, hyper, pre, ft, sel) -> None:
+        _counters.record("spider_adamw", self.backend)
+        adamw_blend_(w, grads, exp_avg, exp_avg_sq, self.theta0, self.G, hyper, pre, ft, sel)

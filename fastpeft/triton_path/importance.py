@@ -14,6 +14,7 @@ import torch
 import triton
 
 from ..kernels import importance as kernels
+from ..kernels import spider_adamw as fused_kernels
 from ..ops import _counters
 from ..torch_path.importance import upload
 from .launch import Target, launch, target_for
@@ -115,8 +116,11 @@ class Plan:
             )  # fmt: skip
         return self._finalize(partial, 3)
 
-    def select_sums(self, pre: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
-        """[n, 2] float64 (Σ c_raw, count) per tensor."""
+    def select_sums(
+        self, pre: torch.Tensor, ft: torch.Tensor, keep_c_raw: bool = False
+    ) -> torch.Tensor:
+        """[n, 2] float64 (Σ c_raw, count) per tensor. ``keep_c_raw`` is ignored: on a GPU the
+        fused pass recomputing c_raw costs less than 8 more bytes per element."""
         if self.n == 0:
             return torch.zeros((0, 2), dtype=torch.float64, device=self.device)
         partial = self._partials()
@@ -143,6 +147,40 @@ class Plan:
             self._table("w", w), self._table("t0", self.theta0), self._table("G", self.G),
             *self._pass_args(), pre, ft, sel, DT=self.dt, **self.cfg,
         )  # fmt: skip
+
+    def adamw_blend(self, w, grads, exp_avg, exp_avg_sq, hyper, pre, ft, sel) -> None:
+        """SpiderAdamW's fused pass (kernels/spider_adamw.py): AdamW's update of w, exp_avg and
+        exp_avg_sq (θ₀'s dtype, contiguous) with hyper [n, 6] float64, then the blend."""
+        _counters.record("spider_adamw", self.backend)
+        if self.n == 0 or self.total_chunks == 0:
+            return
+        lists = {"w": w, "grads": grads, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        for name, ts in lists.items():
+            if len(ts) != self.n or any(
+                x.dtype != self.dtype or x.numel() != t.numel() or not x.is_contiguous()
+                for x, t in zip(ts, self.G, strict=False)
+            ):
+                raise ValueError(f"Plan.adamw_blend: {name} must match theta0 (contiguous)")
+        lists.update(theta0=self.theta0, G=self.G)
+        aligned = all(x.data_ptr() % 16 == 0 for ts in lists.values() for x in ts)
+        bases = [ts[0] for ts in lists.values()]
+        offsets = [self._offsets(k, ts) for k, ts in lists.items()]
+        launch(
+            fused_kernels.spider_adamw_blend_kernel, (self.total_chunks,),
+            *bases, *offsets, *self._pass_args(), hyper, pre, ft, sel,
+            ALIGNED=aligned, **self.cfg,
+        )  # fmt: skip
+
+    def _offsets(self, key: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Element offsets of `tensors` from the first one's data pointer (one dtype, so every
+        difference is a whole number of elements), cached like the address tables."""
+        ptrs = tuple(t.data_ptr() for t in tensors)
+        if self._addr_keys.get(f"off {key}") != ptrs:
+            size = tensors[0].element_size()
+            offsets = torch.tensor([p - ptrs[0] for p in ptrs], dtype=torch.int64) // size
+            self._addr[f"off {key}"] = self._upload(offsets)
+            self._addr_keys[f"off {key}"] = ptrs
+        return self._addr[f"off {key}"]
 
 
 def chunk_count(numels: Sequence[int], device: torch.device) -> int:

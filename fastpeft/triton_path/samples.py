@@ -267,9 +267,10 @@ _SPIDER_SHAPES = (
 
 
 def spider(tag: Tag, full: bool = False) -> None:
-    """The SPIDER passes (accumulate, select_sums, blend, and their finalize reductions) for fp32,
-    bf16 and fp16 parameters. The kernels take only pointers and constexprs, so the tensor list
-    changes the grids, never the compiles: the subset and the full sweep are the same.
+    """The SPIDER passes (accumulate, select_sums, blend, and their finalize reductions) and
+    SpiderAdamW's fused pass for fp32, bf16 and fp16 parameters. The kernels take only pointers
+    and constexprs, so the tensor list changes the grids, never the compiles: the subset and the
+    full sweep are the same.
 
     `Plan` records on meta tensors as it is: its chunk tables reach the device through a plain
     `.to` (only a CUDA device pins memory first), and its address tables hold `data_ptr()`s,
@@ -288,3 +289,8 @@ def spider(tag: Tag, full: bool = False) -> None:
             sel = plan.select_sums(moments_pre, moments_ft)
         with tag(f"{name} blend"):
             plan.blend(params, moments_pre, moments_ft, sel)
+        moments = [_empty(*s, dtype=dtype) for s in _SPIDER_SHAPES for _ in range(2)]
+        hyper = torch.empty((len(G), 6), dtype=torch.float64, device=moments_pre.device)
+        with tag(f"{name} SpiderAdamW fused pass"):
+            plan.adamw_blend(params, grads, moments[0::2], moments[1::2], hyper, moments_pre,
+                             moments_ft, sel)  # fmt: skip

@@ -58,6 +58,7 @@ def test_case_names_and_targets_are_what_they_were():
         "IA3 fwd+bwd vs frozen linear (worst case)",
         "adapter fwd+bwd vs eager (worst case)",
         "SPIDER step vs one fused AdamW step",
+        "SpiderAdamW step vs one fused AdamW step",
         "e2e LoRA tokens/s vs PEFT",
         "e2e LoRA peak memory vs PEFT",
         "e2e every method vs the frozen step (worst)",

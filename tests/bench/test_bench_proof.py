@@ -57,11 +57,11 @@ def test_smoke_runs_every_part_and_marks_it_smoke(smoke):
     assert "error" not in str(layer_rows)
     spider = result["parts"]["spider"]
     assert spider["host_sync_check"].startswith("not run")  # CPU: the mode is CUDA-only
-    assert {r["provider"] for r in spider["rows"]} == {"fastpeft", "adamw"}
+    assert {r["provider"] for r in spider["rows"]} == {"fastpeft", "spider_adamw", "adamw"}
     e2e = {r["provider"]: r for r in result["parts"]["e2e"]["rows"]}
     assert {"frozen", "peft", "fastpeft"} <= set(e2e) and e2e["fastpeft"]["tokens_per_s"] > 0
     verdicts = {t["target"]: t["verdict"] for t in result["targets"]}
-    assert len(verdicts) == 8 and set(verdicts.values()) <= {"met", "missed", "not measured"}
+    assert len(verdicts) == 9 and set(verdicts.values()) <= {"met", "missed", "not measured"}
     _within_device_limits(out)
 
 

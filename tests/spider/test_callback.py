@@ -23,25 +23,17 @@ class _Texts(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def test_trainer_with_gradient_accumulation(tmp_path):
-    transformers = pytest.importorskip("transformers")
-
-    class GradRecorder(transformers.TrainerCallback):
-        """Clones the gradients right before each optimizer step (after clipping)."""
-
-        def __init__(self, params) -> None:
-            self.params, self.grads = params, []
-
-        def on_pre_optimizer_step(self, args, state, control, **kwargs):
-            self.grads.append([p.grad.detach().clone() for p in self.params])
-
+def tiny_model():
+    """A 1-layer tiny Llama whose MLP alone is trained."""
     model = testing.tiny_llama(hidden_size=32, num_layers=1, vocab_size=64)
     for name, p in model.named_parameters():
         p.requires_grad_(".layers.0.mlp." in name)
-    spider = Spider(model, backend="cpp")
-    params = spider.params
-    recorder = GradRecorder(params)
-    args = transformers.TrainingArguments(
+    return model
+
+
+def accumulating_args(transformers, tmp_path):
+    """3 optimizer steps of 2 micro-batches of 2, lr 1e-2, gradients clipped at norm 0.5."""
+    return transformers.TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=2,
         gradient_accumulation_steps=2,
@@ -55,6 +47,30 @@ def test_trainer_with_gradient_accumulation(tmp_path):
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+
+
+def grad_recorder(transformers, params):
+    """A callback that clones the gradients (after clipping) and notes the lr right before each
+    optimizer step."""
+
+    class GradRecorder(transformers.TrainerCallback):
+        def __init__(self) -> None:
+            self.grads, self.lrs = [], []
+
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            self.grads.append([p.grad.detach().clone() for p in params])
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    return GradRecorder()
+
+
+def test_trainer_with_gradient_accumulation(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = tiny_model()
+    spider = Spider(model, backend="cpp")
+    params = spider.params
+    recorder = grad_recorder(transformers, params)
+    args = accumulating_args(transformers, tmp_path)
     trainer = transformers.Trainer(
         model=model,
         args=args,

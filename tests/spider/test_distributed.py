@@ -1,21 +1,23 @@
-"""Spider and MagnitudeMask under FSDP2 (fully_shard, DTensor parameters) on 2 CPU processes
-(gloo): the per-tensor sums are all-reduced over the shards, so the parameters after a few
-AdamW + spider steps equal a single-process run on the whole batch."""
+"""Spider, SpiderAdamW and MagnitudeMask under FSDP2 (fully_shard, DTensor parameters and
+moments) on 2 CPU processes (gloo): the per-tensor sums are all-reduced over the shards, so the
+parameters after a few AdamW + spider steps (or SpiderAdamW steps) equal a single-process run on
+the whole batch."""
 
 import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from fastpeft.spider import MagnitudeMask, Spider
+from fastpeft.spider import MagnitudeMask, Spider, SpiderAdamW
 
 from ..gloo import spawn_gloo
 
 STEPS = 3
 WORLD = 2
 BATCH = 8
-# (backend or "mask"): the Spider backends the workers run, plus MagnitudeMask.
-KINDS = ["cpp", "torch", "mask"]
+# (backend or "mask"): the Spider backends the workers run, plus MagnitudeMask, plus SpiderAdamW
+# ("adamw-<backend>").
+KINDS = ["cpp", "torch", "mask", "adamw-cpp", "adamw-torch"]
 
 
 def model() -> nn.Module:
@@ -34,13 +36,19 @@ def make(kind: str, m: nn.Module):
 
 
 def train(kind: str, m: nn.Module, rows: slice) -> None:
-    opt = torch.optim.AdamW(m.parameters(), lr=2e-2)
-    spider = make(kind, m)
+    if kind.startswith("adamw-"):
+        backend = kind.removeprefix("adamw-")
+        opt = SpiderAdamW(m.parameters(), lr=2e-2, weight_decay=0.1, backend=backend)
+        spider = None  # inside the optimizer's step
+    else:
+        opt = torch.optim.AdamW(m.parameters(), lr=2e-2)
+        spider = make(kind, m)
     for step in range(STEPS):
         x, y = batch(step)
         nn.functional.mse_loss(m(x[rows]), y[rows]).backward()
         opt.step()
-        spider.step()
+        if spider is not None:
+            spider.step()
         opt.zero_grad()
 
 

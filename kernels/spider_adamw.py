@@ -1,0 +1,128 @@
+"""Triton kernel of SpiderAdamW's fused pass: AdamW's update and SPIDER's blend in one pass.
+
+Runs after SPIDER's passes 1 and 2 (kernels/importance.py: G += g with the moments of G, then
+the select sums), over the same chunk tables: one program per CHUNK-element chunk of one tensor.
+Each operand list comes as a typed base pointer (its first tensor) and a table of element offsets
+from it (``table[t]``: tensor t's data pointer minus the base, in elements), not as raw
+addresses: an address loaded from a table carries no alignment facts, while a pointer argument
+is specialised as 16-byte aligned by Triton and the offsets can be hinted. Per element, in fp32::
+
+    m ← m + (1 − β₁)(g − m);  v ← β₂ v + (1 − β₂) g²;  x ← w (1 − lr·λ) − (lr/bc₁) m / (√v/√bc₂ + ε)
+    w ← θ₀ + min(c_raw · inv_m, 1) (x − θ₀) on a tensor with a selected element, else w ← x
+
+so w, m and v are read and written once, g, θ₀ and G read once, and x is rounded once.
+
+Vector loads: chunks start at multiples of CHUNK, and when the host has checked that every
+address is 16-byte aligned (ALIGNED) the offsets are hinted as multiples of 16 bytes
+(tl.multiple_of), so a full chunk is streamed with unmasked loads the compiler widens to 16 bytes;
+only a tensor's last chunk, if partial, takes the masked loop.
+"""
+
+import triton
+import triton.language as tl
+
+from .importance import _c_raw, _inverse_mean, _r_stats
+
+HYPER_COLUMNS = 6  # (1 − lr·λ, lr / bc₁, β₁, β₂, ε, √bc₂), one float64 row per tensor
+
+
+@triton.jit
+def _operand(base, table, t, ALIGNED: tl.constexpr):
+    """Tensor t of an operand list: its base pointer plus its element offset from the table."""
+    off = tl.load(table + t)
+    if ALIGNED:  # every address 16-byte aligned: offsets are whole 16-byte words
+        off = tl.multiple_of(off, 128 // base.dtype.element_ty.primitive_bitwidth)
+    return base + off
+
+
+@triton.jit
+def _fused_block(
+    w, g, m, v, t0, G, offs, n, h_decay, h_step, h_b1, h_b2, h_eps, h_bc2,
+    pm, ps, pz, fm, fs, fz, inv_m, active, MASKED: tl.constexpr,
+):  # fmt: skip
+    """One BLOCK of the pass at offsets `offs` (masked by `n` only when MASKED)."""
+    if MASKED:
+        mask = offs < n
+        gv = tl.load(g + offs, mask=mask, other=0.0).to(tl.float32)
+        mv = tl.load(m + offs, mask=mask, other=0.0).to(tl.float32)
+        vv = tl.load(v + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(w + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        mask = None
+        gv = tl.load(g + offs).to(tl.float32)
+        mv = tl.load(m + offs).to(tl.float32)
+        vv = tl.load(v + offs).to(tl.float32)
+        x = tl.load(w + offs).to(tl.float32)
+    mv = mv + (1.0 - h_b1) * (gv - mv)
+    vv = vv * h_b2 + (1.0 - h_b2) * (gv * gv)
+    x = x * h_decay - h_step * (mv / (tl.sqrt_rn(vv) / h_bc2 + h_eps))
+    tl.store(m + offs, mv.to(m.dtype.element_ty), mask=mask)
+    tl.store(v + offs, vv.to(v.dtype.element_ty), mask=mask)
+    if active:
+        if MASKED:
+            a = tl.load(t0 + offs, mask=mask, other=0.0).to(tl.float32)
+            gs = tl.load(G + offs, mask=mask, other=0.0)
+            lanes = mask
+        else:
+            a = tl.load(t0 + offs).to(tl.float32)
+            gs = tl.load(G + offs)
+            lanes = offs >= 0  # every lane
+        c, _ = _c_raw(a, gs, pm, ps, pz, fm, fs, fz, lanes)
+        x = a + tl.minimum(c * inv_m, 1.0) * (x - a)
+    tl.store(w + offs, x.to(w.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def spider_adamw_blend_kernel(
+    w_base, g_base, m_base, v_base, t0_base, G_base,
+    w_table, g_table, m_table, v_table, t0_table, G_table,
+    chunk_tensor_ptr, chunk_start_ptr, numel_ptr, hyper_ptr, pre_ptr, ft_ptr, sel_ptr,
+    ALIGNED: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Program = one chunk of one tensor t: the fused AdamW + blend pass over it. hyper[t] holds
+    t's AdamW scalars; sel[t] = (Σ c_raw, count) decides the blend (none when count is 0)."""
+    pid = tl.program_id(0)
+    t = tl.load(chunk_tensor_ptr + pid)
+    start = tl.multiple_of(tl.load(chunk_start_ptr + pid), CHUNK)
+    n = tl.load(numel_ptr + t)
+    w = _operand(w_base, w_table, t, ALIGNED)
+    g = _operand(g_base, g_table, t, ALIGNED)
+    m = _operand(m_base, m_table, t, ALIGNED)
+    v = _operand(v_base, v_table, t, ALIGNED)
+    t0 = _operand(t0_base, t0_table, t, ALIGNED)
+    G = _operand(G_base, G_table, t, ALIGNED)
+    h = hyper_ptr + 6 * t
+    h_decay = tl.load(h).to(tl.float32)
+    h_step = tl.load(h + 1).to(tl.float32)
+    h_b1 = tl.load(h + 2).to(tl.float32)
+    h_b2 = tl.load(h + 3).to(tl.float32)
+    h_eps = tl.load(h + 4).to(tl.float32)
+    h_bc2 = tl.load(h + 5).to(tl.float32)
+    pm, ps, pz = _r_stats(pre_ptr, t)
+    fm, fs, fz = _r_stats(ft_ptr, t)
+    inv_m, active = _inverse_mean(sel_ptr, t)
+    if start + CHUNK <= n:  # a full chunk: no masks, so the loads can be vectorised
+        for i in range(0, CHUNK, BLOCK):
+            offs = start + i + tl.max_contiguous(tl.multiple_of(tl.arange(0, BLOCK), BLOCK), BLOCK)
+            _fused_block(
+                w, g, m, v, t0, G, offs, n, h_decay, h_step, h_b1, h_b2, h_eps, h_bc2,
+                pm, ps, pz, fm, fs, fz, inv_m, active, MASKED=False,
+            )  # fmt: skip
+    else:
+        for i in range(0, CHUNK, BLOCK):
+            offs = start + i + tl.arange(0, BLOCK)
+            _fused_block(
+                w, g, m, v, t0, G, offs, n, h_decay, h_step, h_b1, h_b2, h_eps, h_bc2,
+                pm, ps, pz, fm, fs, fz, inv_m, active, MASKED=True,
+            )  # fmt: skip
+
+
+def _fused_bytes(a, grid):
+    # Per element: w, m, v read and written, g and θ₀ read (the parameter dtype), G read (fp32).
+    # An upper bound by less than one chunk per tensor, as for the SPIDER passes.
+    size = a["w_base"].element_size()
+    return 0, grid[0] * a["CHUNK"] * (8 * size + 4)
+
+
+# The static model's analytic cost of the launch (see kernels/importance.py's COSTS).
+COSTS = {"spider_adamw_blend_kernel": _fused_bytes}
