@@ -8,8 +8,13 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
-# What a measured provider is beside: the case's predictions by name.
-SPIDER_PAIRS = {"fastpeft": "predicted_fused_us", "adamw": "predicted_adamw_us"}
+# What a measured provider is beside: the case's predictions by name. The spider suite's
+# "fastpeft" provider is Spider's step after AdamW's; "spider_adamw" is SpiderAdamW's whole step
+# (the static SPIDER cases say which they model in their "step" field).
+SPIDER_PAIRS = {
+    "Spider after AdamW": {"fastpeft": "predicted_fused_us", "adamw": "predicted_adamw_us"},
+    "SpiderAdamW": {"spider_adamw": "predicted_fused_us", "adamw": "predicted_adamw_us"},
+}
 LAYER_PAIRS = {"fastpeft": "predicted_fused_us", "base": "predicted_base_us",
                "eager": "predicted_eager_us"}  # fmt: skip
 # PEFT's provider with the case's adapter dtype: its default keeps fp32 adapters.
@@ -41,7 +46,9 @@ def _predictions_for(case: dict, row: dict, data: dict) -> dict[str, str]:
     """{measured provider: prediction field} when `row` measured `case`, else {}."""
     if case["method"] == "spider":
         same = row.get("suite") == "spider" and row.get("elements") == case.get("elements")
-        return SPIDER_PAIRS if same and row.get("dtype") == case["adapter_dtype"] else {}
+        if not same or row.get("dtype") != case["adapter_dtype"]:
+            return {}
+        return SPIDER_PAIRS.get(case.get("step", "Spider after AdamW"), {})
     if case.get("path", "fused") != "fused" or case.get("allow_tf32"):
         return {}  # the bench measures the default path, with torch's default TF32 setting
     size = case.get("r", case.get("H"))

@@ -132,11 +132,12 @@ def _splits_over_m(target, M: int, block_m: int, programs: int, streamed: int,
                    partial: int) -> tuple[int, int]:  # fmt: skip
     """(rows per split, splits) of a weight gradient's reduction over M for a launch of
     `programs` output tiles. Splits are for SMs the tiles leave idle: among 1 and up to twice
-    the splits that cover the SMs once, the count whose last round of one CTA per SM is
-    fullest (the fewest on a tie), kept only where it covers at least 10% more of the GPU than one split (partials to
-    write and sum, for occupancy alone, do not pay: dW at H = 256 is 128 tiles on 132 SMs), and
-    capped so that the fp32 partials (`partial` bytes per split) cost at most half of the
-    `streamed` bytes. The interpreter takes two splits, so the CPU tests run the partial sums."""
+    the splits that cover the SMs once, the count whose last round of one CTA per SM is fullest
+    (the fewest on a tie), kept only where it covers at least 10% more of the GPU than one split
+    (partials to write and sum, for occupancy alone, do not pay: dW at H = 256 is 128 tiles on
+    132 SMs), and capped so that the fp32 partials (`partial` bytes per split) cost at most half
+    of the `streamed` bytes. The interpreter takes two splits, so the CPU tests run the partial
+    sums."""
     blocks = triton.cdiv(M, block_m)
     sms = target.sm_count
 

@@ -153,6 +153,25 @@ def test_measured_rows_of_the_same_case_are_put_beside_the_model(tmp_path):
     assert beside_measurements([case], "sm_80", tmp_path) == []
 
 
+def test_spider_measurements_go_beside_the_step_they_timed(tmp_path):
+    from fastpeft.static.calibration import beside_measurements
+
+    base = {"method": "spider", "adapter_dtype": "bfloat16", "dropout": 0.0, "elements": 10,
+            "predicted_fused_us": 5.0, "predicted_adamw_us": 2.0}  # fmt: skip
+    spider = {**base, "case": "spider", "step": "Spider after AdamW"}
+    fused = {**base, "case": "SpiderAdamW step", "step": "SpiderAdamW"}
+    rows = [{"suite": "spider", "elements": 10, "dtype": "bfloat16", "provider": p,
+             "median_ms": ms} for p, ms in (("fastpeft", 0.004), ("spider_adamw", 0.006),
+                                            ("adamw", 0.002))]  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps({"device": "NVIDIA H200", "rows": rows}))
+    found = {(m["case"], m["what"]): m["measured_us"]
+             for m in beside_measurements([spider, fused], "sm_90", tmp_path)}  # fmt: skip
+    # Spider's step is beside Spider's case only, SpiderAdamW's beside SpiderAdamW's.
+    assert found == {("spider", "fastpeft"): 4.0, ("spider", "adamw"): 2.0,
+                     ("SpiderAdamW step", "spider_adamw"): 6.0,
+                     ("SpiderAdamW step", "adamw"): 2.0}  # fmt: skip
+
+
 def test_issue_time_counts_the_loop_body_per_step_and_the_rest_per_program():
     from fastpeft.static.costing import _base_instructions_per_element
 
