@@ -154,7 +154,7 @@ ia3_linear_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 class EagerIA3Linear(torch.autograd.Function):
     """The same forward and backward as the custom ops, for eager calls: a custom op's dispatcher
-    round trips and autograd registration cost about 120 µs per forward + backward on a CPU
+    round trips and autograd registration cost 90–120 µs per forward + backward on a CPU
     (measured on this project's 2-core VM), as much as IA3's own elementwise work at bench
     shapes. torch.compile needs the ops (`fastpeft.functional.ia3_linear` uses them while
     compiling); eager calls take this Function, which runs the same implementation, counted

@@ -24,6 +24,13 @@ def _model():
     return testing.make_lora_model(testing.tiny_llama(num_layers=1), dropout=0.1)
 
 
+def _assert_each_call_took_one_of_the_two(report, model, calls_each: int) -> None:
+    """Every patched module's calls went either the fused way or PEFT's (the rule's reason)."""
+    for name, calls in report.usage(model).items():
+        peft_won = calls["fallbacks"].get(cpu_rule.REASON, 0)
+        assert calls["fused"] + peft_won == calls_each, name
+
+
 def test_each_kind_is_timed_once_and_runs_the_faster_forward(rule_on):
     model = _model()
     batch = testing.causal_lm_batch(model)
@@ -36,10 +43,7 @@ def test_each_kind_is_timed_once_and_runs_the_faster_forward(rule_on):
     assert timed and all(t["fused"] > 0 and t["peft"] > 0 for t in timed.values())
     logits(model, batch)
     assert cpu_rule.decisions() == timed  # decided once per kind
-    usage = report.usage(model)
-    for name, calls in usage.items():
-        peft_won = calls["fallbacks"].get(cpu_rule.REASON, 0)
-        assert calls["fused"] + peft_won == 2, name  # every call took one of the two
+    _assert_each_call_took_one_of_the_two(report, model, calls_each=2)
     # Which path won is the machine's; both give PEFT's numbers.
     testing.assert_close_fp32(got, want, rtol=1e-5)
 
@@ -80,9 +84,7 @@ def test_ia3_layers_take_the_faster_forward_too(rule_on):
     # k/v (output scaling) and down_proj (input scaling): their own kinds, each timed once
     # (the last field: training or not).
     assert {key[-2] for key in timed} == {False, True} and {key[-1] for key in timed} == {False}
-    for name, calls in report.usage(model).items():
-        peft_won = calls["fallbacks"].get(cpu_rule.REASON, 0)
-        assert calls["fused"] + peft_won == 2, name
+    _assert_each_call_took_one_of_the_two(report, model, calls_each=2)
     testing.assert_close_fp32(got, want, rtol=1e-5)
 
 
