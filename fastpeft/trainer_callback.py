@@ -8,6 +8,7 @@ the patch report once to the Trainer's logger.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from transformers import TrainerCallback
@@ -26,10 +27,15 @@ class FastPeftCallback(TrainerCallback):
         strict: as for `fastpeft.patch`: raise, listing every reason, when a PEFT layer cannot
             take the fused path.
 
-    `report` holds the `PatchReport` once training began. The hook sees the unwrapped model
-    (DDP, FSDP and torch.compile wrappers call its forward), and patching is per instance and
-    idempotent, so a second `train()` (resuming, for one) patches nothing twice and logs once.
-    Evaluation before the first `train()` runs unpatched, with PEFT's own (equal) numbers.
+    `report` holds the `PatchReport` of the last model patched. The hook sees the unwrapped
+    model (DDP, FSDP and torch.compile wrappers call its forward), and patching is per instance
+    and idempotent, so a second `train()` of the same model (resuming, for one) patches nothing
+    twice and logs nothing again; a Trainer with `model_init` (hyperparameter search) builds a
+    new model per run, and each is patched and logged. Evaluation before the first `train()` runs
+    unpatched, with PEFT's own (equal) numbers.
+
+    The class itself may be passed (``callbacks=[fastpeft.FastPeftCallback]``): the Trainer
+    instantiates it with the defaults.
     """
 
     def __init__(self, backend: str = "auto", strict: bool = False) -> None:
@@ -41,6 +47,7 @@ class FastPeftCallback(TrainerCallback):
         self.backend = backend
         self.strict = strict
         self.report: PatchReport | None = None
+        self._logged: weakref.WeakSet = weakref.WeakSet()  # models whose report was logged
 
     def on_train_begin(self, args, state, control, model: Any = None, **kwargs):
         if model is None:
@@ -48,7 +55,8 @@ class FastPeftCallback(TrainerCallback):
                 "FastPeftCallback: the Trainer passed no model to on_train_begin; "
                 "patch the model yourself with fastpeft.patch(model)"
             )
-        first = self.report is None
         self.report = patch(model, backend=self.backend, strict=self.strict)
-        if first and state.is_world_process_zero:
-            logger.info(str(self.report))
+        if model not in self._logged:
+            self._logged.add(model)
+            if state.is_world_process_zero:
+                logger.info(str(self.report))

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import FLOAT_DTYPES
+from .quantised import quantised_reason
 
 STATE_ATTR = "_fastpeft_state"
 
@@ -159,6 +160,9 @@ def peft_call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) 
 def peft_linear_reasons(module: nn.Module, linear_class: type, label: str) -> list[str]:
     """Why a PEFT tuner layer (LoRA, IA3) is not a plain `linear_class` over a frozen plain
     nn.Linear, which is what the fused linears compute; [] if it is."""
+    quantised = quantised_reason(module, base_layer_of(module))
+    if quantised is not None:
+        return [quantised]
     if not isinstance(module, linear_class):
         return [f"{label} layer type {type(module).__name__} is not supported (only Linear)"]
     if type(module) is not linear_class:

@@ -48,10 +48,12 @@ from .batches import (
     llava_batch,
     llava_image_tokens,
 )
+from .caption_chats import caption_chats
 from .llama_models import tiny_idefics3, tiny_llama, tiny_llava
 from .peft_models import language_model_linear_names, language_model_lora_targets, make_lora_model
 from .precision import forward_backward, fp64_batch, fp64_copy, fp64_forward_backward
 from .qwen_models import qwen2_vl_batch, qwen2_vl_image_tokens, tiny_qwen2_5_vl, tiny_qwen2_vl
+from .vlm_processors import processor_image_size, tiny_processor
 
 __all__ = [
     "BOS_ID",
@@ -63,6 +65,7 @@ __all__ = [
     "assert_close_fp32",
     "assert_within_dtype_budget",
     "assert_within_reference_budget",
+    "caption_chats",
     "causal_lm_batch",
     "find_language_model",
     "fp64_batch",
@@ -77,11 +80,13 @@ __all__ = [
     "llava_image_tokens",
     "make_lora_model",
     "qwen2_vl_batch",
+    "processor_image_size",
     "qwen2_vl_image_tokens",
     "tf32_disabled",
     "tiny_idefics3",
     "tiny_llama",
     "tiny_llava",
+    "tiny_processor",
     "tiny_qwen2_5_vl",
     "tiny_qwen2_vl",
 ]

@@ -297,6 +297,36 @@ def test_fastpeft_callback_patches_at_train_begin_like_patching_by_hand(tmp_path
     assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
 
 
+def test_fastpeft_callback_patches_each_model_of_model_init(tmp_path):
+    # model_init (as in hyperparameter search): every train() builds a fresh model, and each
+    # must be patched and reported, not only the first.
+    callback = fastpeft.FastPeftCallback(backend="torch")
+    records = _Records()
+    trainer_logger = logging.getLogger("transformers.trainer")
+    trainer_logger.addHandler(records)
+    level = trainer_logger.level
+    trainer_logger.setLevel(logging.INFO)
+    try:
+        trainer = transformers.Trainer(
+            model_init=_lora_llava,
+            args=_args(tmp_path, max_steps=1),
+            train_dataset=_Rows(_lora_llava()),
+            data_collator=_stack,
+            callbacks=[callback],
+        )
+        models = []
+        for _ in range(2):
+            trainer.train()
+            models.append(trainer.model)
+    finally:
+        trainer_logger.removeHandler(records)
+        trainer_logger.setLevel(level)
+    assert models[0] is not models[1]
+    for model in models:
+        assert fused_calls(model) > 0 and _fallbacks(model) == {}
+    assert len([m for m in records.messages if m.startswith("fastpeft: patched")]) == 2
+
+
 def test_fastpeft_callback_with_spider_and_gradient_checkpointing(tmp_path):
     model = _lora_llava()
     spider = fastpeft.Spider(model)

@@ -1,0 +1,61 @@
+"""``TrainingArguments(torch_compile=True)`` with ``fastpeft.FastPeftCallback``: the Trainer
+compiles the model (inductor, its default backend) and the callback patches it before the first
+step, so the compiled graphs hold fastpeft's ops. Kept out of test_trainer.py, whose numerics CI
+reruns under other CPU kernels: one inductor compile of tiny LLaVA takes about half a minute."""
+
+import copy
+
+import pytest
+import torch
+
+import fastpeft
+from fastpeft import FastPeftCallback, testing
+from fastpeft.ops import _counters
+from fastpeft.testing import assert_all_within_reference_budget, assert_within_reference_budget
+
+from .test_trainer import _args, _lora_llava, _lora_params, _losses, _trainer
+
+pytest.importorskip("accelerate")
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_fastpeft_callback_under_torch_compile(tmp_path, fresh_dynamo):
+    plain = _lora_llava()
+    compiled = copy.deepcopy(plain)  # identical initial weights
+    exact = testing.fp64_copy(plain)  # the reference the error budgets are measured against
+    runs = {}
+    for name, model in (("plain", plain), ("exact", exact)):
+        trainer = _trainer(model, _args(tmp_path / name, max_steps=3))
+        trainer.train()
+        runs[name] = (torch.tensor(_losses(trainer), dtype=torch.float64), _lora_params(model))
+
+    args = _args(tmp_path / "compiled", max_steps=3, torch_compile=True)
+    # The class, not an instance: the Trainer instantiates callbacks passed as classes.
+    trainer = _trainer(compiled, args, callbacks=[fastpeft.FastPeftCallback])
+    _counters.reset()
+    trainer.train()
+    runs["compiled"] = (torch.tensor(_losses(trainer), dtype=torch.float64), _lora_params(compiled))
+
+    assert isinstance(trainer.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)
+    # Every patched layer's forward and backward ran the fused op inside the compiled graphs in
+    # each of the three steps (the op counts itself when it runs, compiled or not).
+    (switch,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, FastPeftCallback)]
+    layers = len(switch.report.patched)
+    assert _counters.launches["lora_fwd:torch"] == 3 * layers > 0
+    assert _counters.launches["lora_bwd:torch"] == 3 * layers
+
+    (plain_losses, plain_params), (got_losses, got_params) = runs["plain"], runs["compiled"]
+    exact_losses, exact_params = runs["exact"]
+    assert len(got_losses) == len(plain_losses) == 3
+    assert_within_reference_budget(
+        got_losses.float(), plain_losses.float(), exact_losses, name="loss"
+    )
+    assert_all_within_reference_budget(
+        got_params, plain_params, exact_params, what="param", norm="rms"
+    )
