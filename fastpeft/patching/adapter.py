@@ -30,8 +30,10 @@ def dropout_p(module: nn.Module) -> float:
 def call_fallback_reason(module: nn.Module, z: torch.Tensor, residual) -> str | None:
     if z.dtype not in FLOAT_DTYPES:
         return "input dtype is not fp32/fp16/bf16"
-    if torch.is_autocast_enabled(z.device.type):
-        return "autocast enabled"
+    # Only z counts: fp32 adapter weights on a 16-bit stream are the fused op's own mixed case.
+    autocast = base.autocast_reason(z)
+    if autocast is not None:
+        return autocast
     if module.up.weight.shape[0] != module.down.weight.shape[1]:
         return "parallel adapter with in_features != out_features (the fused op is square)"
     if residual is not None and residual.shape != z.shape:
@@ -48,13 +50,14 @@ def fused_forward(self: nn.Module, z: torch.Tensor, residual: torch.Tensor | Non
         base.count(state, reason)
         return base.original_forward(self)(z, residual)
     base.count(state)
-    return functional.adapter(
-        z,
-        self.down.weight,
-        self.up.weight,
-        self.scaling,
-        self.non_linearity,
-        dropout_p(self),
-        residual,
-        backend=state.backend,
-    )
+    with base.autocast_off(z):
+        return functional.adapter(
+            z,
+            self.down.weight,
+            self.up.weight,
+            self.scaling,
+            self.non_linearity,
+            dropout_p(self),
+            residual,
+            backend=state.backend,
+        )

@@ -63,15 +63,16 @@ def fused_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Te
         base.count(state, reason)
         return base.original_forward(self)(x, *args, **kwargs)
     base.count(state)
-    u, v = functional.adapter_pair(
-        x,
-        first.down.weight,
-        first.up.weight,
-        second.down.weight,
-        second.up.weight,
-        first.scaling,
-        first.non_linearity,
-        single.dropout_p(first),
-        backend=state.backend,
-    )
+    with base.autocast_off(x):
+        u, v = functional.adapter_pair(
+            x,
+            first.down.weight,
+            first.up.weight,
+            second.down.weight,
+            second.up.weight,
+            first.scaling,
+            first.non_linearity,
+            single.dropout_p(first),
+            backend=state.backend,
+        )
     return self.down_proj(self.act_fn(self.gate_proj.forward(u)) * self.up_proj.forward(v))

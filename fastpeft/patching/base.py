@@ -5,6 +5,7 @@ A patched module gets a `forward` bound on the instance (the class is never touc
 accelerate hooks keep their hook: the hook's `_old_forward` is what gets replaced.
 """
 
+import contextlib
 import types
 from collections import Counter
 from collections.abc import Callable
@@ -137,6 +138,38 @@ def base_layer_of(module: nn.Module) -> nn.Module:
     return layer
 
 
+def autocast_reason(x: torch.Tensor, *weights: torch.Tensor) -> str | None:
+    """Why a call under autocast needs the module's own forward, or None.
+
+    Autocast is how the HF Trainer and TRL run bf16/fp16 mixed precision (TRL by default). It
+    only changes what a patched layer computes where it would cast: an input or weight in another
+    dtype than autocast's. With both in autocast's dtype (a model loaded in bf16, the usual way to
+    fine-tune with LoRA), the base product is what it is without autocast, and the fused call runs
+    as it would there (:func:`autocast_off`); PEFT's adapter branch, cast to bf16 by autocast, is
+    matched within the bf16 budget by the fused kernels' fp32-adapter math. Calls with an fp32
+    input or weight under bf16 autocast (plain AMP over an fp32 model) keep PEFT's forward."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    dtype = torch.get_autocast_dtype(device)
+    others = sorted({str(t.dtype) for t in (x, *weights) if t.dtype != dtype})
+    if not others:
+        return None
+    return (
+        f"autocast to {dtype} with a {'/'.join(others)} input or weight (fused under autocast "
+        "when both are in its dtype: load the model in it)"
+    )
+
+
+def autocast_off(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast switched off for a fused call on `x` (its tensors are already in autocast's
+    dtype, see `autocast_reason`): the kernels' internal casts stay their own."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
+
+
 def peft_call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) -> str | None:
     """Per-call states of a PEFT tuner layer (LoRA, IA3) that need PEFT's own forward."""
     if module.disable_adapters:
@@ -146,10 +179,11 @@ def peft_call_fallback_reason(module: nn.Module, x: torch.Tensor, args, kwargs) 
     if args or kwargs:
         return "extra forward arguments"
     base_layer = base_layer_of(module)
+    autocast = autocast_reason(x, base_layer.weight)
+    if autocast is not None:
+        return autocast
     if x.dtype != base_layer.weight.dtype:
         return "input dtype differs from the base weight dtype"
-    if torch.is_autocast_enabled(x.device.type):
-        return "autocast enabled"
     if base_layer.weight.requires_grad or (
         base_layer.bias is not None and base_layer.bias.requires_grad
     ):
@@ -189,6 +223,7 @@ def routed_forward(call_fallback_reason: Callable, fused_call: Callable) -> Call
             count(state, reason)
             return original_forward(self)(x, *args, **kwargs)
         count(state)
-        return fused_call(self, x, state.backend)
+        with autocast_off(x):
+            return fused_call(self, x, state.backend)
 
     return forward

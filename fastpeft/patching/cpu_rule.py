@@ -38,11 +38,12 @@ def kind(
     method: str, x: torch.Tensor, weight: torch.Tensor, adapter: torch.Tensor, *extra
 ) -> tuple:
     """The key calls share a decision under: `method`, the token count's power-of-two bucket,
-    the base weight's shape, the dtypes, the adapter tensor's shape, and `extra` (dropout on,
-    IA3's scaling side)."""
+    the base weight's shape, the dtypes, the adapter tensor's shape, whether autocast is on
+    (PEFT's forward then casts) and `extra` (dropout on, IA3's scaling side)."""
     tokens = x.numel() // x.shape[-1] if x.dim() else 1
     shape = (_bucket(tokens), tuple(weight.shape), tuple(adapter.shape))
-    return (method, *shape, x.dtype, adapter.dtype, *extra)
+    autocast = torch.is_autocast_enabled(x.device.type)
+    return (method, *shape, x.dtype, adapter.dtype, autocast, *extra)
 
 
 def peft_is_faster(key: tuple, fused, own, train: bool, trainable=list) -> bool:
@@ -61,7 +62,10 @@ def peft_is_faster(key: tuple, fused, own, train: bool, trainable=list) -> bool:
         if torch.compiler.is_compiling():
             return False
         tensors = [p for p in trainable() if p.requires_grad] if train else []
-        found = {"fused": _best(fused, tensors), "peft": _best(own, tensors)}
+        # The rule only routes CPU calls; a fused call runs with autocast off (base.autocast_off).
+        with torch.autocast("cpu", enabled=False):
+            fused_seconds = _best(fused, tensors)
+        found = {"fused": fused_seconds, "peft": _best(own, tensors)}
         _timings[key] = found
     return found["peft"] < found["fused"]
 

@@ -2,8 +2,9 @@
 
 The README's ``<!-- recipe: NAME -->`` blocks are executed: ``common`` then each recipe, in a
 fresh namespace holding what the README says they start from (``model``, ``processor``,
-``dataset``), here a tiny random-weight LLaVA, its locally built processor and the synthetic
-caption chats. Each run must train on the fused path: every patched layer's calls fused, none
+``dataset``), here a tiny random-weight LLaVA in bf16 (as the README loads its model), its
+locally built processor and the synthetic caption chats. The TRL recipe runs under TRL's default
+bf16 autocast. Each run must train on the fused path: every patched layer's calls fused, none
 handed back to PEFT.
 """
 
@@ -37,7 +38,7 @@ def test_recipe_trains_on_the_fused_path(recipe, tmp_path, monkeypatch, capsys):
     if recipe == "trl":
         pytest.importorskip("trl")
     monkeypatch.chdir(tmp_path)  # the recipes write their output directories here
-    model = testing.tiny_llava()
+    model = testing.tiny_llava(dtype=torch.bfloat16)  # loaded in bf16, as in the README
     rows = testing.caption_chats(8, testing.processor_image_size(model.config), seed=0)
     namespace = {
         "model": model,
@@ -52,7 +53,7 @@ def test_recipe_trains_on_the_fused_path(recipe, tmp_path, monkeypatch, capsys):
     # Every LoRA layer of the language model (7 linears in each of the 2 layers) was patched,
     # and all of their calls took the fused path.
     assert len([m for m in trained.modules() if fastpeft.is_patched(m)]) == 14
-    assert fused_calls(trained) > 0 and _fallbacks(trained) == {}
+    assert _fallbacks(trained) == {} and fused_calls(trained) > 0
     if recipe == "loop":
         assert "fastpeft: patched 14 LoRA modules" in capsys.readouterr().out
     else:

@@ -120,13 +120,6 @@ def test_checkpointed_grads_equal_unpatched(method, reentrant):
 SMALL = {"num_layers": 1, "vision_layers": 1}
 
 
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def _warm_up(model, batch):
     # transformers installs its output-capturing hooks on the first call, under a threading.Lock
     # that dynamo cannot trace (a graph break in transformers, not fastpeft): take it eagerly.

@@ -1,7 +1,8 @@
-"""Mixed dtypes and checkpoints across patching: bf16 base + fp32 adapters, an fp16 base under
-autocast, fp32 everywhere train without dtype errors wherever stock PEFT does and give PEFT's
-numbers (within the dtype budget); a checkpoint saved from a patched model loads into an
-unpatched one and vice versa; patching is idempotent for every method."""
+"""Mixed dtypes and checkpoints across patching: bf16 base + fp32 adapters, fp16 and bf16 models
+under autocast (fused) and an fp32 one under it (PEFT's forward), fp32 everywhere train without
+dtype errors wherever stock PEFT does and give PEFT's numbers (within the dtype budget); a
+checkpoint saved from a patched model loads into an unpatched one and vice versa; patching is
+idempotent for every method."""
 
 import pytest
 import torch
@@ -9,7 +10,12 @@ from peft import PeftModel
 
 import fastpeft
 from fastpeft import mllm, testing
-from fastpeft.testing import assert_close_fp32
+from fastpeft.patching import base
+from fastpeft.testing import (
+    assert_all_within_reference_budget,
+    assert_close_fp32,
+    assert_within_reference_budget,
+)
 
 from ..mllm.helpers import fused_calls, grads, perturb_trainable
 
@@ -64,17 +70,41 @@ def test_mixed_dtypes_match_peft(method, dtype, adapters_fp32):
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3", "adapter"])
-def test_fp16_base_under_autocast_gives_peft_numbers(method):
-    """Under autocast the patched layers hand the call to the stock path (fastpeft's kernels take
-    one dtype); the step must run and equal stock PEFT exactly."""
-    fused, batch = _setup(method, torch.float16)
-    plain, _ = _setup(method, torch.float16)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_autocast_over_a_model_in_its_dtype_takes_the_fused_path(method, dtype):
+    """Autocast is the HF Trainer's and TRL's mixed precision. Over a model loaded in autocast's
+    dtype the fused path runs every call, and its loss and gradients stay within the error budget
+    of stock PEFT under the same autocast, both measured against an fp64 run."""
+    fused, batch = _setup(method, dtype)
+    plain, _ = _setup(method, dtype)
     fastpeft.unpatch(plain)
-    loss, got = _loss_and_grads(fused, batch, autocast=torch.float16)
-    ref_loss, want = _loss_and_grads(plain, batch, autocast=torch.float16)
-    assert torch.isfinite(loss) and torch.equal(loss, ref_loss)
-    for name in want:
-        assert torch.equal(got[name], want[name]), name
+    exact = testing.fp64_copy(plain)
+    loss, got = _loss_and_grads(fused, batch, autocast=dtype)
+    assert fused_calls(fused) > 0
+    assert all(not base.state_of(m).fallbacks for m in fused.modules() if base.is_patched(m))
+    ref_loss, want = _loss_and_grads(plain, batch, autocast=dtype)
+    exact_loss, exact_grads = _loss_and_grads(exact, testing.fp64_batch(batch))
+    assert_within_reference_budget(loss, ref_loss, exact_loss, name="loss")
+    assert got.keys() == want.keys() == exact_grads.keys() and len(want) > 0
+    assert_all_within_reference_budget(got, want, exact_grads, what="grad", norm="rms")
+
+
+def test_autocast_over_an_fp32_model_keeps_peft_forward():
+    """Plain AMP (bf16 autocast over fp32 weights) would cast per call: PEFT's forward runs, with
+    the reason counted, and the numbers are PEFT's exactly."""
+    fused, batch = _setup("lora", torch.float32)
+    plain, _ = _setup("lora", torch.float32)
+    fastpeft.unpatch(plain)
+    loss, got = _loss_and_grads(fused, batch, autocast=torch.bfloat16)
+    ref_loss, want = _loss_and_grads(plain, batch, autocast=torch.bfloat16)
+    assert fused_calls(fused) == 0
+    reasons = {r for m in fused.modules() if base.is_patched(m) for r in base.state_of(m).fallbacks}
+    assert reasons == {
+        "autocast to torch.bfloat16 with a torch.float32 input or weight (fused under autocast "
+        "when both are in its dtype: load the model in it)"
+    }
+    assert torch.equal(loss, ref_loss) and got.keys() == want.keys()
+    assert all(torch.equal(got[n], want[n]) for n in want)
 
 
 def _lora_llava():

@@ -3,6 +3,7 @@ fused path, gradient accumulation matches unpatched PEFT, checkpoints are plain 
 stock ``PeftModel.from_pretrained`` loads, resuming continues exactly, and ``SpiderCallback`` steps
 its Spider once per optimizer step."""
 
+import contextlib
 import copy
 import logging
 
@@ -49,7 +50,9 @@ def _lora_llava():
     return testing.make_lora_model(testing.tiny_llava(), r=8, alpha=16, dropout=0.0)
 
 
-def _args(out_dir, **overrides):
+def _args(out_dir, config_class=None, **overrides):
+    """Quiet, seeded CPU arguments for a few steps (`config_class`: TrainingArguments, or a
+    subclass such as TRL's SFTConfig)."""
     kwargs = dict(
         output_dir=str(out_dir),
         per_device_train_batch_size=2,
@@ -66,7 +69,7 @@ def _args(out_dir, **overrides):
         remove_unused_columns=False,
     )
     kwargs.update(overrides)
-    return transformers.TrainingArguments(**kwargs)
+    return (config_class or transformers.TrainingArguments)(**kwargs)
 
 
 def _trainer(model, args, callbacks=None):
@@ -250,6 +253,36 @@ def test_spider_callback_with_gradient_accumulation(tmp_path):
     assert any(bool((~m).any()) for m in moved)
 
 
+def test_spider_callback_checkpoints_resume_exactly(tmp_path):
+    args = _args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    full = _lora_llava()
+    fastpeft.patch(full, backend="torch")
+    spider = fastpeft.Spider(full)
+    _trainer(full, args, callbacks=[fastpeft.SpiderCallback(spider)]).train()
+    want, want_G = _lora_params(full), [g.clone() for g in spider.G]
+    assert (tmp_path / "checkpoint-2" / "spider.pt").is_file()
+
+    def resume(callback_kwargs):
+        # A fresh process: the same model rebuilt and patched, a new Spider (θ₀ of the rebuilt
+        # weights, G = 0), resuming from checkpoint-2 into another output_dir.
+        model = _lora_llava()
+        fastpeft.patch(model, backend="torch")
+        spider = fastpeft.Spider(model)
+        callback = fastpeft.SpiderCallback(spider, **callback_kwargs)
+        trainer = _trainer(model, _args(tmp_path / "resumed", max_steps=4), callbacks=[callback])
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+        return model, spider
+
+    with pytest.raises(FileNotFoundError, match="resumes at step 2"):
+        resume({})  # its output_dir has no checkpoint-2: the state's folder must be named
+    model, spider = resume({"resume_from": tmp_path / "checkpoint-2"})
+    assert spider.steps == 4
+    # G continued from the checkpoint's (a Spider restarted at step 2 would miss two steps' G).
+    for got, expected in zip(spider.G, want_G, strict=True):
+        assert_close_fp32(got, expected, rtol=1e-5)
+    _assert_params_close(_lora_params(model), want)
+
+
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -259,18 +292,28 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_fastpeft_callback_patches_at_train_begin_like_patching_by_hand(tmp_path):
-    by_hand = _lora_llava()
-    switched = copy.deepcopy(by_hand)  # patched by the callback instead
-    fastpeft.patch(by_hand, backend="torch")
-    callback = fastpeft.FastPeftCallback(backend="torch")
-    assert not any(fastpeft.is_patched(m) for m in switched.modules())
+@contextlib.contextmanager
+def _trainer_log():
+    """The INFO messages the Trainer's logger emits inside the block."""
     records = _Records()
     trainer_logger = logging.getLogger("transformers.trainer")
     trainer_logger.addHandler(records)
     level = trainer_logger.level
     trainer_logger.setLevel(logging.INFO)
     try:
+        yield records.messages
+    finally:
+        trainer_logger.removeHandler(records)
+        trainer_logger.setLevel(level)
+
+
+def test_fastpeft_callback_patches_at_train_begin_like_patching_by_hand(tmp_path):
+    by_hand = _lora_llava()
+    switched = copy.deepcopy(by_hand)  # patched by the callback instead
+    fastpeft.patch(by_hand, backend="torch")
+    callback = fastpeft.FastPeftCallback(backend="torch")
+    assert not any(fastpeft.is_patched(m) for m in switched.modules())
+    with _trainer_log() as messages:
         runs = {}
         for name, model, callbacks in (
             ("by_hand", by_hand, None),
@@ -281,14 +324,9 @@ def test_fastpeft_callback_patches_at_train_begin_like_patching_by_hand(tmp_path
             runs[name] = (_losses(trainer), _lora_params(model))
         # A second train() (as when resuming) patches nothing twice and logs nothing again.
         _trainer(switched, _args(tmp_path / "again", max_steps=1), callbacks=[callback]).train()
-    finally:
-        trainer_logger.removeHandler(records)
-        trainer_logger.setLevel(level)
 
     assert callback.report is not None and len(callback.report.patched) > 0
-    assert [m for m in records.messages if m.startswith("fastpeft: patched")] == [
-        str(callback.report)
-    ]
+    assert [m for m in messages if m.startswith("fastpeft: patched")] == [str(callback.report)]
     assert fused_calls(switched) > 0 and _fallbacks(switched) == {}
     # The callback does exactly what patching by hand does (whose numbers the gradient
     # accumulation test above judges against unpatched PEFT and fp64): the same run, bit for bit.
@@ -301,12 +339,7 @@ def test_fastpeft_callback_patches_each_model_of_model_init(tmp_path):
     # model_init (as in hyperparameter search): every train() builds a fresh model, and each
     # must be patched and reported, not only the first.
     callback = fastpeft.FastPeftCallback(backend="torch")
-    records = _Records()
-    trainer_logger = logging.getLogger("transformers.trainer")
-    trainer_logger.addHandler(records)
-    level = trainer_logger.level
-    trainer_logger.setLevel(logging.INFO)
-    try:
+    with _trainer_log() as messages:
         trainer = transformers.Trainer(
             model_init=_lora_llava,
             args=_args(tmp_path, max_steps=1),
@@ -318,13 +351,10 @@ def test_fastpeft_callback_patches_each_model_of_model_init(tmp_path):
         for _ in range(2):
             trainer.train()
             models.append(trainer.model)
-    finally:
-        trainer_logger.removeHandler(records)
-        trainer_logger.setLevel(level)
     assert models[0] is not models[1]
     for model in models:
         assert fused_calls(model) > 0 and _fallbacks(model) == {}
-    assert len([m for m in records.messages if m.startswith("fastpeft: patched")]) == 2
+    assert len([m for m in messages if m.startswith("fastpeft: patched")]) == 2
 
 
 def test_fastpeft_callback_with_spider_and_gradient_checkpointing(tmp_path):

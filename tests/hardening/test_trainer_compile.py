@@ -18,13 +18,6 @@ from .test_trainer import _args, _lora_llava, _lora_params, _losses, _trainer
 pytest.importorskip("accelerate")
 
 
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def test_fastpeft_callback_under_torch_compile(tmp_path, fresh_dynamo):
     plain = _lora_llava()
     compiled = copy.deepcopy(plain)  # identical initial weights

@@ -20,7 +20,7 @@ from fastpeft.testing import (
 )
 
 from ..mllm.helpers import fused_calls
-from .test_trainer import _fallbacks, _lora_params, _losses
+from .test_trainer import _args, _fallbacks, _lora_params, _losses
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
@@ -43,24 +43,10 @@ def _lora_config(model) -> "peft.LoraConfig":
 
 
 def _sft_args(out_dir, **overrides):
-    kwargs = dict(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=3,
-        learning_rate=5e-3,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    kwargs.update(overrides)
-    return trl.SFTConfig(**kwargs)
+    # TRL's defaults kept where they matter here: gradient checkpointing on. bf16 autocast (its
+    # default) only where a test asks: the fp32 runs are judged with fp32's error budget.
+    overrides = dict(gradient_accumulation_steps=2, max_steps=3, bf16=False) | overrides
+    return _args(out_dir, trl.SFTConfig, **overrides)
 
 
 def _sft(make, out_dir, callbacks=None, dtype=torch.float32, **overrides):
@@ -167,3 +153,27 @@ def test_spider_adamw_through_optimizer_cls_and_kwargs(tmp_path):
         # Two fp32 runs of the same three steps differing only in rounding order (SPEC §7).
         assert_close_fp32(fused_params[name], plain_params[name], rtol=1e-4, name=name)
     assert _losses(fused) == pytest.approx(_losses(runs["plain"]), rel=1e-5)
+
+
+def test_sft_trainer_bf16_autocast_default_takes_the_fused_path(tmp_path):
+    """TRL's default mixed precision (bf16=True: autocast) over a model loaded in bf16: every
+    call fused, within the bf16 error budget of the same unpatched run against fp64."""
+    switch = fastpeft.FastPeftCallback(backend="torch")
+    make = FAMILIES["llava"]
+    runs = {
+        "plain": _sft(make, tmp_path / "plain", dtype=torch.bfloat16, bf16=True),
+        "fused": _sft(make, tmp_path / "fused", [switch], dtype=torch.bfloat16, bf16=True),
+        "exact": _sft(make, tmp_path / "exact", dtype=torch.float64),
+    }
+    fused = runs["fused"].model
+    assert runs["fused"].args.bf16 and next(fused.parameters()).dtype == torch.bfloat16
+    assert fused_calls(fused) > 0 and _fallbacks(fused) == {}
+    losses = {k: torch.tensor(_losses(t), dtype=torch.float64) for k, t in runs.items()}
+    assert_within_reference_budget(
+        losses["fused"].float(), losses["plain"].float(), losses["exact"], name="loss"
+    )
+    params = {k: _lora_params(t.model) for k, t in runs.items()}
+    # Adapters stay fp32 in both bf16 runs (PEFT's autocast_adapter_dtype); compared as fp32.
+    assert_all_within_reference_budget(
+        params["fused"], params["plain"], params["exact"], what="param", norm="rms"
+    )
