@@ -7,23 +7,27 @@ from fastpeft import testing
 from fastpeft.ops import _counters
 
 
-def check_bf16_llava_patched_matches_peft(wrap, launches):
+def check_bf16_llava_patched_matches_peft(wrap, launches, autocast: bool = False):
     """`wrap` (a PEFT method's get_peft_model) a bf16 tiny LLaVA on the GPU; patch it with the
     automatic backend (Triton here) and redo one forward/backward: every counter in `launches`
     counts one launch per patched module, the loss is PEFT's within 2 % and each trainable
-    gradient within 5 % in relative norm (bf16 rounding, not the kernels, sets these). Returns
-    the patch report."""
+    gradient within 5 % in relative norm (bf16 rounding, not the kernels, sets these). With
+    `autocast`, both runs are under bf16 CUDA autocast (the Trainer's bf16=True). Returns the
+    patch report."""
     model = wrap(testing.tiny_llava(hidden_size=256, dtype=torch.bfloat16).cuda())
     batch = testing.llava_batch(model, seq_len=64)
+    mixed = torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast)
     model.zero_grad()
-    want = model(**batch)
+    with mixed:
+        want = model(**batch)
     want.loss.backward()
     want_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     report = fastpeft.patch(model)
     assert report.backend == "triton" and not report.skipped
     model.zero_grad()
     _counters.reset()
-    got = model(**batch)
+    with mixed:
+        got = model(**batch)
     got.loss.backward()
     for counter in launches:
         assert _counters.launches[counter] == len(report.patched), counter

@@ -41,6 +41,7 @@ def test_m_times_k_beyond_int32():
 
 
 @pytest.mark.parametrize("autocast_adapter_dtype", [True, False])
-def test_bf16_llava_patched_matches_peft(autocast_adapter_dtype):
+@pytest.mark.parametrize("autocast", [False, True], ids=["eager", "under-autocast"])
+def test_bf16_llava_patched_matches_peft(autocast_adapter_dtype, autocast):
     wrap = partial(testing.make_lora_model, autocast_adapter_dtype=autocast_adapter_dtype)
-    check_bf16_llava_patched_matches_peft(wrap, ("lora_fwd:triton",))
+    check_bf16_llava_patched_matches_peft(wrap, ("lora_fwd:triton",), autocast=autocast)
