@@ -9,6 +9,7 @@ the patch report once to the Trainer's logger.
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 from typing import Any
 
 from transformers import TrainerCallback
@@ -34,6 +35,12 @@ class FastPeftCallback(TrainerCallback):
     new model per run, and each is patched and logged. Evaluation before the first `train()` runs
     unpatched, with PEFT's own (equal) numbers.
 
+    After the first optimizer step of each model it logs what ran (`first_step_summary`): every
+    call fused (INFO), or how many calls took PEFT's forward and why (WARNING, unless the only
+    reason is the CPU rule's timing, INFO), so a setup the fused path cannot take, e.g. bf16
+    mixed precision over an fp32 model, is not silently slow. Under ``torch_compile`` the eager
+    call counters do not count and nothing is logged.
+
     The class itself may be passed (``callbacks=[fastpeft.FastPeftCallback]``): the Trainer
     instantiates it with the defaults.
     """
@@ -48,6 +55,7 @@ class FastPeftCallback(TrainerCallback):
         self.strict = strict
         self.report: PatchReport | None = None
         self._logged: weakref.WeakSet = weakref.WeakSet()  # models whose report was logged
+        self._summarised: weakref.WeakSet = weakref.WeakSet()  # ... and their first step
 
     def on_train_begin(self, args, state, control, model: Any = None, **kwargs):
         if model is None:
@@ -60,3 +68,35 @@ class FastPeftCallback(TrainerCallback):
             self._logged.add(model)
             if state.is_world_process_zero:
                 logger.info(str(self.report))
+
+    def on_step_end(self, args, state, control, model: Any = None, **kwargs):
+        if model is None or self.report is None or model in self._summarised:
+            return
+        self._summarised.add(model)
+        summary = first_step_summary(self.report.usage(model))
+        if summary is not None and state.is_world_process_zero:
+            level, message = summary
+            logger.log(level, message)
+
+
+def first_step_summary(usage: dict[str, dict]) -> tuple[int, str] | None:
+    """(logging level, message) for the calls `PatchReport.usage` counted; None if none were
+    counted (compiled calls are not)."""
+    from .patching import cpu_rule
+
+    fused = sum(u["fused"] for u in usage.values())
+    fallbacks = Counter()
+    for u in usage.values():
+        fallbacks.update(u["fallbacks"])
+    total = fused + sum(fallbacks.values())
+    if total == 0:
+        return None
+    if not fallbacks:
+        return logging.INFO, f"fastpeft: first step: all {total} patched-layer calls fused"
+    reasons = "; ".join(f"{reason} ({n})" for reason, n in fallbacks.most_common())
+    level = logging.INFO if set(fallbacks) == {cpu_rule.REASON} else logging.WARNING
+    message = (
+        f"fastpeft: first step: {total - fused} of {total} patched-layer calls took PEFT's "
+        f"forward: {reasons}"
+    )
+    return level, message

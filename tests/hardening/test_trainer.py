@@ -327,12 +327,32 @@ def test_fastpeft_callback_patches_at_train_begin_like_patching_by_hand(tmp_path
 
     assert callback.report is not None and len(callback.report.patched) > 0
     assert [m for m in messages if m.startswith("fastpeft: patched")] == [str(callback.report)]
+    # What ran in the first step, once: one call per patched layer (batch 2, no accumulation).
+    assert [m for m in messages if m.startswith("fastpeft: first step")] == [
+        f"fastpeft: first step: all {len(callback.report.patched)} patched-layer calls fused"
+    ]
     assert fused_calls(switched) > 0 and _fallbacks(switched) == {}
     # The callback does exactly what patching by hand does (whose numbers the gradient
     # accumulation test above judges against unpatched PEFT and fp64): the same run, bit for bit.
     (want_losses, want), (got_losses, got) = runs["by_hand"], runs["switched"]
     assert got_losses == want_losses and len(got_losses) == 3
     assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
+
+
+def test_fastpeft_callback_warns_when_first_step_calls_fell_back(tmp_path):
+    # bf16 mixed precision (autocast) over an fp32 model: the fused path cannot take the calls,
+    # and the user hears it after the first step instead of training slowly without knowing.
+    model = _lora_llava()
+    callback = fastpeft.FastPeftCallback(backend="torch")
+    with _trainer_log() as messages:
+        _trainer(model, _args(tmp_path, max_steps=2, bf16=True), callbacks=[callback]).train()
+    n = len(callback.report.patched)
+    assert fused_calls(model) == 0
+    assert [m for m in messages if m.startswith("fastpeft: first step")] == [
+        f"fastpeft: first step: {n} of {n} patched-layer calls took PEFT's forward: autocast "
+        "to torch.bfloat16 with a torch.float32 input or weight (fused under autocast when both "
+        f"are in its dtype: load the model in it) ({n})"
+    ]
 
 
 def test_fastpeft_callback_patches_each_model_of_model_init(tmp_path):
@@ -381,3 +401,18 @@ def test_fastpeft_callback_checks_its_arguments():
         fastpeft.FastPeftCallback(backend="fast")
     with pytest.raises(TypeError, match="strict must be a bool"):
         fastpeft.FastPeftCallback(strict="yes")
+
+
+def test_first_step_summary_levels():
+    from fastpeft.patching import cpu_rule
+    from fastpeft.trainer_callback import first_step_summary
+
+    def level(fused, fallbacks):
+        summary = first_step_summary({"layer": {"fused": fused, "fallbacks": fallbacks}})
+        return None if summary is None else summary[0]
+
+    assert first_step_summary({}) is None
+    assert level(0, {}) is None  # compiled calls are not counted: nothing to say
+    assert level(3, {}) == logging.INFO
+    assert level(1, {cpu_rule.REASON: 2}) == logging.INFO  # the CPU rule's choice is by design
+    assert level(1, {"adapters disabled": 1, cpu_rule.REASON: 1}) == logging.WARNING
