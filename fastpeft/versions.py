@@ -22,6 +22,11 @@ TESTED: dict[str, tuple[str, str]] = {
     "peft": ("0.19.1", "0.21.2"),
 }
 
+#: The DeepSpeed release fastpeft's DeepSpeed support (fastpeft/patching/zero3.py,
+#: fastpeft.spider.DeepSpeedSpider) was written and tested against; DeepSpeed is optional, so it
+#: is not in TESTED (whose packages `fastpeft env` requires).
+DEEPSPEED_TESTED = "0.19.8"
+
 
 def _release(version: str) -> tuple[int, int, int]:
     """(major, minor, patch) of a version string; pre-release and local tags are ignored."""

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -24,6 +25,27 @@ def _entry(rank: int, world: int, port: int, body, args) -> None:
         dist.destroy_process_group()
 
 
-def spawn_gloo(body, world: int, *args) -> None:
-    """`body(rank, *args)` on `world` processes (body must be a module-level function)."""
-    mp.spawn(_entry, args=(world, _free_port(), body, args), nprocs=world, join=True)
+def spawn_gloo(body, world: int, *args, timeout: float | None = None) -> None:
+    """`body(rank, *args)` on `world` processes (body must be a module-level function). With
+    `timeout` (seconds), processes still running then are killed and TimeoutError is raised:
+    a rank stuck in a collective its peers never join would otherwise hang the suite."""
+    context = mp.start_processes(
+        _entry,
+        args=(world, _free_port(), body, args),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if context.join(timeout=left):  # raises if a process failed
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            raise TimeoutError(
+                f"spawn_gloo: {getattr(body, '__name__', body)} on {world} processes did not "
+                f"finish within {timeout} s"
+            )

@@ -8,6 +8,9 @@ from ..adapters.modules import BottleneckAdapter
 from ..registry import FLOAT_DTYPES
 from . import base
 
+# The fused forward reads down's and up's weights itself (zero3.py).
+reads_child_parameters = True
+
 
 def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BottleneckAdapter)]

@@ -21,6 +21,11 @@ def _pair(mlp: nn.Module):
     return mlp.gate_proj.fastpeft_pre_adapter, mlp.up_proj.fastpeft_pre_adapter
 
 
+# The fused forward reads the member adapters' weights and runs gate_proj/up_proj's plain
+# forward, past their hooks (zero3.py).
+reads_child_parameters = True
+
+
 def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     found = []
     for name, module in model.named_modules():

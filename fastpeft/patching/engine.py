@@ -12,6 +12,10 @@ The first patcher that claims a module owns it: later patchers skip it. Members 
 their owner and keep their own forward (the owner's fused forward never calls them; a call it
 hands back to the module's own forward runs them eagerly), so they are neither reported nor
 installed on their own.
+
+A patcher whose fused forward reads its children's parameters without calling the children (LoRA,
+IA3, the adapters) sets `reads_child_parameters = True`, so that DeepSpeed ZeRO-3 is told to
+gather them around the patched module's forward (fastpeft/patching/zero3.py).
 """
 
 from dataclasses import dataclass, field
@@ -20,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .. import dispatch, registry
-from . import base
+from . import base, zero3
 
 
 @dataclass
@@ -125,6 +129,10 @@ def run(model: nn.Module, methods, backend: str, strict: bool) -> PatchReport:
         if not report.kinds:
             details = [f"  the model contains no layers fastpeft can patch (it looks for {what()})"]
         raise ValueError("fastpeft.patch(strict=True) cannot patch:\n" + "\n".join(details))
+    # Before installing: a DeepSpeed without the API raises here, leaving the model unpatched.
+    zero3.register_child_parameters(
+        [m for m, _, name in plan if getattr(_patcher(name), "reads_child_parameters", False)]
+    )
     for module, fused_forward, method_name in plan:
         base.install(module, fused_forward, backend, method_name)
     for method in found:
@@ -132,6 +140,10 @@ def run(model: nn.Module, methods, backend: str, strict: bool) -> PatchReport:
         if link is not None:
             report.shared += link(model)
     return report
+
+
+def _patcher(method_name: str):
+    return registry.load(registry.get(method_name).patcher)
 
 
 def _forward_of(patcher, model: nn.Module, module: nn.Module):

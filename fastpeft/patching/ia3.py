@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .. import functional
-from . import base, cpu_rule
+from . import base, cpu_rule, zero3
 
 
 def ia3_layer_types() -> tuple[type, type]:
@@ -17,6 +17,10 @@ def ia3_layer_types() -> tuple[type, type]:
     from peft.tuners.ia3.layer import IA3Layer, Linear
 
     return IA3Layer, Linear
+
+
+# The fused forward reads base_layer's weight and ia3_l's vectors itself (zero3.py).
+reads_child_parameters = True
 
 
 def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -40,8 +44,9 @@ def _adapter_reasons(module: nn.Module) -> list[str]:
         # Elsewhere PEFT's casts differ (a bf16 vector on an fp16 base rounds x to bf16 first).
         return [f"IA3 vector dtype {vector.dtype} is neither fp32 nor the base dtype {base_dtype}"]
     features = module.in_features if module.is_feedforward else module.out_features
-    if vector.numel() != features:
-        return [f"IA3 vector has {vector.numel()} elements, expected {features}"]
+    numel = zero3.numel_of(vector)  # full size: a ZeRO-3 vector is an empty partition here
+    if numel != features:
+        return [f"IA3 vector has {numel} elements, expected {features}"]
     return []
 
 

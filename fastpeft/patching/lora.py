@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .. import functional
 from ..registry import FLOAT_DTYPES
-from . import base, cpu_rule, lora_shared
+from . import base, cpu_rule, lora_shared, zero3
 
 
 def lora_layer_types() -> tuple[type, type]:
@@ -26,6 +26,10 @@ def lora_layer_types() -> tuple[type, type]:
     from peft.tuners.lora.layer import Linear, LoraLayer
 
     return LoraLayer, Linear
+
+
+# The fused forward reads base_layer's and lora_A/lora_B's weights itself (zero3.py).
+reads_child_parameters = True
 
 
 def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -86,10 +90,12 @@ def _factor_reasons(module: nn.Module, name: str) -> list[str]:
     a, b = lora_a.weight, lora_b.weight
     if a.dtype != b.dtype or a.dtype not in FLOAT_DTYPES:
         reasons.append(f"adapter dtypes {a.dtype}/{b.dtype} are not one of fp32, fp16, bf16")
-    N, K = base.base_layer_of(module).weight.shape
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != K or tuple(b.shape) != (N, a.shape[0]):
+    # Full shapes: patched after deepspeed.initialize, ZeRO-3 weights are empty partitions here.
+    a_shape, b_shape = zero3.shape_of(a), zero3.shape_of(b)
+    N, K = zero3.shape_of(base.base_layer_of(module).weight)
+    if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[1] != K or b_shape != (N, a_shape[0]):
         reasons.append(
-            f"LoRA factor shapes A {tuple(a.shape)}, B {tuple(b.shape)} do not fit the base "
+            f"LoRA factor shapes A {tuple(a_shape)}, B {tuple(b_shape)} do not fit the base "
             f"weight [{N}, {K}] (expected A [R, {K}], B [{N}, R])"
         )
     return reasons

@@ -1,16 +1,25 @@
 """SPIDER selective fine-tuning (SPEC §6): :class:`Spider`, :class:`SpiderAdamW` (AdamW with the
-Spider step fused in), the :class:`MagnitudeMask` baseline and :class:`SpiderCallback` for the
-Hugging Face Trainer.
+Spider step fused in), the :class:`MagnitudeMask` baseline, :class:`SpiderCallback` for the
+Hugging Face Trainer and :class:`DeepSpeedSpider` for a DeepSpeed engine (it imports deepspeed
+when built, not here).
 
 ``SpiderCallback`` is imported on first access, so importing this package does not import
 transformers.
 """
 
 from ._adamw import SpiderAdamW
+from ._deepspeed import DeepSpeedSpider
 from ._mask import MagnitudeMask, top_magnitude_mask
 from ._spider import Spider
 
-__all__ = ["MagnitudeMask", "Spider", "SpiderAdamW", "SpiderCallback", "top_magnitude_mask"]
+__all__ = [
+    "DeepSpeedSpider",
+    "MagnitudeMask",
+    "Spider",
+    "SpiderAdamW",
+    "SpiderCallback",
+    "top_magnitude_mask",
+]
 
 
 def __getattr__(name: str):

@@ -109,6 +109,7 @@ class SpiderAdamW(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         self._built = False
         super().__init__(params, defaults)
+        _params.refuse_deepspeed([p for _, p in self._named_params()], "SpiderAdamW")
         self.spider = Spider(self._named_params(), backend=backend)
         self._built = True
 
@@ -154,6 +155,9 @@ class SpiderAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Under DeepSpeed ZeRO (zero_allow_untested_optimizer) the tracked parameters never get a
+        # .grad and this would silently step nothing.
+        _params.refuse_deepspeed(self.spider.params[:1], "SpiderAdamW.step()")
         group_of = {id(p): group for group in self.param_groups for p in group["params"]}
         for p in self.spider.params:
             if p.grad is not None and p.grad.is_sparse:

@@ -52,6 +52,7 @@ class MagnitudeMask:
         named = _params.collect(model_or_params, owner="MagnitudeMask")
         if not named:
             raise ValueError("MagnitudeMask: no trainable parameters")
+        _params.refuse_deepspeed([p for _, p in named], "MagnitudeMask")
         self.ratio = ratio
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -79,6 +80,7 @@ class MagnitudeMask:
     def step(self) -> None:
         """Re-pin the masked elements of every parameter that has a gradient. With no gradient
         on any of them it warns and changes nothing (see :meth:`Spider.step`)."""
+        _params.refuse_deepspeed(self.params[:1], "MagnitudeMask.step()")
         if all(p.grad is None for p in self.params):
             _params.warn_no_gradients("MagnitudeMask", len(self.params))
             return

@@ -92,6 +92,27 @@ def warn_no_gradients(owner: str, count: int) -> None:
     )
 
 
+def deepspeed_managed(p: torch.Tensor) -> bool:
+    """True for a parameter DeepSpeed's ZeRO optimizer owns: ZeRO-3 partitions it (``ds_id``),
+    ZeRO-1/2 and the bf16 optimizer link it to an fp32 master fragment (``_hp_mapping``)."""
+    return hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")
+
+
+def refuse_deepspeed(params: list[torch.Tensor], owner: str) -> None:
+    """Raise when ``params`` are DeepSpeed-managed: their ``.grad`` is not the gradient (it lives
+    partitioned in the optimizer) and a value written into them is overwritten from the fp32
+    master at the next step, so a plain step would silently do nothing or be undone."""
+    if any(deepspeed_managed(p) for p in params):
+        raise RuntimeError(
+            f"{owner}: the parameters are managed by a DeepSpeed ZeRO optimizer, whose "
+            "gradients and fp32 master weights this cannot read or write. Use "
+            "fastpeft.spider.DeepSpeedSpider(engine) and call its step() in place of "
+            "engine.step(). (The Hugging Face Trainer's DeepSpeed integration runs engine.step() "
+            "inside backward, where no callback can run: SPIDER under DeepSpeed needs a loop "
+            "of your own.)"
+        )
+
+
 def _is_dtensor(t: torch.Tensor) -> bool:
     if not torch.distributed.is_available():
         return False

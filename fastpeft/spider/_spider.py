@@ -58,6 +58,8 @@ class Spider:
             tensors or (name, tensor) pairs. fp32/fp16/bf16 (fp64 except on Triton), contiguous;
             FSDP2 (DTensor) parameters work on their local shards, with the per-tensor sums
             all-reduced over the shard groups so results equal a single-process run.
+            Parameters a DeepSpeed ZeRO optimizer manages are refused (at construction or at
+            the first step): use :class:`DeepSpeedSpider` there.
         backend: "auto" (CUDA: the CUDA extension if built, else Triton; CPU: the C++ extension,
             else PyTorch), "torch", "triton", "cpp" or "cuda".
 
@@ -72,6 +74,7 @@ class Spider:
         named = _params.collect(model_or_params, owner="Spider")
         if not named:
             raise ValueError("Spider: no trainable parameters (none has requires_grad=True)")
+        _params.refuse_deepspeed([p for _, p in named], "Spider")
         dispatch.check_backend_name(backend)
         self._backend = backend
         self.names = [n for n, _ in named]
@@ -173,6 +176,9 @@ class Spider:
         step) halfway. Every time it happens it is the same message, so Python's default filter
         shows it once, which is enough to expose a step() placed before backward() or after
         zero_grad(), or a Spider built on parameters the model does not train."""
+        # Built before deepspeed.initialize, the parameters turn DeepSpeed's later (the first
+        # one tells: ZeRO takes every trainable parameter).
+        _params.refuse_deepspeed(self.params[:1], "Spider.step()")
         if all(p.grad is None for p in self.params):
             _params.warn_no_gradients("Spider", len(self.params))
             return
