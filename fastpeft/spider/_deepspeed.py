@@ -74,9 +74,9 @@ class DeepSpeedSpider:
         backend: SPIDER's backend for the full fp32 copies, as for :class:`Spider`.
 
     Tested without ZeRO and with ZeRO-1, -2 and -3 (fp32, 2 CPU processes over gloo; ZeRO-3 with
-    gradient accumulation and clipping). The Hugging Face Trainer cannot use it: accelerate (1.15) calls
-    ``engine.step()`` inside ``accelerator.backward``, so no callback runs between the gradients
-    and the step (``SpiderCallback`` there stops at the first step, saying so).
+    gradient accumulation and clipping). The Hugging Face Trainer cannot use it: accelerate
+    (1.15) calls ``engine.step()`` inside ``accelerator.backward``, so no callback runs between
+    the gradients and the step (``SpiderCallback`` there stops at the first step, saying so).
     """
 
     def __init__(self, engine: Any, backend: str = "auto") -> None:

@@ -5,6 +5,7 @@ full shapes of partitioned weights. DeepSpeed itself: tests/hardening/test_deeps
 and test_deepspeed_trainer.py."""
 
 import copy
+import subprocess
 import sys
 import types
 
@@ -52,10 +53,15 @@ def test_plain_parameters_are_not_registered_even_with_deepspeed_imported(monkey
 
 
 def test_patching_does_not_import_deepspeed():
-    if "deepspeed" in sys.modules:
-        pytest.skip("deepspeed was imported by an earlier test in this process")
-    assert len(fastpeft.patch(_lora(), backend="torch").patched) == 7
-    assert "deepspeed" not in sys.modules
+    # In a fresh interpreter: earlier tests in this one (TRL's, the Trainer's) import deepspeed.
+    code = (
+        "import sys, fastpeft; from fastpeft import testing\n"
+        "model = testing.make_lora_model(testing.tiny_llama(num_layers=1), r=4, dropout=0.0)\n"
+        "assert len(fastpeft.patch(model, backend='torch').patched) == 7\n"
+        "assert 'deepspeed' not in sys.modules, 'patch() imported deepspeed'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_registers_every_child_parameter_of_the_patched_modules(monkeypatch):
