@@ -23,6 +23,7 @@ from fastpeft import testing
 from ..deepspeed_gloo import TIMEOUT, requires_deepspeed, setup_worker
 from ..gloo import spawn_gloo
 from ..mllm.helpers import fused_calls
+from .test_trainer import _Rows, _stack
 
 pytestmark = [pytest.mark.slow, requires_deepspeed]
 
@@ -30,24 +31,10 @@ WORLD, PER_DEVICE, STEPS, LR = 2, 2, 3, 1e-2
 STAGES = (2, 3)
 
 
-class _Rows(torch.utils.data.Dataset):
+def _global_rows() -> _Rows:
     """One global batch: 2 rows per process, so every step trains on all rows, whatever order
     the Trainer's sampler deals them in."""
-
-    def __init__(self) -> None:
-        batch = testing.causal_lm_batch(testing.tiny_llama(), WORLD * PER_DEVICE, 12, seed=0)
-        self.batch = batch
-        self.rows = [{k: v[i] for k, v in batch.items()} for i in range(WORLD * PER_DEVICE)]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
-
-
-def _stack(rows):
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    return _Rows(testing.causal_lm_batch(testing.tiny_llama(), WORLD * PER_DEVICE, 12, seed=0))
 
 
 def _model():
@@ -98,7 +85,11 @@ def _trainer(stage: int, out_dir: str, model, callbacks):
         remove_unused_columns=False,
     )
     return transformers.Trainer(
-        model=model, args=args, train_dataset=_Rows(), data_collator=_stack, callbacks=callbacks
+        model=model,
+        args=args,
+        train_dataset=_global_rows(),
+        data_collator=_stack,
+        callbacks=callbacks,
     )
 
 
@@ -133,7 +124,7 @@ def _train_one_process(fp64: bool) -> dict[str, torch.Tensor]:
     model = _model()
     if fp64:
         model = testing.fp64_copy(model)
-    batch = _Rows().batch
+    batch = _global_rows().batch
     trained = [p for p in model.parameters() if p.requires_grad]
     # As the Trainer builds it: AdamW without weight decay.
     optimizer = torch.optim.AdamW(trained, lr=LR, weight_decay=0.0)

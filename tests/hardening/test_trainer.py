@@ -28,10 +28,11 @@ SEQ_LEN = 12  # bos + 4 image placeholders + 7 text tokens
 
 
 class _Rows(torch.utils.data.Dataset):
-    """A small fixed synthetic LLaVA dataset: the rows of one seeded ``llava_batch``."""
+    """The rows of one batch dict as a map-style dataset (what the Trainer samples from)."""
 
-    def __init__(self, model, n: int = 4) -> None:
-        batch = testing.llava_batch(model, batch_size=n, seq_len=SEQ_LEN, seed=0)
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
+        n = len(next(iter(batch.values())))
         self.rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]
 
     def __len__(self) -> int:
@@ -39,6 +40,11 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.rows[i]
+
+
+def _llava_rows(model, n: int = 4) -> _Rows:
+    """A small fixed synthetic LLaVA dataset: the rows of one seeded ``llava_batch``."""
+    return _Rows(testing.llava_batch(model, batch_size=n, seq_len=SEQ_LEN, seed=0))
 
 
 def _stack(rows):
@@ -76,7 +82,7 @@ def _trainer(model, args, callbacks=None):
     return transformers.Trainer(
         model=model,
         args=args,
-        train_dataset=_Rows(model),
+        train_dataset=_llava_rows(model),
         data_collator=_stack,
         callbacks=callbacks,
     )
@@ -111,9 +117,9 @@ def test_trainer_trains_on_the_fused_path(tmp_path):
     model = _lora_llava()
     fastpeft.patch(model, backend="torch")
     trainer = _trainer(model, _args(tmp_path, max_steps=10, learning_rate=2e-2))
-    before = trainer.evaluate(_Rows(model))["eval_loss"]
+    before = trainer.evaluate(_llava_rows(model))["eval_loss"]
     trainer.train()
-    after = trainer.evaluate(_Rows(model))["eval_loss"]
+    after = trainer.evaluate(_llava_rows(model))["eval_loss"]
 
     losses = _losses(trainer)
     assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
@@ -363,7 +369,7 @@ def test_fastpeft_callback_patches_each_model_of_model_init(tmp_path):
         trainer = transformers.Trainer(
             model_init=_lora_llava,
             args=_args(tmp_path, max_steps=1),
-            train_dataset=_Rows(_lora_llava()),
+            train_dataset=_llava_rows(_lora_llava()),
             data_collator=_stack,
             callbacks=[callback],
         )

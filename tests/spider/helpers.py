@@ -65,3 +65,17 @@ def synthetic_run(params: list[nn.Parameter], spider, grads, lr: float = 0.05) -
                 p.grad = g.to(p.dtype)
                 p.sub_(lr * p.grad)
         spider.step()
+
+
+def distributed_model() -> nn.Module:
+    """The multi-process SPIDER tests' model, seeded. Odd output sizes: 2 ranks shard and
+    partition its tensors unevenly (FSDP2 and ZeRO-3 pad the last rank's piece)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 21), nn.Tanh(), nn.LayerNorm(21), nn.Linear(21, 7))
+
+
+def distributed_batch(step: int, rows: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step `step`'s whole global batch (x, y) for `distributed_model`: every rank draws all of
+    it and takes its rows, so one process can train on the same batch."""
+    g = torch.Generator().manual_seed(10 + step)
+    return torch.randn(rows, 10, generator=g), torch.randn(rows, 7, generator=g)

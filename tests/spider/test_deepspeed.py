@@ -12,6 +12,8 @@ from fastpeft.spider import DeepSpeedSpider, MagnitudeMask, Spider, SpiderAdamW
 
 from ..deepspeed_gloo import TIMEOUT, config, requires_deepspeed, setup_worker
 from ..gloo import spawn_gloo
+from .helpers import distributed_batch as batch
+from .helpers import distributed_model as model
 
 pytestmark = [pytest.mark.slow, requires_deepspeed]
 
@@ -20,17 +22,6 @@ STEPS, WORLD, BATCH = 3, 2, 8
 # the gradients' (about 2.2), so every step clips. Stage 0 (no ZeRO, fp32) keeps no master: the
 # weights are the masters there.
 RUNS = ((0, 1, 0.0), (1, 1, 0.0), (2, 1, 0.0), (3, 2, 0.05))
-
-
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    # Odd sizes: ZeRO-3 pads the last rank's partition of 21- and 147-element tensors.
-    return nn.Sequential(nn.Linear(10, 21), nn.Tanh(), nn.LayerNorm(21), nn.Linear(21, 7))
-
-
-def batch(step: int):
-    g = torch.Generator().manual_seed(10 + step)
-    return torch.randn(BATCH, 10, generator=g), torch.randn(BATCH, 7, generator=g)
 
 
 def _micro_batches(step: int, rows: range, accumulation: int):

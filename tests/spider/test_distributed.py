@@ -11,6 +11,8 @@ from torch import nn
 from fastpeft.spider import MagnitudeMask, Spider, SpiderAdamW
 
 from ..gloo import spawn_gloo
+from .helpers import distributed_batch as batch
+from .helpers import distributed_model as model
 
 STEPS = 3
 WORLD = 2
@@ -18,17 +20,6 @@ BATCH = 8
 # (backend or "mask"): the Spider backends the workers run, plus MagnitudeMask, plus SpiderAdamW
 # ("adamw-<backend>").
 KINDS = ["cpp", "torch", "mask", "adamw-cpp", "adamw-torch"]
-
-
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    # Odd output sizes shard unevenly over 2 ranks (FSDP2 pads; the local shards differ in size).
-    return nn.Sequential(nn.Linear(10, 21), nn.Tanh(), nn.LayerNorm(21), nn.Linear(21, 7))
-
-
-def batch(step: int):
-    g = torch.Generator().manual_seed(10 + step)
-    return torch.randn(BATCH, 10, generator=g), torch.randn(BATCH, 7, generator=g)
 
 
 def make(kind: str, m: nn.Module):
