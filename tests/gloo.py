@@ -21,6 +21,10 @@ def _entry(rank: int, world: int, port: int, body, args) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         body(rank, *args)
+        # No rank tears its group down while a peer may still be in a collective with it: a
+        # destroyed gloo group under a live peer has aborted a worker ("terminate called
+        # without an active exception", seen twice on a loaded 2-core VM).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
