@@ -74,6 +74,10 @@ def main(argv=None) -> None:
         f"adapters {len(names)} checksum {checksum:.10e} spider_steps {spider_steps}",
         flush=True,
     )
+    # Leave together and tear the process group down before exiting: a gloo group left to the
+    # interpreter's exit has aborted a rank ("terminate called without an active exception").
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
