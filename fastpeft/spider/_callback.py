@@ -30,8 +30,7 @@ class SpiderCallback(TrainerCallback):
     Checkpoints: each checkpoint the Trainer saves also gets the Spider's state (θ₀, G, step
     count; ``spider.pt``, or ``spider_rank{i}.pt`` per process in multi-process runs). When a run
     resumes (training begins at a step other than 0 or where this callback left off), the state
-    is loaded from
-    ``resume_from`` if given, else from ``{output_dir}/checkpoint-{step}`` (where
+    is loaded from ``resume_from`` if given, else from ``{output_dir}/checkpoint-{step}`` (where
     ``resume_from_checkpoint=True`` resumes from); with no state there it raises rather than
     restart SPIDER from the resumed weights as θ₀.
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..patching import zero3
 from ..versions import DEEPSPEED_TESTED
 from . import _params
 from ._spider import Spider
@@ -175,7 +176,7 @@ class DeepSpeedSpider:
         """The blended values into the fp32 masters and into the model's weights."""
         partitioned = []
         for p, work in zip(self.params, self._work, strict=True):
-            if hasattr(p, "ds_id"):  # ZeRO-3: p is an empty partition
+            if zero3.is_partitioned(p):  # ZeRO-3: p is an empty partition
                 self._ds["safe_set_local_fp32_param"](p, self._local_slice(p, work))
                 partitioned.append((p, work))
             else:

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..patching import zero3
+
 ModelOrParams = nn.Module | Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
 
@@ -95,7 +97,7 @@ def warn_no_gradients(owner: str, count: int) -> None:
 def deepspeed_managed(p: torch.Tensor) -> bool:
     """True for a parameter DeepSpeed's ZeRO optimizer owns: ZeRO-3 partitions it (``ds_id``),
     ZeRO-1/2 and the bf16 optimizer link it to an fp32 master fragment (``_hp_mapping``)."""
-    return hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")
+    return zero3.is_partitioned(p) or hasattr(p, "_hp_mapping")
 
 
 def refuse_deepspeed(params: list[torch.Tensor], owner: str) -> None:
