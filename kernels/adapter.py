@@ -25,6 +25,7 @@ from ._common import (
     load_keep,
     load_tile,
     mma,
+    mma_widened,
     store_tile,
 )
 
@@ -88,12 +89,19 @@ def activation_grad(x, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def _drop(x, keep, p):
-    # x is already in the adapter dtype; dropout scales there and rounds back to it. The scale is
-    # multiplied in fp32, as CUDA's fused dropout multiplies by its fp32 1 / (1 - p) (one FMUL an
-    # element; a division would cost a dozen).
-    keep_scale = 1.0 / (1.0 - p)
-    return tl.where(keep, x.to(tl.float32) * keep_scale, 0.0).to(x.dtype)
+def _drop(x, keep):
+    # keep ⊙ x, in x's dtype: one select an element. The 1 / (1 - p) of inverted dropout is
+    # linear, so the kernels multiply it into their fp32 accumulators once (`_unscale`) instead
+    # of into every element (a convert, a multiply and a round back each, for 16-bit tiles).
+    return tl.where(keep, x, 0.0).to(x.dtype)
+
+
+@triton.jit
+def _unscale(acc, p, HAS_DROPOUT: tl.constexpr):
+    # An accumulator of products with keep ⊙ x, times inverted dropout's 1 / (1 - p).
+    if HAS_DROPOUT:
+        acc = acc * (1.0 / (1.0 - p))
+    return acc
 
 
 @triton.jit
@@ -118,7 +126,7 @@ def _drop_and_store(
     if HAS_DROPOUT:
         keep = draw_keep(seed, bits_ptr, offs_m, offs_d, d0, D, p, stride_bm, store_rows,
                          STORE_BITS, BLOCK_D)  # fmt: skip
-        y = _drop(z, keep, p)
+        y = _drop(z, keep)
     return y
 
 
@@ -153,24 +161,25 @@ def adapter_down_kernel(
     pid_m, pid_h = tl.program_id(0) // num_h, tl.program_id(0) % num_h
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·D > 2**31
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    w_dtype = wd_ptr.dtype.element_ty
     seed1, seed2 = _seeds(seed_ptr, PAIR, HAS_DROPOUT)
     store_rows = tl.where(pid_h == 0, M, 0)
     acc1 = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
-        z = load_tile(z_ptr, offs_m, offs_d, stride_zm, stride_zd, M, D).to(w_dtype)
+        z = load_tile(z_ptr, offs_m, offs_d, stride_zm, stride_zd, M, D)
         w_t = load_tile(wd_ptr, offs_d, offs_h, stride_wd, stride_wh, D, H)
         z1 = _drop_and_store(z, seed1, bits_ptr, offs_m, offs_d, d0, M, D, p, stride_bm,
                              store_rows, HAS_DROPOUT, STORE_BITS, BLOCK_D)  # fmt: skip
-        acc1 = mma(z1, w_t, acc1, UPCAST, PRECISION)
+        acc1 = mma_widened(z1, w_t, acc1, True, UPCAST, PRECISION)
         if PAIR:
             w2_t = load_tile(wd2_ptr, offs_d, offs_h, stride_wd, stride_wh, D, H)
             bits2_ptr = bits_ptr + stride_bg
             z2 = _drop_and_store(z, seed2, bits2_ptr, offs_m, offs_d, d0, M, D, p, stride_bm,
                                  store_rows, HAS_DROPOUT, STORE_BITS, BLOCK_D)  # fmt: skip
-            acc2 = mma(z2, w2_t, acc2, UPCAST, PRECISION)
+            acc2 = mma_widened(z2, w2_t, acc2, True, UPCAST, PRECISION)
+    acc1 = _unscale(acc1, p, HAS_DROPOUT)
+    acc2 = _unscale(acc2, p, HAS_DROPOUT)
     _store_pre_and_act(acc1, pre_ptr, a_ptr, offs_m, offs_h, stride_pm, stride_ph, M, H,
                        ACTIVATION)  # fmt: skip
     if PAIR:
@@ -229,13 +238,12 @@ def adapter_dpre_kernel(
     pid_m, pid_h = tl.program_id(0) // num_h, tl.program_id(0) % num_h
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    w_dtype = wu_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
-        dy = load_tile(dy_ptr, offs_m, offs_d, stride_dym, stride_dyd, M, D).to(w_dtype)
+        dy = load_tile(dy_ptr, offs_m, offs_d, stride_dym, stride_dyd, M, D)
         w = load_tile(wu_ptr, offs_d, offs_h, stride_wd, stride_wh, D, H)
-        acc = mma(dy, w, acc, UPCAST, PRECISION)
+        acc = mma_widened(dy, w, acc, True, UPCAST, PRECISION)
     pre = load_tile(pre_ptr, offs_m, offs_h, stride_pm, stride_ph, M, H).to(tl.float32)
     g = scaling * acc * activation_grad(pre, ACTIVATION)
     store_tile(g_ptr, g, offs_m, offs_h, stride_gm, stride_gh, M, H)
@@ -257,14 +265,13 @@ def adapter_dw_up_kernel(
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     split = tl.program_id(2)
-    w_dtype = a_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_D, BLOCK_H), dtype=tl.float32)
     m_start = split * ROWS_PER_SPLIT
     for m0 in range(m_start, tl.minimum(M, m_start + ROWS_PER_SPLIT), BLOCK_M):
         offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
-        dy_t = load_tile(dy_ptr, offs_d, offs_m, stride_dyd, stride_dym, D, M).to(w_dtype)
+        dy_t = load_tile(dy_ptr, offs_d, offs_m, stride_dyd, stride_dym, D, M)
         a = load_tile(a_ptr, offs_m, offs_h, stride_am, stride_ah, M, H)
-        acc = mma(dy_t, a, acc, UPCAST, PRECISION)
+        acc = mma_widened(dy_t, a, acc, True, UPCAST, PRECISION)
     out_ptr = dwu_ptr + split.to(tl.int64) * stride_ws
     store_tile(out_ptr, scaling * acc, offs_d, offs_h, stride_wd, stride_wh, D, H)
 
@@ -285,28 +292,29 @@ def adapter_dw_down_kernel(
     offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     split = tl.program_id(2)
-    w_dtype = g_ptr.dtype.element_ty
     seed1, seed2 = _seeds(seed_ptr, PAIR, HAS_DROPOUT)
     acc1 = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32)
     m_start = split * ROWS_PER_SPLIT
     for m0 in range(m_start, tl.minimum(M, m_start + ROWS_PER_SPLIT), BLOCK_M):
         offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
-        z = load_tile(z_ptr, offs_m, offs_d, stride_zm, stride_zd, M, D).to(w_dtype)
+        z = load_tile(z_ptr, offs_m, offs_d, stride_zm, stride_zd, M, D)
         g_t = load_tile(g_ptr, offs_h, offs_m, stride_gh, stride_gm, H, M)
         z1 = z
         if HAS_DROPOUT:
             keep = _keep(seed1, bits_ptr, offs_m, offs_d, M, D, stride_bm, p, FROM_BITS)
-            z1 = _drop(z, keep, p)
-        acc1 = mma(g_t, z1, acc1, UPCAST, PRECISION)
+            z1 = _drop(z, keep)
+        acc1 = mma_widened(g_t, z1, acc1, False, UPCAST, PRECISION)
         if PAIR:
             g2_t = load_tile(g2_ptr, offs_h, offs_m, stride_gh, stride_gm, H, M)
             z2 = z
             if HAS_DROPOUT:
                 keep2 = _keep(seed2, bits_ptr + stride_bg, offs_m, offs_d, M, D, stride_bm, p,
                               FROM_BITS)  # fmt: skip
-                z2 = _drop(z, keep2, p)
-            acc2 = mma(g2_t, z2, acc2, UPCAST, PRECISION)
+                z2 = _drop(z, keep2)
+            acc2 = mma_widened(g2_t, z2, acc2, False, UPCAST, PRECISION)
+    acc1 = _unscale(acc1, p, HAS_DROPOUT)
+    acc2 = _unscale(acc2, p, HAS_DROPOUT)
     slot = split.to(tl.int64) * stride_ws
     store_tile(dwd_ptr + slot, acc1, offs_h, offs_d, stride_wh, stride_wd, H, D)
     if PAIR:
@@ -387,4 +395,18 @@ COSTS = {
     "adapter_dw_down_kernel": lambda a, grid: (_bottleneck_flops(a), None),
     "adapter_dz_kernel": lambda a, grid: (_bottleneck_flops(a), None),
     "adapter_activation_kernel": lambda a, grid: (0, None),
+}
+
+
+def _walks_per_h_block(a) -> int:
+    # Every H block's programs walk all of z ([M, D]): the down kernel's K loop, dW_down's M loop.
+    return a["M"] * a["D"] * triton.cdiv(a["H"], a["BLOCK_H"])
+
+
+# The input positions a launch walks where its programs re-walk them (the static model's
+# instruction issue; see fastpeft/static/costing.py's step_elements): dropout is drawn (or its
+# bits read) once per walk.
+WALKS = {
+    "adapter_down_kernel": _walks_per_h_block,
+    "adapter_dw_down_kernel": _walks_per_h_block,
 }

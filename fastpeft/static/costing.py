@@ -14,11 +14,17 @@ from .launches import named_args, tensor_bytes
 DROPOUT_SWITCHES = ("HAS_DROPOUT", "STORE_BITS", "FROM_BITS")
 
 
+def _module_and_name(kernel) -> tuple:
+    """The kernels/*.py module that defines `kernel` (a JITFunction), and its name."""
+    module = importlib.import_module(kernel.fn.__module__ if hasattr(kernel, "fn") else "")
+    name = kernel.__name__ if hasattr(kernel, "__name__") else kernel.fn.__name__
+    return module, name
+
+
 def kernel_costs(kernel) -> dict:
     """The COSTS table of the kernel's module (kernels/*.py): every launched kernel needs one."""
-    module = importlib.import_module(kernel.fn.__module__ if hasattr(kernel, "fn") else "")
+    module, name = _module_and_name(kernel)
     costs = getattr(module, "COSTS", {})
-    name = kernel.__name__ if hasattr(kernel, "__name__") else kernel.fn.__name__
     if name not in costs:
         raise KeyError(
             f"{module.__name__} has no COSTS entry for {name}: the static model needs its FLOPs "
@@ -52,7 +58,7 @@ def launch_record(arch: Arch, launch, compiled) -> dict:
         "dram_bytes": dram,
         "operand_dtypes": operand_dtypes(named),
         "dropout_elements": dropout_elements(named),
-        "step_elements": step_elements(named),
+        "step_elements": step_elements(launch.kernel, named),
     }
     row.update(inspection(compiled, flops))
     if compiled.status != "ok":
@@ -114,18 +120,24 @@ def operand_dtypes(named: dict) -> list[str]:
     return [str(t.dtype).replace("torch.", "") for t in tensors[:2]]
 
 
-def step_elements(named: dict) -> int:
-    """The [M, K] (or [M, D]) input positions of a kernel that can draw dropout for them, with
-    or without it on (what its instructions per element multiply), else 0."""
+def step_elements(kernel, named: dict) -> int:
+    """The [M, K] (or [M, D]) input positions a kernel that can draw dropout for them walks, with
+    or without it on (what its instructions per element multiply), else 0. A kernel whose
+    programs re-walk the same positions (one z walk per H block of the adapters' down and dW_down
+    kernels) declares how many it walks in its module's WALKS table."""
     if "HAS_DROPOUT" not in named:
         return 0
+    module, name = _module_and_name(kernel)
+    walks = getattr(module, "WALKS", {}).get(name)
+    if walks is not None:
+        return walks(named)
     return named["M"] * (named["K"] if "K" in named else named["D"])
 
 
 def dropout_elements(named: dict) -> int:
-    """The [M, K] (or [M, D]) input positions a launch draws keep decisions for. A pair's kernel
-    draws two masks per position, but its instructions per element are measured per position
-    too (with against without HAS_DROPOUT), so positions are what they multiply."""
+    """The [M, K] (or [M, D]) input positions a launch draws keep decisions for (a pair's kernel
+    or a shared-input LoRA launch draws one mask per member at each: `dropout_cost` measures per
+    mask element and says how many masks a position has)."""
     if not named.get("HAS_DROPOUT"):
         return 0
     return named["M"] * (named["K"] if "K" in named else named["D"])
@@ -167,29 +179,39 @@ def add_dropout_issue_time(arch: Arch, rows: list[dict], dropout: list[dict]) ->
         row["predicted_us"] = round(max(row["predicted_us"], issue_us), 3)
 
 
+def _steps(row: dict, per_thread: float) -> float:
+    """Main-loop steps per program of `row`'s launch: the positions it walks over its programs'
+    tiles (per_thread positions a thread a step)."""
+    tile_positions = per_thread * 32 * row["num_warps"]
+    return max(1.0, row["step_elements"] / max(row["ctas"] * tile_positions, 1))
+
+
 def _base_instructions_per_element(row: dict, cost: dict) -> float:
     """The no-dropout kernel's instructions per input element of `row`'s launch: its main loop's
     body once per step, the code around the loop (prologue, epilogue: an activation, a mask, the
-    stores) once per program, spread over the program's steps. Steps per program are the
-    launch's input positions over its programs' tiles (a kernel whose programs re-walk the same
-    positions, e.g. the down kernel's H blocks, gets fewer steps: the code around the loop
-    weighs more, an overestimate). Without a loop count (PTX only) every instruction counts once
-    a step, an overestimate too."""
+    stores) once per program, spread over the program's steps. Without a loop count (PTX only)
+    every instruction counts once a step, an overestimate."""
     loop = cost.get("base_loop_instructions")
     per_thread = cost["elements_per_thread"]
     if not loop or per_thread <= 0:
         return cost["base_instructions_per_element"]
-    tile_positions = per_thread * 32 * row["num_warps"]
-    steps = max(1.0, row["step_elements"] / max(row["ctas"] * tile_positions, 1))
     around = cost["base_instructions"] - loop
-    return (loop + around / steps) / per_thread
+    return (loop + around / _steps(row, per_thread)) / per_thread
+
+
+def _per_thread(config: dict, num_warps: int) -> float:
+    # Input positions a thread handles a main-loop step: one [BLOCK_M, BLOCK_K or BLOCK_D] tile.
+    tile = config.get("BLOCK_M", 1) * config.get("BLOCK_K", config.get("BLOCK_D", 1))
+    return tile / (32 * num_warps)
 
 
 def dropout_cost(rows: list[dict]) -> list[dict]:
-    """Per kernel with a dropout variant: the extra SASS instructions per generated element, from
-    the same kernel and tiles compiled with and without HAS_DROPOUT (the Philox work is in the
-    loop body the static count sees once per tile)."""
-    by_key = {}
+    """Per kernel with a dropout variant: the extra SASS instructions per generated mask element,
+    from the same kernel and tiles compiled with and without HAS_DROPOUT. The extra in the main
+    loop counts once a step, the extra around it (a mask applied in an epilogue, the seeds'
+    loads) once a program, spread over its steps (the fewest among the config's launches: the
+    dearest). A pair or a shared-input launch draws one mask per member: per mask element."""
+    by_key, steps_of = {}, {}
     for r in rows:
         config = dict(r["config"] or {})
         if "HAS_DROPOUT" not in config or not r["instructions"]:
@@ -197,8 +219,12 @@ def dropout_cost(rows: list[dict]) -> list[dict]:
         flag = config.pop("HAS_DROPOUT")
         key = (*_twin_key(r, config), mask_mode(r["config"]))
         by_key.setdefault(key, {})[bool(flag)] = r
+        if flag and r["step_elements"]:
+            steps = _steps(r, _per_thread(config, r["num_warps"]))
+            steps_of[key] = min(steps_of.get(key, steps), steps)
     out = []
-    for (kernel, config, warps, dtypes, mode), pair in sorted(by_key.items()):
+    for key, pair in sorted(by_key.items()):
+        kernel, config, warps, dtypes, mode = key
         if True not in pair:
             continue
         if False not in pair:  # a mask-mode variant: compare with the no-dropout launch
@@ -213,11 +239,15 @@ def dropout_cost(rows: list[dict]) -> list[dict]:
             if pair[False] is None:
                 continue
         cfg = json.loads(config)
-        tile = cfg.get("BLOCK_M", 1) * cfg.get("BLOCK_K", cfg.get("BLOCK_D", 1))
-        per_thread = tile / (32 * warps)
-        # A shared-input launch draws one mask per member at each position: per mask element.
-        masks = cfg.get("MEMBERS", 1)
-        extra = pair[True]["instructions"] - pair[False]["instructions"]
+        per_thread = _per_thread(cfg, warps)
+        masks = cfg.get("MEMBERS", 2 if cfg.get("PAIR") else 1)
+        with_, without = pair[True], pair[False]
+        extra = with_["instructions"] - without["instructions"]
+        loop_extra = extra  # without loop counts (PTX only), all of it once a step
+        if with_.get("loop_instructions") and without.get("loop_instructions"):
+            loop_extra = with_["loop_instructions"] - without["loop_instructions"]
+        steps = steps_of.get(key, 1.0)
+        per_step = loop_extra + (extra - loop_extra) / steps
         out.append(
             {
                 "kernel": kernel,
@@ -226,13 +256,15 @@ def dropout_cost(rows: list[dict]) -> list[dict]:
                 "config": cfg,
                 "num_warps": warps,
                 "extra_instructions": extra,
+                "extra_loop_instructions": loop_extra,
+                "steps_per_program": round(steps, 1),
                 "elements_per_thread": per_thread,
                 "masks_per_element": masks,
-                "base_instructions_per_element": round(pair[False]["instructions"] / per_thread, 1),
-                "base_loop_instructions": pair[False].get("loop_instructions"),
-                "base_instructions": pair[False]["instructions"],
-                "instructions_per_element": round(extra / per_thread / masks, 1),
-                "source": pair[True]["instruction_source"],
+                "base_instructions_per_element": round(without["instructions"] / per_thread, 1),
+                "base_loop_instructions": without.get("loop_instructions"),
+                "base_instructions": without["instructions"],
+                "instructions_per_element": round(per_step / per_thread / masks, 1),
+                "source": with_["instruction_source"],
             }
         )
     return out

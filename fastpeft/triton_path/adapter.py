@@ -52,15 +52,17 @@ def _bits_args(keep: torch.Tensor, fallback: torch.Tensor) -> tuple:
 
 
 def _down_step(step: int, block_h: int, pair: bool, w_dtype: torch.dtype) -> int:
-    """The down kernel's K step: for 16-bit weights as wide as registers and shared memory allow
-    without spilling (twice the GEMMs' step up to a 128-wide accumulator block, a pair's two
-    64-wide ones; the static compile checks), since the dropout's per-step work spread over more
-    elements a thread bounds this launch, not its bytes; fp32 weights (split for 3xTF32 in
-    registers) keep the GEMMs' step, halved for a pair."""
+    """The down kernel's K step: as wide as registers and shared memory allow without spilling
+    (the static compile checks), since the dropout's per-step work spread over more elements a
+    thread bounds this launch, not its bytes. 16-bit weights take twice the GEMMs' step up to a
+    128-wide accumulator block (a pair's two 64-wide ones); fp32 weights the GEMMs' step (z is
+    exact in TF32, so only the weight tile is split: kernels/_common.mma_widened). A 16-wide step
+    would leave 64 rows x 2 Philox calls for 256 threads: each call run twice, 37 SASS a mask
+    element against 11 at 32 wide (fp32 pair, H=256)."""
     accumulators = block_h * (2 if pair else 1)
     if w_dtype.itemsize == 2:
         return 2 * step if accumulators <= 128 else step
-    return max(16, step // 2) if pair else step
+    return step
 
 
 def _down(z, wd, wd2, pre, pre2, a, a2, seed, keep, p: float, activation: str) -> None:
@@ -203,12 +205,13 @@ def _dw_down(z, g, g2, seed, keep, w_down, p: float) -> tuple[torch.Tensor, torc
     H = w_down.shape[0]
     target = target_for(z.device)
     cfg, options = launch_configs(target, w_down.dtype)
-    # Halved M steps (and, for an fp32 pair, half-height H blocks) keep the regenerated dropout
-    # masks and the pair's two accumulators in registers.
+    # The GEMMs' K step over M, and 128-high H blocks: each H block re-walks all of z (its loads,
+    # its masks' bits, its conversion for the product), so the fewer and the deeper the steps,
+    # the fewer instructions a z element (sm_90 compiles, H=256: fp32 pair 333 -> 112 SASS per
+    # z element, bf16 single 33 -> 28; no spills).
     pair = g2 is not None
-    block_h = _h_block(H, cfg["BLOCK_H"] // 2 if pair and w_down.dtype == torch.float32
-                       else cfg["BLOCK_H"])  # fmt: skip
-    block_m, block_d = max(16, cfg["BLOCK_K"] // 2), cfg["BLOCK_M"]
+    block_h = _h_block(H, cfg["BLOCK_H"])
+    block_m, block_d = cfg["BLOCK_K"], cfg["BLOCK_M"]
     tiles = triton.cdiv(H, block_h) * triton.cdiv(D, block_d)
     count = 2 if pair else 1
     rows, splits = _splits_over_m(target, M, block_m, tiles,

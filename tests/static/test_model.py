@@ -188,6 +188,41 @@ def test_issue_time_counts_the_loop_body_per_step_and_the_rest_per_program():
     )
 
 
+def _dropout_row(has_dropout: bool, instructions: int, loop: int, **config) -> dict:
+    # A launch row of a made-up kernel: 8 warps, 64 x 128 tiles (32 positions a thread a step),
+    # 16 programs walking 2**20 positions: 8 steps of 8192 each.
+    config = {"BLOCK_M": 64, "BLOCK_D": 128, "HAS_DROPOUT": has_dropout, **config}
+    return {"kernel": "k", "config": config, "num_warps": 8, "operand_dtypes": ["bfloat16"] * 2,
+            "instructions": instructions, "loop_instructions": loop,
+            "instruction_source": "sass", "ctas": 16, "step_elements": 2**20}  # fmt: skip
+
+
+def test_dropout_cost_counts_the_loop_per_step_and_the_rest_per_program_per_mask():
+    from fastpeft.static.costing import dropout_cost
+
+    # 320 more instructions in the loop (10 an element a step), 80 more around it (once a
+    # program, spread over its 8 steps).
+    rows = [_dropout_row(False, 1000, 200), _dropout_row(True, 1400, 520)]
+    (cost,) = dropout_cost(rows)
+    assert cost["steps_per_program"] == 8
+    assert cost["instructions_per_element"] == pytest.approx((320 + 80 / 8) / 32, abs=0.05)
+    # A pair draws two masks a position: per mask element, half.
+    rows = [_dropout_row(False, 1000, 200, PAIR=True), _dropout_row(True, 1400, 520, PAIR=True)]
+    (cost,) = dropout_cost(rows)
+    assert cost["masks_per_element"] == 2
+    assert cost["instructions_per_element"] == pytest.approx((320 + 80 / 8) / 32 / 2, abs=0.05)
+
+
+def test_re_walked_positions_count_once_per_walk():
+    from fastpeft.kernels import adapter
+    from fastpeft.static.costing import step_elements
+
+    # The down kernel walks all of z once per H block: 256 / 128 = 2 walks.
+    named = {"M": 64, "D": 32, "H": 256, "BLOCK_H": 128, "HAS_DROPOUT": True}
+    assert step_elements(adapter.adapter_down_kernel, named) == 2 * 64 * 32
+    assert step_elements(adapter.adapter_dz_kernel, named) == 64 * 32
+
+
 def test_the_adapter_layer_set_adds_both_adapters_to_the_layers_frozen_linears():
     from fastpeft.static import layer_set
 

@@ -74,11 +74,15 @@ def test_a_bf16_gemm_runs_on_tensor_cores(static):
 
 # --- the gates (against the committed configurations) -------------------------------------
 # Spills and FMA-only products are gone from every method's launches (issue 17: 3xTF32 and the
-# LoRA tiles). LoRA's and IA3's launches fill a wave and LoRA's keep dropout within its
-# instruction budget; the adapters' kernels have yet to (issue 18).
+# LoRA tiles); every method's dropout is within its instruction budget (issue 18 brought the
+# adapters' there: the keep scale moved to the accumulators, 16-bit z no longer split for
+# 3xTF32, deeper dW_down steps). LoRA's and IA3's launches fill a wave; the adapters' [M, H]
+# launches do not (issue 18): at M=8192 they are 128 row tiles on 132 SMs (the model counts 3%
+# idle), and the ways to more CTAs add traffic (split-K partials of pre and a finishing pass for
+# act, or 32-row tiles reading W from L2 twice as often, which the model does not cost): not done.
 
 SMALL_US = 5.0  # a launch modelled under this long cannot waste more than that, however shaped
-NOT_YET = "issue 18 (adapters) has yet to fix this"
+NOT_YET = "issue 18: the adapters' [M, H] launches cover 128 of 132 SMs, under a wave"
 
 
 def _under_a_wave(static, methods):
@@ -132,7 +136,6 @@ def test_gate_lora_dropout_within_its_instruction_budget(static):
     assert not _over_budget(static, _kernels_of(static, LORA))
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_gate_other_dropout_within_its_instruction_budget(static):
     others = _kernels_of(static, set(registry.METHODS) - LORA) - _kernels_of(static, LORA)
     assert not _over_budget(static, others)
