@@ -1,15 +1,20 @@
 """Triton kernels of the SPIDER engine (SPEC §6): three passes over many tensors per launch.
 
-Tensors travel through int64 address tables (``table[t]`` is tensor t's data pointer, cast to a
-typed pointer in the kernel), so one launch covers every tensor of a dtype group. Grid of the
-passes: one program per CHUNK-element chunk of one tensor, from host-built (tensor, start) chunk
-tables. Reductions: each program writes its chunk's sums (fp32 lanes, fp64 lane total) to its own
-slot of a [chunks, 2] fp64 buffer, and ``spider_finalize_kernel`` (one program per tensor) adds a
+One launch covers every tensor of a dtype group. Each operand list comes as a typed base pointer
+(its first tensor) and a table of element offsets from it (``table[t]``: tensor t's data pointer
+minus the base, in elements), not as raw addresses: an address loaded from a table carries no
+alignment facts, while a pointer argument is specialised as 16-byte aligned by Triton and the
+offsets can be hinted. Grid of the passes: one program per CHUNK-element chunk of one tensor, from
+host-built (tensor, start) chunk tables. Chunks start at multiples of CHUNK, and when the host has
+checked that every address is 16-byte aligned (ALIGNED) a full chunk is streamed with unmasked,
+hinted loads the compiler widens to 16 bytes; only a tensor's last chunk, if partial, is masked.
+
+Reductions: each program writes its chunk's sums (fp32 lanes, fp64 lane total) to its own slot of
+a [chunks, 2] fp64 buffer, and ``spider_finalize_kernel`` (one program per tensor) adds a
 tensor's slots in chunk order: deterministic, no atomics.
 
 Numerics (shared with fastpeft/torch_path/importance.py, csrc/cpu/spider.cpp, csrc/cuda/spider.cu):
 per-tensor scalars derived in fp64 from a (Σ|x|, Σx², numel) row, then fp32 per-element math.
-DT codes: 0 float32, 1 float16, 2 bfloat16 (the parameter/θ₀/gradient dtype of the group).
 """
 
 import triton
@@ -17,15 +22,52 @@ import triton.language as tl
 
 
 @triton.jit
-def _typed(addr, DT: tl.constexpr):
-    """The int64 address ``addr`` as a pointer to the group's element type."""
-    if DT == 0:
-        p = addr.to(tl.pointer_type(tl.float32))
-    elif DT == 1:
-        p = addr.to(tl.pointer_type(tl.float16))
+def _operand(base, table, t, ALIGNED: tl.constexpr):
+    """Tensor t of an operand list: its base pointer plus its element offset from the table."""
+    off = tl.load(table + t)
+    if ALIGNED:  # every address 16-byte aligned: offsets are whole 16-byte words
+        off = tl.multiple_of(off, 128 // base.dtype.element_ty.primitive_bitwidth)
+    return base + off
+
+
+@triton.jit
+def _chunk(chunk_tensor_ptr, chunk_start_ptr, numel_ptr, CHUNK: tl.constexpr):
+    """(tensor t, first element, t's numel, whether the chunk is full) of this program's chunk."""
+    pid = tl.program_id(0)
+    t = tl.load(chunk_tensor_ptr + pid)
+    start = tl.multiple_of(tl.load(chunk_start_ptr + pid), CHUNK)
+    n = tl.load(numel_ptr + t)
+    return t, start, n, start + CHUNK <= n
+
+
+@triton.jit
+def block_offsets(start, i, BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """Offsets of the BLOCK elements at start + i; in a full chunk (not MASKED) hinted contiguous
+    and BLOCK-aligned, so that unmasked loads and stores widen to 16 bytes."""
+    if MASKED:
+        offs = start + i + tl.arange(0, BLOCK)
     else:
-        p = addr.to(tl.pointer_type(tl.bfloat16))
-    return p
+        offs = start + i + tl.max_contiguous(tl.multiple_of(tl.arange(0, BLOCK), BLOCK), BLOCK)
+    return offs
+
+
+@triton.jit
+def load_f32(ptr, offs, n, MASKED: tl.constexpr):
+    """ptr[offs] in fp32; MASKED: 0 at offsets >= n (a tensor's partial last chunk)."""
+    if MASKED:
+        x = tl.load(ptr + offs, mask=offs < n, other=0.0)
+    else:
+        x = tl.load(ptr + offs)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def store_as(ptr, offs, n, value, MASKED: tl.constexpr):
+    """ptr[offs] = value in ptr's dtype; MASKED: only at offsets < n."""
+    if MASKED:
+        tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=offs < n)
+    else:
+        tl.store(ptr + offs, value.to(ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -72,90 +114,110 @@ def _inverse_mean(sel_ptr, t):
 
 
 @triton.jit
+def _accumulate_block(G, g, start, i, n, s, q, BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    offs = block_offsets(start, i, BLOCK, MASKED)
+    v = load_f32(G, offs, n, MASKED) + load_f32(g, offs, n, MASKED)
+    store_as(G, offs, n, v, MASKED)
+    return s + tl.abs(v), q + v * v
+
+
+@triton.jit
 def spider_accumulate_kernel(
-    G_table, g_table, chunk_tensor_ptr, chunk_start_ptr, numel_ptr, partial_ptr,
-    DT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    G_base, g_base, G_table, g_table, chunk_tensor_ptr, chunk_start_ptr, numel_ptr, partial_ptr,
+    ALIGNED: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """Pass 1, program = one chunk: G += g (G fp32, g of type DT) and the chunk's Σ|G|, ΣG² of
-    the updated G into partial[pid, 0:2]."""
-    pid = tl.program_id(0)
-    t = tl.load(chunk_tensor_ptr + pid)
-    start = tl.load(chunk_start_ptr + pid)
-    n = tl.load(numel_ptr + t)
-    G = tl.load(G_table + t).to(tl.pointer_type(tl.float32))
-    g = _typed(tl.load(g_table + t), DT)
+    """Pass 1, program = one chunk: G += g (G fp32, g the group's dtype) and the chunk's Σ|G|,
+    ΣG² of the updated G into partial[pid, 0:2]."""
+    t, start, n, full = _chunk(chunk_tensor_ptr, chunk_start_ptr, numel_ptr, CHUNK)
+    G = _operand(G_base, G_table, t, ALIGNED)
+    g = _operand(g_base, g_table, t, ALIGNED)
     s = tl.zeros([BLOCK], dtype=tl.float32)
     q = tl.zeros([BLOCK], dtype=tl.float32)
-    for i in range(0, CHUNK, BLOCK):
-        offs = start + i + tl.arange(0, BLOCK)
-        mask = offs < n
-        v = tl.load(G + offs, mask=mask, other=0.0) + tl.load(g + offs, mask=mask, other=0.0).to(
-            tl.float32
-        )
-        tl.store(G + offs, v, mask=mask)
-        s += tl.abs(v)
-        q += v * v
+    if full:
+        for i in range(0, CHUNK, BLOCK):
+            s, q = _accumulate_block(G, g, start, i, n, s, q, BLOCK, MASKED=False)
+    else:
+        for i in range(0, CHUNK, BLOCK):
+            s, q = _accumulate_block(G, g, start, i, n, s, q, BLOCK, MASKED=True)
+    pid = tl.program_id(0)
     tl.store(partial_ptr + 2 * pid, tl.sum(s.to(tl.float64), axis=0))
     tl.store(partial_ptr + 2 * pid + 1, tl.sum(q.to(tl.float64), axis=0))
 
 
 @triton.jit
+def _select_block(
+    t0, G, start, i, n, pm, ps, pz, fm, fs, fz, acc, cnt,
+    BLOCK: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
+    offs = block_offsets(start, i, BLOCK, MASKED)
+    a, g = load_f32(t0, offs, n, MASKED), load_f32(G, offs, n, MASKED)
+    c, sel = _c_raw(a, g, pm, ps, pz, fm, fs, fz, offs < n)
+    return acc + c, cnt + sel.to(tl.int32)
+
+
+@triton.jit
 def spider_select_kernel(
-    t0_table, G_table, chunk_tensor_ptr, chunk_start_ptr, numel_ptr, pre_ptr, ft_ptr, partial_ptr,
-    DT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    t0_base, G_base, t0_table, G_table, chunk_tensor_ptr, chunk_start_ptr, numel_ptr, pre_ptr,
+    ft_ptr, partial_ptr,
+    ALIGNED: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Pass 2, program = one chunk: Σ c_raw and count(c_raw > 0) of the chunk into
     partial[pid, 0:2]; I_pre from θ₀ and moments_pre[t], I_ft from G and moments_ft[t]."""
-    pid = tl.program_id(0)
-    t = tl.load(chunk_tensor_ptr + pid)
-    start = tl.load(chunk_start_ptr + pid)
-    n = tl.load(numel_ptr + t)
-    t0 = _typed(tl.load(t0_table + t), DT)
-    G = tl.load(G_table + t).to(tl.pointer_type(tl.float32))
+    t, start, n, full = _chunk(chunk_tensor_ptr, chunk_start_ptr, numel_ptr, CHUNK)
+    t0 = _operand(t0_base, t0_table, t, ALIGNED)
+    G = _operand(G_base, G_table, t, ALIGNED)
     pm, ps, pz = _r_stats(pre_ptr, t)
     fm, fs, fz = _r_stats(ft_ptr, t)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     cnt = tl.zeros([BLOCK], dtype=tl.int32)
-    for i in range(0, CHUNK, BLOCK):
-        offs = start + i + tl.arange(0, BLOCK)
-        mask = offs < n
-        a = tl.load(t0 + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(G + offs, mask=mask, other=0.0)
-        c, sel = _c_raw(a, g, pm, ps, pz, fm, fs, fz, mask)
-        acc += c
-        cnt += sel.to(tl.int32)
+    if full:
+        for i in range(0, CHUNK, BLOCK):
+            acc, cnt = _select_block(t0, G, start, i, n, pm, ps, pz, fm, fs, fz, acc, cnt,
+                                     BLOCK, MASKED=False)  # fmt: skip
+    else:
+        for i in range(0, CHUNK, BLOCK):
+            acc, cnt = _select_block(t0, G, start, i, n, pm, ps, pz, fm, fs, fz, acc, cnt,
+                                     BLOCK, MASKED=True)  # fmt: skip
+    pid = tl.program_id(0)
     tl.store(partial_ptr + 2 * pid, tl.sum(acc.to(tl.float64), axis=0))
     tl.store(partial_ptr + 2 * pid + 1, tl.sum(cnt, axis=0).to(tl.float64))
 
 
 @triton.jit
+def _blend_block(
+    w, t0, G, start, i, n, pm, ps, pz, fm, fs, fz, inv_m,
+    BLOCK: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
+    offs = block_offsets(start, i, BLOCK, MASKED)
+    a, x = load_f32(t0, offs, n, MASKED), load_f32(w, offs, n, MASKED)
+    c, _ = _c_raw(a, load_f32(G, offs, n, MASKED), pm, ps, pz, fm, fs, fz, offs < n)
+    store_as(w, offs, n, a + tl.minimum(c * inv_m, 1.0) * (x - a), MASKED)
+
+
+@triton.jit
 def spider_blend_kernel(
-    w_table, t0_table, G_table, chunk_tensor_ptr, chunk_start_ptr, numel_ptr,
-    pre_ptr, ft_ptr, sel_ptr,
-    DT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    w_base, t0_base, G_base, w_table, t0_table, G_table, chunk_tensor_ptr, chunk_start_ptr,
+    numel_ptr, pre_ptr, ft_ptr, sel_ptr,
+    ALIGNED: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Pass 3, program = one chunk: w ← θ₀ + min(c_raw / m, 1) ⊙ (w − θ₀), m = Σc_raw / count
-    from sel[t]; a tensor with count 0 is not written at all."""
-    pid = tl.program_id(0)
-    t = tl.load(chunk_tensor_ptr + pid)
-    start = tl.load(chunk_start_ptr + pid)
-    n = tl.load(numel_ptr + t)
-    w = _typed(tl.load(w_table + t), DT)
-    t0 = _typed(tl.load(t0_table + t), DT)
-    G = tl.load(G_table + t).to(tl.pointer_type(tl.float32))
-    pm, ps, pz = _r_stats(pre_ptr, t)
-    fm, fs, fz = _r_stats(ft_ptr, t)
+    from sel[t]; a tensor with count 0 is not read or written at all."""
+    t, start, n, full = _chunk(chunk_tensor_ptr, chunk_start_ptr, numel_ptr, CHUNK)
     inv_m, active = _inverse_mean(sel_ptr, t)
-    limit = tl.where(active, n, 0)  # an inactive tensor masks every lane: no memory traffic
-    for i in range(0, CHUNK, BLOCK):
-        offs = start + i + tl.arange(0, BLOCK)
-        mask = offs < limit
-        a = tl.load(t0 + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(G + offs, mask=mask, other=0.0)
-        x = tl.load(w + offs, mask=mask, other=0.0).to(tl.float32)
-        c, _ = _c_raw(a, g, pm, ps, pz, fm, fs, fz, mask)
-        c = tl.minimum(c * inv_m, 1.0)
-        tl.store(w + offs, (a + c * (x - a)).to(w.dtype.element_ty), mask=mask)
+    if active:
+        w = _operand(w_base, w_table, t, ALIGNED)
+        t0 = _operand(t0_base, t0_table, t, ALIGNED)
+        G = _operand(G_base, G_table, t, ALIGNED)
+        pm, ps, pz = _r_stats(pre_ptr, t)
+        fm, fs, fz = _r_stats(ft_ptr, t)
+        if full:
+            for i in range(0, CHUNK, BLOCK):
+                _blend_block(w, t0, G, start, i, n, pm, ps, pz, fm, fs, fz, inv_m, BLOCK,
+                             MASKED=False)  # fmt: skip
+        else:
+            for i in range(0, CHUNK, BLOCK):
+                _blend_block(w, t0, G, start, i, n, pm, ps, pz, fm, fs, fz, inv_m, BLOCK,
+                             MASKED=True)  # fmt: skip
 
 
 @triton.jit
@@ -183,16 +245,16 @@ def spider_finalize_kernel(
 
 def _pass_bytes(per_element):
     # The passes stream every element of the group once: grid[0] chunks of CHUNK elements (an
-    # upper bound by less than one chunk per tensor). DT: 0 fp32, 1 fp16, 2 bf16.
+    # upper bound by less than one chunk per tensor), of the group's element size.
     def cost(a, grid):
-        size = 4 if a["DT"] == 0 else 2
+        size = (a["g_base"] if "g_base" in a else a["t0_base"]).element_size()
         return 0, grid[0] * a["CHUNK"] * per_element(size)
 
     return cost
 
 
 # The static model's analytic cost of each launch (see kernels/lora.py's COSTS): the tensors
-# travel through address tables, so the bytes are counted from the elements each pass streams.
+# travel through offset tables, so the bytes are counted from the elements each pass streams.
 COSTS = {
     "spider_accumulate_kernel": _pass_bytes(lambda size: 4 + 4 + size),  # G read+write, g
     "spider_select_kernel": _pass_bytes(lambda size: size + 4),  # θ₀, G

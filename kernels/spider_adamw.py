@@ -12,64 +12,49 @@ is specialised as 16-byte aligned by Triton and the offsets can be hinted. Per e
 
 so w, m and v are read and written once, g, θ₀ and G read once, and x is rounded once.
 
-Vector loads: chunks start at multiples of CHUNK, and when the host has checked that every
-address is 16-byte aligned (ALIGNED) the offsets are hinted as multiples of 16 bytes
-(tl.multiple_of), so a full chunk is streamed with unmasked loads the compiler widens to 16 bytes;
-only a tensor's last chunk, if partial, takes the masked loop.
+Vector loads as in SPIDER's passes (kernels/importance.py, whose chunk and block helpers this
+uses): a full chunk of 16-byte-aligned tensors streams with unmasked 16-byte loads; only a
+tensor's last chunk, if partial, takes the masked loop.
 """
 
 import triton
 import triton.language as tl
 
-from .importance import _c_raw, _inverse_mean, _r_stats
+from .importance import (
+    _c_raw,
+    _chunk,
+    _inverse_mean,
+    _operand,
+    _r_stats,
+    block_offsets,
+    load_f32,
+    store_as,
+)
 
 HYPER_COLUMNS = 6  # (1 − lr·λ, lr / bc₁, β₁, β₂, ε, √bc₂), one float64 row per tensor
 
 
 @triton.jit
-def _operand(base, table, t, ALIGNED: tl.constexpr):
-    """Tensor t of an operand list: its base pointer plus its element offset from the table."""
-    off = tl.load(table + t)
-    if ALIGNED:  # every address 16-byte aligned: offsets are whole 16-byte words
-        off = tl.multiple_of(off, 128 // base.dtype.element_ty.primitive_bitwidth)
-    return base + off
-
-
-@triton.jit
 def _fused_block(
-    w, g, m, v, t0, G, offs, n, h_decay, h_step, h_b1, h_b2, h_eps, h_bc2,
-    pm, ps, pz, fm, fs, fz, inv_m, active, MASKED: tl.constexpr,
+    w, g, m, v, t0, G, start, i, n, h_decay, h_step, h_b1, h_b2, h_eps, h_bc2,
+    pm, ps, pz, fm, fs, fz, inv_m, active, BLOCK: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    """One BLOCK of the pass at offsets `offs` (masked by `n` only when MASKED)."""
-    if MASKED:
-        mask = offs < n
-        gv = tl.load(g + offs, mask=mask, other=0.0).to(tl.float32)
-        mv = tl.load(m + offs, mask=mask, other=0.0).to(tl.float32)
-        vv = tl.load(v + offs, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(w + offs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        mask = None
-        gv = tl.load(g + offs).to(tl.float32)
-        mv = tl.load(m + offs).to(tl.float32)
-        vv = tl.load(v + offs).to(tl.float32)
-        x = tl.load(w + offs).to(tl.float32)
+    """One BLOCK of the pass at start + i (masked by n only when MASKED)."""
+    offs = block_offsets(start, i, BLOCK, MASKED)
+    gv = load_f32(g, offs, n, MASKED)
+    mv = load_f32(m, offs, n, MASKED)
+    vv = load_f32(v, offs, n, MASKED)
+    x = load_f32(w, offs, n, MASKED)
     mv = mv + (1.0 - h_b1) * (gv - mv)
     vv = vv * h_b2 + (1.0 - h_b2) * (gv * gv)
     x = x * h_decay - h_step * (mv / (tl.sqrt_rn(vv) / h_bc2 + h_eps))
-    tl.store(m + offs, mv.to(m.dtype.element_ty), mask=mask)
-    tl.store(v + offs, vv.to(v.dtype.element_ty), mask=mask)
+    store_as(m, offs, n, mv, MASKED)
+    store_as(v, offs, n, vv, MASKED)
     if active:
-        if MASKED:
-            a = tl.load(t0 + offs, mask=mask, other=0.0).to(tl.float32)
-            gs = tl.load(G + offs, mask=mask, other=0.0)
-            lanes = mask
-        else:
-            a = tl.load(t0 + offs).to(tl.float32)
-            gs = tl.load(G + offs)
-            lanes = offs >= 0  # every lane
-        c, _ = _c_raw(a, gs, pm, ps, pz, fm, fs, fz, lanes)
+        a = load_f32(t0, offs, n, MASKED)
+        c, _ = _c_raw(a, load_f32(G, offs, n, MASKED), pm, ps, pz, fm, fs, fz, offs < n)
         x = a + tl.minimum(c * inv_m, 1.0) * (x - a)
-    tl.store(w + offs, x.to(w.dtype.element_ty), mask=mask)
+    store_as(w, offs, n, x, MASKED)
 
 
 @triton.jit
@@ -81,10 +66,7 @@ def spider_adamw_blend_kernel(
 ):  # fmt: skip
     """Program = one chunk of one tensor t: the fused AdamW + blend pass over it. hyper[t] holds
     t's AdamW scalars; sel[t] = (Σ c_raw, count) decides the blend (none when count is 0)."""
-    pid = tl.program_id(0)
-    t = tl.load(chunk_tensor_ptr + pid)
-    start = tl.multiple_of(tl.load(chunk_start_ptr + pid), CHUNK)
-    n = tl.load(numel_ptr + t)
+    t, start, n, full = _chunk(chunk_tensor_ptr, chunk_start_ptr, numel_ptr, CHUNK)
     w = _operand(w_base, w_table, t, ALIGNED)
     g = _operand(g_base, g_table, t, ALIGNED)
     m = _operand(m_base, m_table, t, ALIGNED)
@@ -101,19 +83,17 @@ def spider_adamw_blend_kernel(
     pm, ps, pz = _r_stats(pre_ptr, t)
     fm, fs, fz = _r_stats(ft_ptr, t)
     inv_m, active = _inverse_mean(sel_ptr, t)
-    if start + CHUNK <= n:  # a full chunk: no masks, so the loads can be vectorised
+    if full:  # no masks, so the loads can be vectorised
         for i in range(0, CHUNK, BLOCK):
-            offs = start + i + tl.max_contiguous(tl.multiple_of(tl.arange(0, BLOCK), BLOCK), BLOCK)
             _fused_block(
-                w, g, m, v, t0, G, offs, n, h_decay, h_step, h_b1, h_b2, h_eps, h_bc2,
-                pm, ps, pz, fm, fs, fz, inv_m, active, MASKED=False,
+                w, g, m, v, t0, G, start, i, n, h_decay, h_step, h_b1, h_b2, h_eps, h_bc2,
+                pm, ps, pz, fm, fs, fz, inv_m, active, BLOCK, MASKED=False,
             )  # fmt: skip
     else:
         for i in range(0, CHUNK, BLOCK):
-            offs = start + i + tl.arange(0, BLOCK)
             _fused_block(
-                w, g, m, v, t0, G, offs, n, h_decay, h_step, h_b1, h_b2, h_eps, h_bc2,
-                pm, ps, pz, fm, fs, fz, inv_m, active, MASKED=True,
+                w, g, m, v, t0, G, start, i, n, h_decay, h_step, h_b1, h_b2, h_eps, h_bc2,
+                pm, ps, pz, fm, fs, fz, inv_m, active, BLOCK, MASKED=True,
             )  # fmt: skip
 
 

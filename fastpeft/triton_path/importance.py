@@ -1,9 +1,10 @@
 """Host side of the Triton SPIDER kernels: chunk and address tables, launches.
 
 A :class:`Plan` serves one fixed list of tensors of one dtype on one device. The chunk
-tables depend only on the sizes and are built once; the address tables are rebuilt only when a
-data pointer changes (gradients are often reallocated between steps), and are uploaded from
-pinned memory without blocking, so ``step()`` never waits for the GPU.
+tables depend only on the sizes and are built once; each operand list travels as its first
+tensor and a table of element offsets from it, rebuilt only when a data pointer changes
+(gradients are often reallocated between steps) and uploaded from pinned memory without
+blocking, so ``step()`` never waits for the GPU.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from ..ops import _counters
 from ..torch_path.importance import upload
 from .launch import Target, launch, target_for
 
-_DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # NOTE: untuned (no GPU was available when this was written). 16K-element chunks keep ~400K
 # programs for a 7B model; 2048 lanes x 8 warps = 8 elements per thread per iteration. The
-# interpreter runs every program serially in numpy, so it gets few, larger-lane chunks.
-# Loads go through addresses read from a table, which carry no alignment facts for the compiler,
-# so 16-byte vector loads are not guaranteed; tl.multiple_of hints are the first thing to try if
-# the measured bandwidth falls short.
+# interpreter runs every program serially in numpy, so it gets few, larger-lane chunks. Full
+# chunks of 16-byte-aligned tensors stream with 16-byte loads and stores (checked in the sm_90
+# PTX by tests/kernels/test_spider_vector_loads.py).
 _GPU = dict(CHUNK=16384, BLOCK=2048, num_warps=8)
 _CPU = dict(CHUNK=4096, BLOCK=1024)
 _RBLOCK = 256
@@ -37,7 +37,7 @@ def launch_configs(target: Target) -> dict:
 
 
 def supports(dtype: torch.dtype) -> bool:
-    return dtype in _DT
+    return dtype in _DTYPES
 
 
 class Plan:
@@ -53,9 +53,10 @@ class Plan:
         self.device = self.G[0].device if self.n else torch.device("cpu")
         dtypes = {t.dtype for t in self.theta0}
         if len(dtypes) > 1 or not all(supports(d) for d in dtypes):
-            raise ValueError(f"the Triton SPIDER plan takes one dtype of {list(_DT)}, got {dtypes}")
+            raise ValueError(
+                f"the Triton SPIDER plan takes one dtype of {list(_DTYPES)}, got {dtypes}"
+            )
         self.dtype = self.theta0[0].dtype if self.n else torch.float32
-        self.dt = _DT[self.dtype]
         self.cfg = launch_configs(target_for(self.device))
         chunk = self.cfg["CHUNK"]
         numels = torch.tensor([t.numel() for t in self.G], dtype=torch.int64)
@@ -75,12 +76,13 @@ class Plan:
     def _upload(self, t: torch.Tensor) -> torch.Tensor:
         return upload(t, self.device)
 
-    def _table(self, key: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        ptrs = tuple(t.data_ptr() for t in tensors)
-        if self._addr_keys.get(key) != ptrs:
-            self._addr[key] = self._upload(torch.tensor(ptrs, dtype=torch.int64))
-            self._addr_keys[key] = ptrs
-        return self._addr[key]
+    def _operands(self, lists: dict[str, Sequence[torch.Tensor]]) -> tuple[list, list, bool]:
+        """(base tensors, offset tables, ALIGNED) of named operand lists for a pass launch:
+        ALIGNED when every address is 16-byte aligned (the kernels then hint 16-byte words)."""
+        aligned = all(x.data_ptr() % 16 == 0 for ts in lists.values() for x in ts)
+        bases = [ts[0] for ts in lists.values()]
+        offsets = [self._offsets(key, ts) for key, ts in lists.items()]
+        return bases, offsets, aligned
 
     def _pass_args(self) -> tuple:
         return (self.chunk_tensor, self.chunk_start, self.numels)
@@ -109,10 +111,10 @@ class Plan:
             raise ValueError("Plan.accumulate: grads must match theta0 (contiguous)")
         partial = self._partials()
         if self.total_chunks:
+            bases, offsets, aligned = self._operands({"G": self.G, "g": grads})
             launch(
                 kernels.spider_accumulate_kernel, (self.total_chunks,),
-                self._table("G", self.G), self._table("g", grads), *self._pass_args(), partial,
-                DT=self.dt, **self.cfg,
+                *bases, *offsets, *self._pass_args(), partial, ALIGNED=aligned, **self.cfg,
             )  # fmt: skip
         return self._finalize(partial, 3)
 
@@ -125,10 +127,11 @@ class Plan:
             return torch.zeros((0, 2), dtype=torch.float64, device=self.device)
         partial = self._partials()
         if self.total_chunks:
+            bases, offsets, aligned = self._operands({"theta0": self.theta0, "G": self.G})
             launch(
                 kernels.spider_select_kernel, (self.total_chunks,),
-                self._table("t0", self.theta0), self._table("G", self.G), *self._pass_args(),
-                pre, ft, partial, DT=self.dt, **self.cfg,
+                *bases, *offsets, *self._pass_args(), pre, ft, partial,
+                ALIGNED=aligned, **self.cfg,
             )  # fmt: skip
         return self._finalize(partial, 2)
 
@@ -142,10 +145,10 @@ class Plan:
             p.dtype != self.dtype or p.numel() != t.numel() for p, t in zip(w, self.G, strict=False)
         ):
             raise ValueError("Plan.blend: w must match theta0 in length, sizes and dtype")
+        bases, offsets, aligned = self._operands({"w": w, "theta0": self.theta0, "G": self.G})
         launch(
             kernels.spider_blend_kernel, (self.total_chunks,),
-            self._table("w", w), self._table("t0", self.theta0), self._table("G", self.G),
-            *self._pass_args(), pre, ft, sel, DT=self.dt, **self.cfg,
+            *bases, *offsets, *self._pass_args(), pre, ft, sel, ALIGNED=aligned, **self.cfg,
         )  # fmt: skip
 
     def adamw_blend(self, w, grads, exp_avg, exp_avg_sq, hyper, pre, ft, sel) -> None:
@@ -162,9 +165,7 @@ class Plan:
             ):
                 raise ValueError(f"Plan.adamw_blend: {name} must match theta0 (contiguous)")
         lists.update(theta0=self.theta0, G=self.G)
-        aligned = all(x.data_ptr() % 16 == 0 for ts in lists.values() for x in ts)
-        bases = [ts[0] for ts in lists.values()]
-        offsets = [self._offsets(k, ts) for k, ts in lists.items()]
+        bases, offsets, aligned = self._operands(lists)
         launch(
             fused_kernels.spider_adamw_blend_kernel, (self.total_chunks,),
             *bases, *offsets, *self._pass_args(), hyper, pre, ft, sel,
@@ -173,14 +174,14 @@ class Plan:
 
     def _offsets(self, key: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Element offsets of `tensors` from the first one's data pointer (one dtype, so every
-        difference is a whole number of elements), cached like the address tables."""
+        difference is a whole number of elements), cached until a data pointer changes."""
         ptrs = tuple(t.data_ptr() for t in tensors)
-        if self._addr_keys.get(f"off {key}") != ptrs:
+        if self._addr_keys.get(key) != ptrs:
             size = tensors[0].element_size()
             offsets = torch.tensor([p - ptrs[0] for p in ptrs], dtype=torch.int64) // size
-            self._addr[f"off {key}"] = self._upload(offsets)
-            self._addr_keys[f"off {key}"] = ptrs
-        return self._addr[f"off {key}"]
+            self._addr[key] = self._upload(offsets)
+            self._addr_keys[key] = ptrs
+        return self._addr[key]
 
 
 def chunk_count(numels: Sequence[int], device: torch.device) -> int:
