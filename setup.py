@@ -25,6 +25,7 @@ def _extension():
         "csrc/bindings.cpp",
         "csrc/cpu/abs_moments.cpp",
         "csrc/cpu/dropout.cpp",
+        "csrc/cpu/masked_adamw.cpp",
         "csrc/cpu/spider.cpp",
         "csrc/cpu/spider_adamw.cpp",
     ]

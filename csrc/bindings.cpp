@@ -30,6 +30,12 @@ void spider_adamw_blend_(const std::vector<at::Tensor>& w, const std::vector<at:
                          const std::vector<at::Tensor>& theta0, const std::vector<at::Tensor>& G,
                          const at::Tensor& hyper, const at::Tensor& pre, const at::Tensor& ft,
                          const at::Tensor& sel, const std::vector<at::Tensor>& c_raw);
+// MagnitudeMaskAdamW's fused AdamW + pin pass (cpu/masked_adamw.cpp), CPU only.
+void masked_adamw_(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& grads,
+                   const std::vector<at::Tensor>& exp_avg,
+                   const std::vector<at::Tensor>& exp_avg_sq,
+                   const std::vector<at::Tensor>& theta0, const std::vector<at::Tensor>& masks,
+                   const at::Tensor& hyper);
 #ifdef FASTPEFT_WITH_CUDA
 at::Tensor abs_moments_cuda(const std::vector<at::Tensor>& tensors);
 #endif
@@ -105,6 +111,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "updated value (as spider_blend_, on a tensor whose count is nonzero); one read and one\n"
         "write of w, exp_avg and exp_avg_sq, reads of grads, theta0 and G. CPU only: with c_raw\n"
         "(what spider_select_sums wrote to c_out) read instead of computed from theta0 and G.");
+  m.def("masked_adamw_", &fastpeft::masked_adamw_, pybind11::arg("w"), pybind11::arg("grads"),
+        pybind11::arg("exp_avg"), pybind11::arg("exp_avg_sq"), pybind11::arg("theta0"),
+        pybind11::arg("masks"), pybind11::arg("hyper"),
+        "masked_adamw_(w, grads, exp_avg, exp_avg_sq, theta0, masks, hyper[n, 6]) -> None\n\n"
+        "In place, per element of tensor i: AdamW's moment and parameter update with row i of\n"
+        "hyper (as spider_adamw_blend_), then w = theta0 where masks[i] (bool) pins the element;\n"
+        "one read and one write of w, exp_avg and exp_avg_sq, reads of grads, theta0 and masks.\n"
+        "CPU only.");
   m.def("has_cuda", [] { return fastpeft::kHasCuda; },
         "True if this build of fastpeft._C includes the CUDA kernels.");
 }

@@ -8,13 +8,14 @@ fastpeft.unpatch(peft_model)
 from .adapters import AdapterConfig, add_adapters, load_adapters, remove_adapters, save_adapters
 from .functional import ia3_linear, lora_linear
 from .patch import PatchReport, is_patched, patch, unpatch
-from .spider import MagnitudeMask, Spider, SpiderAdamW
+from .spider import MagnitudeMask, MagnitudeMaskAdamW, Spider, SpiderAdamW
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdapterConfig",
     "MagnitudeMask",
+    "MagnitudeMaskAdamW",
     "PatchReport",
     "add_adapters",
     "ia3_linear",

@@ -4,8 +4,7 @@
 // After SPIDER's passes 1 and 2 (spider.cpp: G += g with the moments of G, then the select sums),
 // one pass per element does what AdamW's step and SPIDER's blend would do in two:
 //
-//   m ← m + (1 − β₁)(g − m);   v ← β₂ v + (1 − β₂) g²                  (torch.optim.AdamW's order)
-//   x ← w (1 − lr·λ) − (lr / bc₁) · m / (√v / √bc₂ + ε)                 bc = 1 − βᵗ
+//   m, v, x ← AdamW's update of the moments and of w                    (adamw_math.h)
 //   w ← θ₀ + min(c_raw / m_c, 1) ⊙ (x − θ₀)    where the tensor has a selected element, else x
 //
 // so w, g, m and v are read once and written once, and x is never rounded to w's dtype before the
@@ -15,9 +14,6 @@
 // bytes written and read per element, two exponentials and a division fewer. The pass order matters: SPIDER's c depends on
 // G and θ₀ only, never on w, so both reductions can run before the AdamW update and the update
 // can feed the blend in registers.
-//
-// Per-tensor hyper-parameters come as a [n, 6] float64 table with columns (1 − lr·λ, lr / bc₁, β₁,
-// β₂, ε, √bc₂), rounded once to float32 (float64 for float64 parameters) like the SPIDER scalars.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
@@ -25,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "adamw_math.h"
 #include "chunk_map.h"
 #include "spider_checks.h"
 #include "spider_math.h"
@@ -41,60 +38,6 @@ void spider_adamw_blend_cuda(const std::vector<at::Tensor>& w, const std::vector
 
 namespace {
 
-constexpr int64_t kHyperColumns = 6;
-
-// One tensor's AdamW scalars in the arithmetic type F (float, or double for float64 parameters).
-template <typename F>
-struct AdamW {
-  F decay, step_size, one_minus_beta1, beta2, one_minus_beta2, eps, bc2_sqrt;
-  explicit AdamW(const double* h)
-      : decay(static_cast<F>(h[0])), step_size(static_cast<F>(h[1])),
-        one_minus_beta1(static_cast<F>(1.0 - h[2])), beta2(static_cast<F>(h[3])),
-        one_minus_beta2(static_cast<F>(1.0 - h[3])), eps(static_cast<F>(h[4])),
-        bc2_sqrt(static_cast<F>(h[5])) {}
-};
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC push_options
-// As in spider_math.h. The square root also needs -fno-math-errno (setup.py): without it GCC
-// keeps a libm fallback call for negative arguments in the loop, which blocks vectorisation, and
-// GCC 12 ignores that option in a pragma or attribute.
-#pragma GCC optimize("no-trapping-math", "fp-contract=off")
-#endif
-
-// The square root in the argument's own precision (__builtin_sqrt of a float would widen the
-// whole update to double and halve the vector width).
-inline float root(float x) { return __builtin_sqrtf(x); }
-inline double root(double x) { return __builtin_sqrt(x); }
-
-// The AdamW update of n elements in place: m, v and x (the parameter) in F.
-template <typename F>
-inline void adamw_update(const F* g, F* m, F* v, F* x, int64_t n, const AdamW<F>& h) {
-  for (int64_t j = 0; j < n; ++j) {
-    const F gj = g[j];
-    const F mj = m[j] + h.one_minus_beta1 * (gj - m[j]);
-    const F vj = v[j] * h.beta2 + h.one_minus_beta2 * (gj * gj);
-    const F denom = root(vj) / h.bc2_sqrt + h.eps;
-    m[j] = mj;
-    v[j] = vj;
-    x[j] = x[j] * h.decay - h.step_size * (mj / denom);
-  }
-}
-
-// GCC's target_clones takes plain functions, not templates: one per arithmetic type.
-FASTPEFT_CLONES void adamw_block(const float* g, float* m, float* v, float* x, int64_t n,
-                                 const AdamW<float>& h) {
-  adamw_update(g, m, v, x, n, h);
-}
-FASTPEFT_CLONES void adamw_block(const double* g, double* m, double* v, double* x, int64_t n,
-                                 const AdamW<double>& h) {
-  adamw_update(g, m, v, x, n, h);
-}
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif
-
 // The fused pass over one chunk of one tensor; `inv_m` < 0 marks a tensor with nothing selected
 // (AdamW only, as Spider leaves such a tensor alone). `kept`: c_raw as pass 2 stored it, or null
 // to compute it from θ₀ and G.
@@ -102,16 +45,10 @@ template <typename T>
 void adamw_blend_chunk(T* w, const T* g, T* m, T* v, const T* t0, const float* G,
                        const float* kept, int64_t len, const RStats& pre, const RStats& ft,
                        float inv_m, const AdamW<float>& h) {
-  float gf[kBlock], mf[kBlock], vf[kBlock], x[kBlock], a[kBlock], buffer[kBlock];
+  float x[kBlock], a[kBlock], buffer[kBlock];
   for (int64_t b = 0; b < len; b += kBlock) {
     const int64_t n = std::min(kBlock, len - b);
-    to_float(g + b, n, gf);
-    to_float(m + b, n, mf);
-    to_float(v + b, n, vf);
-    to_float(w + b, n, x);
-    adamw_block(gf, mf, vf, x, n, h);
-    store(mf, n, m + b);
-    store(vf, n, v + b);
+    adamw_to_float(g + b, m + b, v + b, w + b, n, h, x);
     if (inv_m >= 0.f) {
       to_float(t0 + b, n, a);
       const float* c = kept != nullptr ? kept + b : buffer;
@@ -202,17 +139,8 @@ void spider_adamw_blend_(const std::vector<at::Tensor>& w, const std::vector<at:
       G.empty()) {
     return;
   }
-  const c10::Device device = check_lists({{&w, "w"},
-                                          {&grads, "grads"},
-                                          {&exp_avg, "exp_avg"},
-                                          {&exp_avg_sq, "exp_avg_sq"},
-                                          {&theta0, "theta0"},
-                                          {&G, "G"}},
-                                         fn);
-  check_pairs(w, grads, fn, "w", "grads", true);
-  check_pairs(w, exp_avg, fn, "w", "exp_avg", true);
-  check_pairs(w, exp_avg_sq, fn, "w", "exp_avg_sq", true);
-  check_pairs(w, theta0, fn, "w", "theta0", true);
+  const c10::Device device = check_adamw_lists(w, grads, exp_avg, exp_avg_sq, theta0, fn);
+  check_lists({{&w, "w"}, {&G, "G"}}, fn);
   check_pairs(w, G, fn, "w", "G", false);
   check_G(G, fn);
   const int64_t n = static_cast<int64_t>(G.size());

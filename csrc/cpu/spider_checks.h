@@ -66,6 +66,26 @@ c10::Device check_lists(std::initializer_list<NamedList> lists, const char* fn) 
   return *device;
 }
 
+// The operand lists of a fused AdamW pass (spider_adamw.cpp, masked_adamw.cpp): one length, one
+// device, each list's sizes and dtype those of w; returns the device.
+c10::Device check_adamw_lists(const std::vector<at::Tensor>& w,
+                              const std::vector<at::Tensor>& grads,
+                              const std::vector<at::Tensor>& exp_avg,
+                              const std::vector<at::Tensor>& exp_avg_sq,
+                              const std::vector<at::Tensor>& theta0, const char* fn) {
+  const c10::Device device = check_lists({{&w, "w"},
+                                          {&grads, "grads"},
+                                          {&exp_avg, "exp_avg"},
+                                          {&exp_avg_sq, "exp_avg_sq"},
+                                          {&theta0, "theta0"}},
+                                         fn);
+  check_pairs(w, grads, fn, "w", "grads", true);
+  check_pairs(w, exp_avg, fn, "w", "exp_avg", true);
+  check_pairs(w, exp_avg_sq, fn, "w", "exp_avg_sq", true);
+  check_pairs(w, theta0, fn, "w", "theta0", true);
+  return device;
+}
+
 // An optional list of fp32 c_raw buffers, one per G (empty: none). The CPU passes keep c_raw in
 // it between pass 2 and SpiderAdamW's fused pass; the GPU passes recompute it (cheaper there
 // than 8 more bytes per element), so a list on a CUDA device is refused.

@@ -10,13 +10,17 @@ rotated) so the per-repetition ratios cancel a shared machine's drifts:
 - ``reference``: the paper-style per-tensor loop, ``fastpeft.reference.spider.SpiderReference``
   with fp32 state (five fp32 copies, ~20 kernels and two host syncs per tensor), alone;
 - ``adamw``: one ``torch.optim.AdamW`` step over the same parameters (``fused=True`` on a GPU,
-  ``foreach=True`` on the CPU), the cost SPIDER is measured against.
+  ``foreach=True`` on the CPU), the cost SPIDER is measured against;
+- ``mask_adamw``: one ``fastpeft.MagnitudeMaskAdamW`` step (AdamW with the MagnitudeMask
+  baseline fused in: one pass), and ``adamw+mask``: AdamW then ``MagnitudeMask.step()``.
 
 AdamW inside ``adamw+spider`` is the same as the ``adamw`` provider's. Bytes per element, for
 s-byte parameters (`bytes_per_element`): AdamW 7·s (w, m, v read and written, g read: moments in
 the parameter's dtype, as torch keeps them); Spider 5·s + 16 (pass 1 reads g and G and writes G;
 pass 2 reads θ₀ and G; pass 3 reads θ₀, G and w and writes w); SpiderAdamW 10·s + 16 (Spider's
 passes 1 and 2, then w, m, v read and written and g, θ₀, G read once). bf16: 14, 26, 36.
+MagnitudeMaskAdamW 8·s + 1 (AdamW's, θ₀ and the 1-byte mask read); AdamW + MagnitudeMask
+10·s + 1 (the mask step reads θ₀, the mask and w and writes w). bf16: 17 and 21.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..reference.spider import SpiderReference
-from ..spider import Spider, SpiderAdamW
+from ..spider import MagnitudeMask, MagnitudeMaskAdamW, Spider, SpiderAdamW
 from .stats import paired_ratios, spread
 from .timing import time_interleaved
 
@@ -47,6 +51,8 @@ _BYTES = {
     "adamw": (7, 0),
     "adamw+spider": (12, 16),
     "spider_adamw": (10, 16),
+    "mask_adamw": (8, 1),
+    "adamw+mask": (10, 1),
 }
 
 
@@ -148,6 +154,30 @@ def _provider_spider_adamw(params, device, backend):
     return opt.step, state + _state_bytes(spider.theta0 + spider.G), spider.backends[0]
 
 
+def _mask_backend(backend: str) -> str:
+    # MagnitudeMaskAdamW runs Triton or PyTorch; SPIDER's extension backends map to "auto".
+    return backend if backend in ("torch", "triton") else "auto"
+
+
+def _provider_mask_adamw(params, device, backend):
+    opt = MagnitudeMaskAdamW(params, lr=1e-5, backend=_mask_backend(backend))
+    opt.step()  # allocate the AdamW state before timing
+    state = _state_bytes(t for s in opt.state.values() for t in s.values())
+    used = opt.backend_for(params[0].device, params[0].dtype)
+    return opt.step, state + _state_bytes(opt.mask.theta0 + opt.mask.masks), used
+
+
+def _provider_adamw_mask(params, device, backend):
+    opt, state, kind = _adamw(params, device)
+    mask = MagnitudeMask(params)
+
+    def step() -> None:
+        opt.step()
+        mask.step()
+
+    return step, state + _state_bytes(mask.theta0 + mask.masks), f"{kind}+torch"
+
+
 def _provider_reference(params, device, backend):
     ref = SpiderReference(params, dtype=torch.float32)
     # plus I_ft and c (transient, fp32) inside each step
@@ -160,6 +190,8 @@ _PROVIDERS = {
     "fastpeft": _provider_spider,
     "reference": _provider_reference,
     "adamw": _provider_adamw,
+    "mask_adamw": _provider_mask_adamw,
+    "adamw+mask": _provider_adamw_mask,
 }
 PROVIDERS = tuple(_PROVIDERS)
 
@@ -192,7 +224,7 @@ def _put_ratio(row: dict, name: str, numerator: list, denominator: list) -> None
 def _add_ratios(rows: dict[str, dict], dtype: torch.dtype) -> None:
     """SPIDER rows: the modelled bytes' rate (GB/s), the paper loop's time over Spider's, and
     time relative to the AdamW step (medians of per-repetition ratios with p20 and p80)."""
-    for provider in ("fastpeft", "spider_adamw", "adamw+spider"):
+    for provider in ("fastpeft", "spider_adamw", "adamw+spider", "mask_adamw", "adamw+mask"):
         row = rows.get(provider)
         if row is None:
             continue

@@ -140,6 +140,24 @@ def blend_(
         p.copy_(torch.where(active[i], t + c * (p.to(dtype) - t), p))
 
 
+def adamw_value(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, row: torch.Tensor
+) -> torch.Tensor:
+    """AdamW's step for one tensor with hyper row (1 − lr·λ, lr / bc₁, β₁, β₂, ε, √bc₂)
+    (float64): the moments m and v updated in place, and p's updated value returned in float32
+    (float64 for float64 parameters), unrounded and not written (the fused optimizers' shared
+    first half)."""
+    dtype = torch.promote_types(p.dtype, torch.float32)
+    decay, step_size, beta1, beta2, eps, bc2_sqrt = row.unbind()
+    g32, m32 = g.to(dtype), m.to(dtype)
+    m32 = m32 + (1 - beta1).to(dtype) * (g32 - m32)
+    v32 = v.to(dtype) * beta2.to(dtype) + (1 - beta2).to(dtype) * (g32 * g32)
+    denom = v32.sqrt() / bc2_sqrt.to(dtype) + eps.to(dtype)
+    m.copy_(m32)
+    v.copy_(v32)
+    return p.to(dtype) * decay.to(dtype) - step_size.to(dtype) * (m32 / denom)
+
+
 def adamw_blend_(
     w: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
@@ -153,24 +171,32 @@ def adamw_blend_(
     sel: torch.Tensor,
 ) -> None:
     """SpiderAdamW's fused pass, in place: per tensor i, AdamW's update of the moments and of
-    w[i] with hyper[i] = (1 − lr·λ, lr / bc₁, β₁, β₂, ε, √bc₂) (float64), computed in float32
-    (float64 for float64 parameters), then the blend of the updated value (as `blend_`; a
+    w[i] with hyper[i] (`adamw_value`), then the blend of the updated value (as `blend_`; a
     tensor whose count is 0 takes the AdamW value alone). One rounding to w's dtype at the end."""
     _, active = inverse_means(sel)
     cs = c_values(theta0, G, moments_pre, moments_ft, sel)
     rows = zip(w, grads, exp_avg, exp_avg_sq, theta0, cs, strict=True)
     for i, (p, g, m, v, t0, c) in enumerate(rows):
-        dtype = torch.promote_types(p.dtype, torch.float32)
-        decay, step_size, beta1, beta2, eps, bc2_sqrt = hyper[i].unbind()
-        g32, m32 = g.to(dtype), m.to(dtype)
-        m32 = m32 + (1 - beta1).to(dtype) * (g32 - m32)
-        v32 = v.to(dtype) * beta2.to(dtype) + (1 - beta2).to(dtype) * (g32 * g32)
-        denom = v32.sqrt() / bc2_sqrt.to(dtype) + eps.to(dtype)
-        x = p.to(dtype) * decay.to(dtype) - step_size.to(dtype) * (m32 / denom)
-        m.copy_(m32)
-        v.copy_(v32)
-        t = t0.to(dtype)
-        p.copy_(torch.where(active[i], t + c.to(dtype) * (x - t), x))
+        x = adamw_value(p, g, m, v, hyper[i])
+        t = t0.to(x.dtype)
+        p.copy_(torch.where(active[i], t + c.to(x.dtype) * (x - t), x))
+
+
+def masked_adamw_(
+    w: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    exp_avg: Sequence[torch.Tensor],
+    exp_avg_sq: Sequence[torch.Tensor],
+    theta0: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    hyper: torch.Tensor,
+) -> None:
+    """MagnitudeMaskAdamW's pass, in place: per tensor i, AdamW's update (`adamw_value`), then
+    w[i] ← θ₀ where masks[i] (bool) pins the element, else the AdamW value rounded once."""
+    rows = zip(w, grads, exp_avg, exp_avg_sq, theta0, masks, strict=True)
+    for i, (p, g, m, v, t0, pinned) in enumerate(rows):
+        x = adamw_value(p, g, m, v, hyper[i])
+        p.copy_(torch.where(pinned, t0.to(x.dtype), x))
 
 
 class Plan:

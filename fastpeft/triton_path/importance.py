@@ -42,15 +42,19 @@ def supports(dtype: torch.dtype) -> bool:
 
 class Plan:
     """The three passes over fixed lists ``theta0`` (the parameters' dtype) and ``G`` (float32),
-    all contiguous, one device, one dtype; the parameters come with each ``blend`` call."""
+    all contiguous, one device, one dtype; the parameters come with each ``blend`` call. Without
+    ``G`` the plan serves MagnitudeMaskAdamW's pass only (:meth:`masked_adamw`)."""
 
     def __init__(
-        self, theta0: Sequence[torch.Tensor], G: Sequence[torch.Tensor], backend: str = "triton"
+        self,
+        theta0: Sequence[torch.Tensor],
+        G: Sequence[torch.Tensor] | None,
+        backend: str = "triton",
     ) -> None:
         self.backend = backend
-        self.theta0, self.G = list(theta0), list(G)
-        self.n = len(self.G)
-        self.device = self.G[0].device if self.n else torch.device("cpu")
+        self.theta0, self.G = list(theta0), list(G or [])
+        self.n = len(self.theta0)
+        self.device = self.theta0[0].device if self.n else torch.device("cpu")
         dtypes = {t.dtype for t in self.theta0}
         if len(dtypes) > 1 or not all(supports(d) for d in dtypes):
             raise ValueError(
@@ -59,7 +63,7 @@ class Plan:
         self.dtype = self.theta0[0].dtype if self.n else torch.float32
         self.cfg = launch_configs(target_for(self.device))
         chunk = self.cfg["CHUNK"]
-        numels = torch.tensor([t.numel() for t in self.G], dtype=torch.int64)
+        numels = torch.tensor([t.numel() for t in self.theta0], dtype=torch.int64)
         n_chunks = (numels + chunk - 1) // chunk
         first = torch.cumsum(n_chunks, 0) - n_chunks
         total = int(n_chunks.sum())
@@ -106,7 +110,7 @@ class Plan:
             return torch.zeros((0, 3), dtype=torch.float64, device=self.device)
         if len(grads) != self.n or any(
             g.dtype != self.dtype or g.numel() != t.numel() or not g.is_contiguous()
-            for g, t in zip(grads, self.G, strict=False)
+            for g, t in zip(grads, self.theta0, strict=False)
         ):
             raise ValueError("Plan.accumulate: grads must match theta0 (contiguous)")
         partial = self._partials()
@@ -142,7 +146,8 @@ class Plan:
         if self.n == 0 or self.total_chunks == 0:
             return
         if len(w) != self.n or any(
-            p.dtype != self.dtype or p.numel() != t.numel() for p, t in zip(w, self.G, strict=False)
+            p.dtype != self.dtype or p.numel() != t.numel()
+            for p, t in zip(w, self.theta0, strict=False)
         ):
             raise ValueError("Plan.blend: w must match theta0 in length, sizes and dtype")
         bases, offsets, aligned = self._operands({"w": w, "theta0": self.theta0, "G": self.G})
@@ -157,13 +162,7 @@ class Plan:
         _counters.record("spider_adamw", self.backend)
         if self.n == 0 or self.total_chunks == 0:
             return
-        lists = {"w": w, "grads": grads, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-        for name, ts in lists.items():
-            if len(ts) != self.n or any(
-                x.dtype != self.dtype or x.numel() != t.numel() or not x.is_contiguous()
-                for x, t in zip(ts, self.G, strict=False)
-            ):
-                raise ValueError(f"Plan.adamw_blend: {name} must match theta0 (contiguous)")
+        lists = self._adamw_lists(w, grads, exp_avg, exp_avg_sq, "adamw_blend")
         lists.update(theta0=self.theta0, G=self.G)
         bases, offsets, aligned = self._operands(lists)
         launch(
@@ -171,6 +170,37 @@ class Plan:
             *bases, *offsets, *self._pass_args(), hyper, pre, ft, sel,
             ALIGNED=aligned, **self.cfg,
         )  # fmt: skip
+
+    def masked_adamw(self, w, grads, exp_avg, exp_avg_sq, masks, hyper) -> None:
+        """MagnitudeMaskAdamW's pass (kernels/spider_adamw.py): AdamW's update of w, exp_avg and
+        exp_avg_sq (θ₀'s dtype, contiguous) with hyper [n, 6] float64, the elements `masks`
+        (bool, contiguous) pins set back to θ₀."""
+        _counters.record("masked_adamw", self.backend)
+        if self.n == 0 or self.total_chunks == 0:
+            return
+        lists = self._adamw_lists(w, grads, exp_avg, exp_avg_sq, "masked_adamw")
+        if len(masks) != self.n or any(
+            k.dtype != torch.bool or k.numel() != t.numel() or not k.is_contiguous()
+            for k, t in zip(masks, self.theta0, strict=False)
+        ):
+            raise ValueError("Plan.masked_adamw: masks must be bool, contiguous, theta0's sizes")
+        lists.update(theta0=self.theta0, pins=[k.view(torch.uint8) for k in masks])
+        bases, offsets, aligned = self._operands(lists)
+        launch(
+            fused_kernels.masked_adamw_kernel, (self.total_chunks,),
+            *bases, *offsets, *self._pass_args(), hyper, ALIGNED=aligned, **self.cfg,
+        )  # fmt: skip
+
+    def _adamw_lists(self, w, grads, exp_avg, exp_avg_sq, where: str) -> dict[str, list]:
+        """The AdamW operand lists by name, each checked against θ₀ (dtype, sizes, contiguous)."""
+        lists = {"w": w, "grads": grads, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        for name, ts in lists.items():
+            if len(ts) != self.n or any(
+                x.dtype != self.dtype or x.numel() != t.numel() or not x.is_contiguous()
+                for x, t in zip(ts, self.theta0, strict=False)
+            ):
+                raise ValueError(f"Plan.{where}: {name} must match theta0 (contiguous)")
+        return lists
 
     def _offsets(self, key: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Element offsets of `tensors` from the first one's data pointer (one dtype, so every

@@ -267,10 +267,10 @@ _SPIDER_SHAPES = (
 
 
 def spider(tag: Tag, full: bool = False) -> None:
-    """The SPIDER passes (accumulate, select_sums, blend, and their finalize reductions) and
-    SpiderAdamW's fused pass for fp32, bf16 and fp16 parameters. The kernels take only pointers
-    and constexprs, so the tensor list changes the grids, never the compiles: the subset and the
-    full sweep are the same.
+    """The SPIDER passes (accumulate, select_sums, blend, and their finalize reductions),
+    SpiderAdamW's fused pass and MagnitudeMaskAdamW's for fp32, bf16 and fp16 parameters. The
+    kernels take only pointers and constexprs, so the tensor list changes the grids, never the
+    compiles: the subset and the full sweep are the same.
 
     `Plan` records on meta tensors as it is: its chunk tables reach the device through a plain
     `.to` (only a CUDA device pins memory first), and its address tables hold `data_ptr()`s,
@@ -294,3 +294,8 @@ def spider(tag: Tag, full: bool = False) -> None:
         with tag(f"{name} SpiderAdamW fused pass"):
             plan.adamw_blend(params, grads, moments[0::2], moments[1::2], hyper, moments_pre,
                              moments_ft, sel)  # fmt: skip
+        masks = [_empty(*s, dtype=torch.bool) for s in _SPIDER_SHAPES]
+        with tag(f"{name} MagnitudeMaskAdamW pass"):
+            importance_host.Plan(theta0, None).masked_adamw(
+                params, grads, moments[0::2], moments[1::2], masks, hyper
+            )

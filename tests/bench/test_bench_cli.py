@@ -46,7 +46,8 @@ def test_smoke_run_writes_json_csv_per_suite_and_plots(smoke_run):
     assert fused["speedup_vs_peft_p20"] <= fused["speedup_vs_peft"] <= fused["speedup_vs_peft_p80"]
     assert fused["time_vs_frozen"] > 0 and len(fused["times_ms"]) == 3
     spider = {r["provider"] for r in rows if r["suite"] == "spider"}
-    assert spider == {"spider_adamw", "adamw+spider", "fastpeft", "reference", "adamw"}
+    assert spider == {"spider_adamw", "adamw+spider", "fastpeft", "reference", "adamw",
+                      "mask_adamw", "adamw+mask"}  # fmt: skip
     for suite in ("layers", "e2e", "spider"):
         with (out / f"bench_all_smoke_{suite}.csv").open() as handle:
             lines = list(csv.DictReader(handle))

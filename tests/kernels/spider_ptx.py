@@ -23,6 +23,7 @@ STREAMING = (
     "spider_select_kernel",
     "spider_blend_kernel",
     "spider_adamw_blend_kernel",
+    "masked_adamw_kernel",
 )
 
 

@@ -1,7 +1,8 @@
-"""SPIDER's Triton passes and SpiderAdamW's fused pass must stream full chunks of 16-byte-aligned
-tensors with 16-byte loads and stores on sm_90 (ld/st.global.v4 in the PTX), for fp32, bf16 and
-fp16: the typed base pointers and hinted element offsets are what make that possible (addresses
-read from a table carry no alignment, and the passes loaded element by element through them)."""
+"""SPIDER's Triton passes and the fused optimizers' passes must stream full chunks of
+16-byte-aligned tensors with 16-byte loads and stores on sm_90 (ld/st.global.v4 in the PTX), for
+fp32, bf16 and fp16: the typed base pointers and hinted element offsets are what make that
+possible (addresses read from a table carry no alignment, and the passes loaded element by element
+through them)."""
 
 import json
 from pathlib import Path
@@ -17,6 +18,7 @@ STREAMS = {
     "spider_select_kernel": (2, 0),  # θ₀, G
     "spider_blend_kernel": (3, 1),  # w, θ₀, G; w
     "spider_adamw_blend_kernel": (6, 3),  # w, g, m, v, θ₀, G; w, m, v
+    "masked_adamw_kernel": (5, 3),  # w, g, m, v, θ₀ (the 1-byte mask: 8-byte loads); w, m, v
 }
 
 
