@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -22,6 +23,30 @@
 namespace fastpeft {
 namespace {
 
+// x[j] = pin[j] ? a[j] : x[j], branch-free: the mask is random (half the elements at ratio 0.5),
+// so a branch mispredicts on every other element (measured: the pass ran at a third of AdamW's
+// speed with the plain ternary). Selecting the bits lets the loop vectorise. `pin` holds torch
+// bools (0 or 1).
+template <typename F, typename U>
+inline void pin_select(const bool* pin, const F* a, F* x, int64_t n) {
+  static_assert(sizeof(F) == sizeof(U), "bit width");
+  for (int64_t j = 0; j < n; ++j) {
+    U xi, ai;
+    std::memcpy(&xi, x + j, sizeof(U));
+    std::memcpy(&ai, a + j, sizeof(U));
+    const U m = U(0) - static_cast<U>(pin[j]);
+    xi = (ai & m) | (xi & ~m);
+    std::memcpy(x + j, &xi, sizeof(U));
+  }
+}
+
+FASTPEFT_CLONES void pin_block(const bool* pin, const float* a, float* x, int64_t n) {
+  pin_select<float, std::uint32_t>(pin, a, x, n);
+}
+FASTPEFT_CLONES void pin_block(const bool* pin, const double* a, double* x, int64_t n) {
+  pin_select<double, std::uint64_t>(pin, a, x, n);
+}
+
 // The pass over one chunk of one tensor of a 16/32-bit float type T (AdamW in float).
 template <typename T>
 void masked_adamw_chunk(T* w, const T* g, T* m, T* v, const T* t0, const bool* pin, int64_t len,
@@ -31,7 +56,7 @@ void masked_adamw_chunk(T* w, const T* g, T* m, T* v, const T* t0, const bool* p
     const int64_t n = std::min(kBlock, len - b);
     adamw_to_float(g + b, m + b, v + b, w + b, n, h, x);
     to_float(t0 + b, n, a);
-    for (int64_t j = 0; j < n; ++j) x[j] = pin[b + j] ? a[j] : x[j];
+    pin_block(pin + b, a, x, n);
     store(x, n, w + b);
   }
 }
@@ -42,7 +67,7 @@ void masked_adamw_chunk_f64(double* w, const double* g, double* m, double* v, co
   for (int64_t b = 0; b < len; b += kBlock) {
     const int64_t n = std::min(kBlock, len - b);
     adamw_block(g + b, m + b, v + b, w + b, n, h);
-    for (int64_t j = b; j < b + n; ++j) w[j] = pin[j] ? t0[j] : w[j];
+    pin_block(pin + b, t0 + b, w + b, n);
   }
 }
 
