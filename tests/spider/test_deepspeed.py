@@ -1,14 +1,15 @@
 """DeepSpeedSpider under DeepSpeed (ZeRO 0 to 3) on 2 CPU processes (gloo): SPIDER's step on
 the full gradients and fp32 masters gives, after a few steps, the parameters of a single-process
 AdamW + Spider run on the whole batch. ZeRO-3 runs with gradient accumulation and clipping (the
-factor engine.step() clipped by scales what G adds). Spider, MagnitudeMask and SpiderAdamW on
-DeepSpeed-managed parameters refuse with a message naming DeepSpeedSpider."""
+factor engine.step() clipped by scales what G adds). Spider, MagnitudeMask, SpiderAdamW and
+MagnitudeMaskAdamW on DeepSpeed-managed parameters refuse with a message naming
+DeepSpeedSpider."""
 
 import pytest
 import torch
 from torch import nn
 
-from fastpeft.spider import DeepSpeedSpider, MagnitudeMask, Spider, SpiderAdamW
+from fastpeft.spider import DeepSpeedSpider, MagnitudeMask, MagnitudeMaskAdamW, Spider, SpiderAdamW
 
 from ..deepspeed_gloo import TIMEOUT, config, requires_deepspeed, setup_worker
 from ..gloo import spawn_gloo
@@ -48,9 +49,9 @@ def train_one_process(accumulation: int, clip: float) -> dict[str, torch.Tensor]
 
 
 def _refusals(deepspeed, stage: int, engine) -> list[str]:
-    """What Spider, MagnitudeMask and SpiderAdamW say on DeepSpeed-managed parameters: built on
-    them, and (SpiderAdamW) built before and stepped by the engine; and DeepSpeedSpider given
-    the module instead of the engine."""
+    """What Spider, MagnitudeMask, SpiderAdamW and MagnitudeMaskAdamW say on DeepSpeed-managed
+    parameters: built on them, and (SpiderAdamW) built before and stepped by the engine; and
+    DeepSpeedSpider given the module instead of the engine."""
 
     def message(run) -> str:
         try:
@@ -75,6 +76,7 @@ def _refusals(deepspeed, stage: int, engine) -> list[str]:
         message(lambda: MagnitudeMask(engine.module)),
         message(lambda: SpiderAdamW(engine.module.parameters())),
         message(step_spider_adamw),
+        message(lambda: MagnitudeMaskAdamW(engine.module.parameters())),
         message(lambda: DeepSpeedSpider(engine.module)),
     ]
 
@@ -125,7 +127,8 @@ def test_deepspeed_spider_equals_single_process(tmp_path):
         if not stage:
             continue
         *refused, not_engine = got["refusals"]
-        owners = ("Spider", "MagnitudeMask", "SpiderAdamW", "SpiderAdamW.step()")
+        owners = ("Spider", "MagnitudeMask", "SpiderAdamW", "SpiderAdamW.step()",
+                  "MagnitudeMaskAdamW")  # fmt: skip
         for owner, message in zip(owners, refused, strict=True):
             assert message.startswith(f"{owner}: the parameters are managed by a DeepSpeed ZeRO")
             assert "DeepSpeedSpider(engine)" in message, message

@@ -1,14 +1,14 @@
-"""Spider, SpiderAdamW and MagnitudeMask under FSDP2 (fully_shard, DTensor parameters and
-moments) on 2 CPU processes (gloo): the per-tensor sums are all-reduced over the shards, so the
-parameters after a few AdamW + spider steps (or SpiderAdamW steps) equal a single-process run on
-the whole batch."""
+"""Spider, SpiderAdamW, MagnitudeMask and MagnitudeMaskAdamW under FSDP2 (fully_shard, DTensor
+parameters and moments) on 2 CPU processes (gloo): the per-tensor sums are all-reduced over the
+shards (and each rank pins its shard of the full tensor's mask), so the parameters after a few
+AdamW + spider steps (or fused optimizer steps) equal a single-process run on the whole batch."""
 
 import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from fastpeft.spider import MagnitudeMask, Spider, SpiderAdamW
+from fastpeft.spider import MagnitudeMask, MagnitudeMaskAdamW, Spider, SpiderAdamW
 
 from ..gloo import spawn_gloo
 from .helpers import distributed_batch as batch
@@ -18,8 +18,8 @@ STEPS = 3
 WORLD = 2
 BATCH = 8
 # (backend or "mask"): the Spider backends the workers run, plus MagnitudeMask, plus SpiderAdamW
-# ("adamw-<backend>").
-KINDS = ["cpp", "torch", "mask", "adamw-cpp", "adamw-torch"]
+# ("adamw-<backend>") and MagnitudeMaskAdamW ("maskadamw-<backend>").
+KINDS = ["cpp", "torch", "mask", "adamw-cpp", "adamw-torch", "maskadamw-cpp", "maskadamw-torch"]
 
 
 def make(kind: str, m: nn.Module):
@@ -31,6 +31,10 @@ def train(kind: str, m: nn.Module, rows: slice) -> None:
         backend = kind.removeprefix("adamw-")
         opt = SpiderAdamW(m.parameters(), lr=2e-2, weight_decay=0.1, backend=backend)
         spider = None  # inside the optimizer's step
+    elif kind.startswith("maskadamw-"):
+        backend = kind.removeprefix("maskadamw-")
+        opt = MagnitudeMaskAdamW(m.parameters(), lr=2e-2, weight_decay=0.1, backend=backend)
+        spider = None
     else:
         opt = torch.optim.AdamW(m.parameters(), lr=2e-2)
         spider = make(kind, m)
