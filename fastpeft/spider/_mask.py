@@ -76,6 +76,12 @@ class MagnitudeMask:
         shard = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
         return shard.to_local().bool().contiguous()
 
+    def follow(self, i: int, device: torch.device) -> None:
+        """Move parameter i's θ₀ and mask to `device` if the model moved after construction."""
+        if self.theta0[i].device != device:
+            self.theta0[i] = self.theta0[i].to(device)
+            self.masks[i] = self.masks[i].to(device)
+
     @torch.no_grad()
     def step(self) -> None:
         """Re-pin the masked elements of every parameter that has a gradient. With no gradient
@@ -88,9 +94,7 @@ class MagnitudeMask:
             if p.grad is None:
                 continue
             w = _params.local(p)
-            if self.theta0[i].device != w.device:  # the model moved after construction
-                self.theta0[i] = self.theta0[i].to(w.device)
-                self.masks[i] = self.masks[i].to(w.device)
+            self.follow(i, w.device)
             torch.where(self.masks[i], self.theta0[i], w, out=w)
         self.steps += 1
 

@@ -103,10 +103,8 @@ class MagnitudeMaskAdamW(FusedAdamW):
         self.mask.steps += 1
 
     def _step_group(self, device: torch.device, dtype: torch.dtype, idx: list[int]) -> None:
-        for i in idx:  # the model moved after construction
-            if self.mask.theta0[i].device != device:
-                self.mask.theta0[i] = self.mask.theta0[i].to(device)
-                self.mask.masks[i] = self.mask.masks[i].to(device)
+        for i in idx:
+            self.mask.follow(i, device)
         params = [self.mask.params[i] for i in idx]
         w = [_params.local(p) for p in params]
         grads = [_params.local(p.grad) for p in params]
