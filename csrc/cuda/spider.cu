@@ -11,6 +11,11 @@
 // numbered in (tensor, chunk) order; finalize_kernel then adds each tensor's rows in order, so
 // the bits never depend on scheduling (no atomics).
 //
+// Vector loads: where every tensor of a segment is 16-byte aligned, each thread moves kVec
+// consecutive elements per 16-byte load or store (walk_chunk in spider_common.cuh); tails and
+// unaligned tensors take a scalar loop. The per-thread sums then run over a different element
+// order than a scalar walk, still fixed, so the bits stay deterministic.
+//
 // Per-element math in float32 (fast __expf / __fdividef: the passes are memory bound only if the
 // two sigmoids per element stay cheap); sums in float64; per-tensor scalars in float64 from the
 // (Σ|x|, Σx², numel) moments rows, exactly as in csrc/cpu/spider.cpp.
@@ -37,6 +42,7 @@ struct SegTable {
   int block0[kMaxSegs + 1];  // first block of the segment in this launch; [count] = grid
   int tensor[kMaxSegs];      // row of the tensor in the per-tensor tables
   int dtype[kMaxSegs];       // of b (and a in pass 3)
+  bool aligned[kMaxSegs];    // every pointer of the segment 16-byte aligned: vector loads
   int count;
   int64_t partial0;          // workspace row of this launch's block 0
 };
@@ -53,26 +59,50 @@ static_assert(sizeof(SegTable) < 4000 && sizeof(RowTable) < 4000, "kernel params
 
 template <typename T>
 __device__ void accumulate_range(float* __restrict__ G, const T* __restrict__ g, int64_t len,
-                                 double& s, double& q) {
-#pragma unroll 4
-  for (int64_t j = threadIdx.x; j < len; j += kThreads) {
-    const float v = G[j] + to_float(g[j]);
-    G[j] = v;
+                                 bool aligned, double& s, double& q) {
+  auto add = [&](float& G_j, T g_j) {
+    const float v = G_j + to_float(g_j);
+    G_j = v;
     s += fabs(static_cast<double>(v));
     q += static_cast<double>(v) * v;
-  }
+  };
+  walk_chunk<T>(
+      len, aligned,
+      [&](int64_t j) {
+        constexpr int N = kVec<T>;
+        float Gv[N];
+        T gv[N];
+        load_vec(G + j, Gv);
+        load_vec(g + j, gv);
+#pragma unroll
+        for (int k = 0; k < N; ++k) add(Gv[k], gv[k]);
+        store_vec(G + j, Gv);
+      },
+      [&](int64_t j) { add(G[j], g[j]); });
 }
 
 template <typename T>
 __device__ void select_range(const T* __restrict__ t0, const float* __restrict__ G, int64_t len,
-                             const RStats& pre, const RStats& ft, double& s, double& cnt) {
+                             bool aligned, const RStats& pre, const RStats& ft, double& s,
+                             double& cnt) {
   int ci = 0;
-#pragma unroll 4
-  for (int64_t j = threadIdx.x; j < len; j += kThreads) {
-    const float c = c_raw(to_float(t0[j]), G[j], pre, ft);
+  auto add = [&](T t0_j, float G_j) {
+    const float c = c_raw(to_float(t0_j), G_j, pre, ft);
     s += c;
     ci += c > 0.f;
-  }
+  };
+  walk_chunk<T>(
+      len, aligned,
+      [&](int64_t j) {
+        constexpr int N = kVec<T>;
+        T tv[N];
+        float Gv[N];
+        load_vec(t0 + j, tv);
+        load_vec(G + j, Gv);
+#pragma unroll
+        for (int k = 0; k < N; ++k) add(tv[k], Gv[k]);
+      },
+      [&](int64_t j) { add(t0[j], G[j]); });
   cnt = ci;
 }
 
@@ -89,13 +119,26 @@ __device__ __forceinline__ double blend_value<double>(double w, double t0, float
 
 template <typename T>
 __device__ void blend_range(T* __restrict__ w, const T* __restrict__ t0,
-                            const float* __restrict__ G, int64_t len, const RStats& pre,
-                            const RStats& ft, float inv_m) {
-#pragma unroll 4
-  for (int64_t j = threadIdx.x; j < len; j += kThreads) {
-    const float c = fminf(c_raw(to_float(t0[j]), G[j], pre, ft) * inv_m, 1.f);
-    w[j] = blend_value(w[j], t0[j], c);
-  }
+                            const float* __restrict__ G, int64_t len, bool aligned,
+                            const RStats& pre, const RStats& ft, float inv_m) {
+  auto blend = [&](T& w_j, T t0_j, float G_j) {
+    const float c = fminf(c_raw(to_float(t0_j), G_j, pre, ft) * inv_m, 1.f);
+    w_j = blend_value(w_j, t0_j, c);
+  };
+  walk_chunk<T>(
+      len, aligned,
+      [&](int64_t j) {
+        constexpr int N = kVec<T>;
+        T wv[N], tv[N];
+        float Gv[N];
+        load_vec(w + j, wv);
+        load_vec(t0 + j, tv);
+        load_vec(G + j, Gv);
+#pragma unroll
+        for (int k = 0; k < N; ++k) blend(wv[k], tv[k], Gv[k]);
+        store_vec(w + j, wv);
+      },
+      [&](int64_t j) { blend(w[j], t0[j], G[j]); });
 }
 
 
@@ -104,7 +147,8 @@ __global__ void __launch_bounds__(kThreads) accumulate_kernel(SegTable tab, doub
   float* G = static_cast<float*>(tab.a[at.seg]) + at.off;
   double s = 0.0, q = 0.0;
   FASTPEFT_SPIDER_DISPATCH(tab.dtype[at.seg],
-      accumulate_range(G, static_cast<const T*>(tab.b[at.seg]) + at.off, at.len, s, q));
+      accumulate_range(G, static_cast<const T*>(tab.b[at.seg]) + at.off, at.len,
+                       tab.aligned[at.seg], s, q));
   block_sum2_store<kThreads>(s, q, partials + 2 * (tab.partial0 + blockIdx.x));
 }
 
@@ -117,7 +161,7 @@ select_kernel(SegTable tab, const double* __restrict__ pre, const double* __rest
   double s = 0.0, cnt = 0.0;
   FASTPEFT_SPIDER_DISPATCH(tab.dtype[at.seg],
       select_range(static_cast<const T*>(tab.b[at.seg]) + at.off, tab.G[at.seg] + at.off, at.len,
-                   sp, sf, s, cnt));
+                   tab.aligned[at.seg], sp, sf, s, cnt));
   block_sum2_store<kThreads>(s, cnt, partials + 2 * (tab.partial0 + blockIdx.x));
 }
 
@@ -133,7 +177,7 @@ blend_kernel(SegTable tab, const double* __restrict__ pre, const double* __restr
   FASTPEFT_SPIDER_DISPATCH(tab.dtype[at.seg],
       blend_range(static_cast<T*>(tab.a[at.seg]) + at.off,
                   static_cast<const T*>(tab.b[at.seg]) + at.off, tab.G[at.seg] + at.off, at.len,
-                  sp, sf, inv_m));
+                  tab.aligned[at.seg], sp, sf, inv_m));
 }
 
 // out[row0 + r, 0:2] = Σ of the tensor's partial rows in chunk order; out[., 2] = numel if width 3.
@@ -187,7 +231,12 @@ extern "C" cudaError_t fastpeft_spider_accumulate_cuda(float* const* G, const vo
   if (cudaError_t e = check_inputs(dtype_codes, numels, n); e != cudaSuccess) return e;
   cudaError_t e = for_segments<SegTable>(
       numels, dtype_codes, n,
-      [&](SegTable& t, int s, int i) { t.a[s] = G[i]; t.b[s] = g[i]; t.G[s] = nullptr; },
+      [&](SegTable& t, int s, int i) {
+        t.a[s] = G[i];
+        t.b[s] = g[i];
+        t.G[s] = nullptr;
+        t.aligned[s] = aligned16(G[i]) && aligned16(g[i]);
+      },
       [&](const SegTable& t, unsigned grid) {
         accumulate_kernel<<<grid, kThreads, 0, stream>>>(t, workspace);
       });
@@ -205,7 +254,12 @@ extern "C" cudaError_t fastpeft_spider_select_cuda(const void* const* theta0,
   if (cudaError_t e = check_inputs(dtype_codes, numels, n); e != cudaSuccess) return e;
   cudaError_t e = for_segments<SegTable>(
       numels, dtype_codes, n,
-      [&](SegTable& t, int s, int i) { t.a[s] = nullptr; t.b[s] = theta0[i]; t.G[s] = G[i]; },
+      [&](SegTable& t, int s, int i) {
+        t.a[s] = nullptr;
+        t.b[s] = theta0[i];
+        t.G[s] = G[i];
+        t.aligned[s] = aligned16(theta0[i]) && aligned16(G[i]);
+      },
       [&](const SegTable& t, unsigned grid) {
         select_kernel<<<grid, kThreads, 0, stream>>>(t, pre, ft, workspace);
       });
@@ -222,7 +276,12 @@ extern "C" cudaError_t fastpeft_spider_blend_cuda(void* const* w, const void* co
   if (cudaError_t e = check_inputs(dtype_codes, numels, n); e != cudaSuccess) return e;
   return for_segments<SegTable>(
       numels, dtype_codes, n,
-      [&](SegTable& t, int s, int i) { t.a[s] = w[i]; t.b[s] = theta0[i]; t.G[s] = G[i]; },
+      [&](SegTable& t, int s, int i) {
+        t.a[s] = w[i];
+        t.b[s] = theta0[i];
+        t.G[s] = G[i];
+        t.aligned[s] = aligned16(w[i]) && aligned16(theta0[i]) && aligned16(G[i]);
+      },
       [&](const SegTable& t, unsigned grid) {
         blend_kernel<<<grid, kThreads, 0, stream>>>(t, pre, ft, sel);
       });

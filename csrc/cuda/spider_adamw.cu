@@ -4,8 +4,8 @@
 //
 // Vector loads: each thread handles kVec consecutive elements with 16-byte loads and stores
 // (uint4) of w, g, m, v, θ₀ and G wherever the host found all six tensors of a segment 16-byte
-// aligned (chunk offsets are multiples of kChunk, so every chunk then is); the tail of a tensor
-// (numel not a multiple of kVec) and unaligned tensors take a scalar loop. Per-element math as in
+// aligned (walk_chunk in spider_common.cuh); the tail of a tensor and unaligned tensors take a
+// scalar loop. Per-element math as in
 // spider.cu (fast __expf / __fdividef for c_raw) with IEEE sqrt and division for AdamW, float32
 // (float64 for float64 parameters); per-tensor AdamW scalars from a [n, 6] float64 table.
 #include <type_traits>
@@ -82,80 +82,44 @@ __device__ __forceinline__ void fused_element(T& w, T g, T& m, T& v, T t0, float
   w = down<T>(x);
 }
 
-// N elements of T through 16-byte words (N · sizeof(T) a multiple of 16). A union, not memcpy:
-// nvcc split memcpy-packed stores back into 2- and 4-byte ones.
-template <typename T, int N>
-union Words {
-  static_assert((N * sizeof(T)) % 16 == 0, "whole 16-byte words");
-  uint4 word[N * sizeof(T) / 16];
-  T elem[N];
-};
-
-template <typename T, int N>
-__device__ __forceinline__ void load_vec(const T* p, T (&out)[N]) {
-  Words<T, N> u;
-#pragma unroll
-  for (int k = 0; k < N * static_cast<int>(sizeof(T)) / 16; ++k) {
-    u.word[k] = reinterpret_cast<const uint4*>(p)[k];
-  }
-#pragma unroll
-  for (int k = 0; k < N; ++k) out[k] = u.elem[k];
-}
-template <typename T, int N>
-__device__ __forceinline__ void store_vec(T* p, const T (&in)[N]) {
-  Words<T, N> u;
-#pragma unroll
-  for (int k = 0; k < N; ++k) u.elem[k] = in[k];
-#pragma unroll
-  for (int k = 0; k < N * static_cast<int>(sizeof(T)) / 16; ++k) {
-    reinterpret_cast<uint4*>(p)[k] = u.word[k];
-  }
-}
-
 template <typename T>
 __device__ void fused_range(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ m,
                             T* __restrict__ v, const T* __restrict__ t0,
                             const float* __restrict__ G, int64_t len, bool aligned,
                             const AdamW<Math<T>>& h, const RStats& pre, const RStats& ft,
                             float inv_m) {
-  // 16 bytes of the narrowest operand per load: 8 half-precision or 4 wider elements (G, fp32,
-  // then takes one or two words).
-  constexpr int kVec = sizeof(T) >= 4 ? 4 : 8;
-  int64_t done = 0;
-  if (aligned) {
-    const int64_t vectors = len / kVec;
-    for (int64_t q = threadIdx.x; q < vectors; q += kThreads) {
-      const int64_t j = q * kVec;
-      T wv[kVec], gv[kVec], mv[kVec], vv[kVec], tv[kVec];
-      float Gv[kVec];
-      load_vec(w + j, wv);
-      load_vec(g + j, gv);
-      load_vec(m + j, mv);
-      load_vec(v + j, vv);
-      if (inv_m >= 0.f) {
-        load_vec(t0 + j, tv);
-        load_vec(G + j, Gv);
-      }
+  const bool blend = inv_m >= 0.f;
+  walk_chunk<T>(
+      len, aligned,
+      [&](int64_t j) {
+        constexpr int N = kVec<T>;
+        T wv[N], gv[N], mv[N], vv[N], tv[N];
+        float Gv[N];
+        load_vec(w + j, wv);
+        load_vec(g + j, gv);
+        load_vec(m + j, mv);
+        load_vec(v + j, vv);
+        if (blend) {
+          load_vec(t0 + j, tv);
+          load_vec(G + j, Gv);
+        }
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        fused_element(wv[k], gv[k], mv[k], vv[k], tv[k], Gv[k], h, pre, ft, inv_m);
-      }
-      store_vec(w + j, wv);
-      store_vec(m + j, mv);
-      store_vec(v + j, vv);
-    }
-    done = vectors * kVec;
-  }
-  for (int64_t j = done + threadIdx.x; j < len; j += kThreads) {
-    T wj = w[j], mj = m[j], vj = v[j];
-    const bool blend = inv_m >= 0.f;
-    // θ₀ and G are read only where the blend needs them (the zero stand-ins are never used).
-    const T tj = blend ? t0[j] : down<T>(0);
-    fused_element(wj, g[j], mj, vj, tj, blend ? G[j] : 0.f, h, pre, ft, inv_m);
-    w[j] = wj;
-    m[j] = mj;
-    v[j] = vj;
-  }
+        for (int k = 0; k < N; ++k) {
+          fused_element(wv[k], gv[k], mv[k], vv[k], tv[k], Gv[k], h, pre, ft, inv_m);
+        }
+        store_vec(w + j, wv);
+        store_vec(m + j, mv);
+        store_vec(v + j, vv);
+      },
+      [&](int64_t j) {
+        T wj = w[j], mj = m[j], vj = v[j];
+        // θ₀ and G are read only where the blend needs them (the zero stand-ins are never used).
+        const T tj = blend ? t0[j] : down<T>(0);
+        fused_element(wj, g[j], mj, vj, tj, blend ? G[j] : 0.f, h, pre, ft, inv_m);
+        w[j] = wj;
+        m[j] = mj;
+        v[j] = vj;
+      });
 }
 
 // NOTE: ptxas (CUDA 13.0, sm_90) gives this 128 registers and no spills, so 2 blocks (16 warps)
@@ -178,8 +142,6 @@ adamw_blend_kernel(FusedTable tab, const double* __restrict__ hyper,
                   static_cast<T*>(tab.v[s]) + at.off, static_cast<const T*>(tab.t0[s]) + at.off,
                   tab.G[s] + at.off, at.len, tab.aligned[s], AdamW<Math<T>>(h), sp, sf, inv_m));
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 

@@ -64,6 +64,60 @@ __device__ __forceinline__ float c_raw(float t0, float g, const RStats& pre, con
   return ip < ift ? __fdividef(ift, ip + ift) : 0.f;
 }
 
+// 16-byte vector access. kVec<T> elements per vector: 16 bytes of the narrowest operand, so 8
+// half-precision elements (their fp32 G then takes two words) or 4 wider ones (fp32 G: one word).
+template <typename T>
+constexpr int kVec = sizeof(T) >= 4 ? 4 : 8;
+
+// N elements of T through 16-byte words (N · sizeof(T) a multiple of 16). A union, not memcpy:
+// nvcc split memcpy-packed stores back into 2- and 4-byte ones.
+template <typename T, int N>
+union Words {
+  static_assert((N * sizeof(T)) % 16 == 0, "whole 16-byte words");
+  uint4 word[N * sizeof(T) / 16];
+  T elem[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void load_vec(const T* p, T (&out)[N]) {
+  Words<T, N> u;
+#pragma unroll
+  for (int k = 0; k < N * static_cast<int>(sizeof(T)) / 16; ++k) {
+    u.word[k] = reinterpret_cast<const uint4*>(p)[k];
+  }
+#pragma unroll
+  for (int k = 0; k < N; ++k) out[k] = u.elem[k];
+}
+template <typename T, int N>
+__device__ __forceinline__ void store_vec(T* p, const T (&in)[N]) {
+  Words<T, N> u;
+#pragma unroll
+  for (int k = 0; k < N; ++k) u.elem[k] = in[k];
+#pragma unroll
+  for (int k = 0; k < N * static_cast<int>(sizeof(T)) / 16; ++k) {
+    reinterpret_cast<uint4*>(p)[k] = u.word[k];
+  }
+}
+
+// Walks the len elements of this block's chunk: vector(j) for each kVec<T>-element vector starting
+// at j where every pointer of the segment is 16-byte aligned (the host checks; chunk offsets are
+// multiples of kChunk, so then every chunk is), then scalar(j) for the tail (numel not a multiple
+// of kVec) or for the whole chunk of an unaligned tensor. Thread t takes vectors t, t + kThreads, ...
+// so consecutive threads read consecutive 16-byte words.
+template <typename T, typename Vector, typename Scalar>
+__device__ __forceinline__ void walk_chunk(int64_t len, bool aligned, Vector vector,
+                                           Scalar scalar) {
+  int64_t done = 0;
+  if (aligned) {
+    const int64_t vectors = len / kVec<T>;
+    for (int64_t q = threadIdx.x; q < vectors; q += kThreads) vector(q * kVec<T>);
+    done = vectors * kVec<T>;
+  }
+  for (int64_t j = done + threadIdx.x; j < len; j += kThreads) scalar(j);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 #define FASTPEFT_SPIDER_DISPATCH(code, ...)             \
   switch (code) { /* validated on the host */           \
     case kF32: { using T = float; __VA_ARGS__; } break;  \
@@ -82,8 +136,6 @@ cudaError_t check_inputs(const int* dtype_codes, const int64_t* numels, int n) {
   }
   return cudaSuccess;
 }
-
-// Builds segment tables over all chunks of the n tensors and calls launch(table, grid) for each
 
 // Builds segment tables over all chunks of the n tensors and calls launch(table, grid) for each
 // full table. fill(table, slot, i) sets the pass-specific pointers of tensor i. Table: a

@@ -1,8 +1,10 @@
 """csrc/cuda/spider.cu and spider_adamw.cu (without register spills) must compile with plain nvcc,
 and csrc/cuda/spider_glue.cpp must parse against torch's CUDA headers, even on a machine without
-a GPU (the real build skips them there). SpiderAdamW's fused pass must use 16-byte loads.
+a GPU (the real build skips them there). Every pass that walks parameter-sized tensors (spider.cu's
+accumulate, select and blend, SpiderAdamW's fused pass) must use 16-byte loads.
 """
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,22 +33,41 @@ def test_spider_cu_compiles(tmp_path, name):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert obj.stat().st_size > 0
-    if name == "spider_adamw":  # (spider.cu's blend_kernel spills 8 bytes, as it did before)
-        spills = [line for line in proc.stderr.splitlines() if "spill stores" in line]
-        assert spills and all(" 0 bytes spill stores, 0 bytes spill loads" in x for x in spills)
+    spills = [line for line in proc.stderr.splitlines() if "spill stores" in line]
+    assert spills and all(" 0 bytes spill stores, 0 bytes spill loads" in x for x in spills)
 
 
-def test_fused_pass_uses_16_byte_loads(tmp_path):
+# Kernel -> (loads 16-byte words, stores 16-byte words) on its aligned path.
+VECTOR_ACCESS = {
+    "spider": {
+        "accumulate_kernel": (True, True),  # reads G and g, writes G
+        "select_kernel": (True, False),  # reads θ₀ and G
+        "blend_kernel": (True, True),  # reads w, θ₀ and G, writes w
+    },
+    "spider_adamw": {"adamw_blend_kernel": (True, True)},  # w, g, m, v, θ₀, G; writes w, m, v
+}
+
+
+def _ptx_entries(text: str) -> dict[str, str]:
+    """Each .entry of a PTX file, keyed by the kernel's name as it appears in the mangled one."""
+    bodies = re.split(r"\.entry\s+", text)[1:]
+    return {body.split("(", 1)[0]: body for body in bodies}
+
+
+@pytest.mark.parametrize("name", sorted(VECTOR_ACCESS))
+def test_passes_use_16_byte_loads(tmp_path, name):
     nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (PATH, CUDA_HOME, CUDA_PATH, /usr/local/cuda)")
-    ptx = tmp_path / "spider_adamw.ptx"
-    source = ROOT / "csrc" / "cuda" / "spider_adamw.cu"
+    ptx = tmp_path / f"{name}.ptx"
+    source = ROOT / "csrc" / "cuda" / f"{name}.cu"
     _run([nvcc, "-ptx", "-O3", "-std=c++17", "-arch=sm_90", *TORCH_NVCC_DEFINES, str(source),
           "-o", str(ptx)])  # fmt: skip
-    text = ptx.read_text()
-    # One kernel per launch set; its aligned path moves w, g, m, v, θ₀ and G in 16-byte words.
-    assert "ld.global.v4.u32" in text and "st.global.v4.u32" in text
+    entries = _ptx_entries(ptx.read_text())
+    for kernel, (loads, stores) in VECTOR_ACCESS[name].items():
+        [body] = [b for mangled, b in entries.items() if kernel in mangled]
+        assert bool(re.search(r"ld\.global(\.nc)?\.v4\.u32", body)) == loads, kernel
+        assert ("st.global.v4.u32" in body) == stores, kernel
 
 
 def _cuda_include(nvcc: str) -> Path | None:

@@ -51,9 +51,11 @@ def test_magnitude_mask_adamw_triton_matches_its_torch_pass(dtype):
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_spider_adamw_gpu_pass_matches_its_torch_pass(backend, dtype):
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "unaligned"])
+def test_spider_adamw_gpu_pass_matches_its_torch_pass(backend, dtype, offset):
+    """offset 1: parameters one element into their buffers take the scalar loops."""
     _need(backend)
-    params = many_params(dtype)
+    params = many_params(dtype, offset=offset)
     twins = [nn.Parameter(p.detach().clone()) for p in params]
     fused = SpiderAdamW(params, lr=2e-2, weight_decay=0.1, backend=backend)
     assert fused.backends == [backend]

@@ -22,15 +22,21 @@ def _need(backend: str) -> None:
         pytest.skip("fastpeft._C was built without CUDA kernels")
 
 
-def many_params(dtype, n: int = 150, seed: int = 0) -> list[nn.Parameter]:
+def many_params(dtype, n: int = 150, seed: int = 0, offset: int = 0) -> list[nn.Parameter]:
     """More tensors than one CUDA launch's table holds (64 segments), sizes 0 .. 200K, plus a
-    constant, a zero and a 1-element tensor."""
+    constant, a zero and a 1-element tensor. offset > 0 makes each a view that starts `offset`
+    elements into its own buffer, so it is not 16-byte aligned."""
     g = torch.Generator().manual_seed(seed)
     sizes = [0, 1, 65_536, 65_537, 200_003] + torch.randint(1, 5000, (n - 5,), generator=g).tolist()
     values = [torch.randn(s, generator=g) for s in sizes]
     values[5] = torch.ones(sizes[5])
     values[6] = torch.zeros(sizes[6])
-    return [nn.Parameter(v.to(dtype).cuda()) for v in values]
+    params = []
+    for v in values:
+        buffer = torch.zeros(offset + v.numel(), dtype=dtype, device="cuda")
+        buffer[offset:] = v.to(dtype)
+        params.append(nn.Parameter(buffer[offset:]))
+    return params
 
 
 def _cuda_grads(params, steps, seed=0):
@@ -55,9 +61,13 @@ def assert_close_but_ties(actual, expected, rtol, name, max_fraction=1e-4):
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-def test_many_tensors_match_reference(backend, dtype):
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "unaligned"])
+def test_many_tensors_match_reference(backend, dtype, offset):
+    """Aligned tensors take the 16-byte vector loads; views one element in take the scalar loops
+    (the kernels check every pointer's alignment)."""
     _need(backend)
-    params = many_params(dtype)
+    params = many_params(dtype, offset=offset)
+    assert all((p.data_ptr() % 16 == 0) == (offset == 0) for p in params if p.numel() > 1)
     ref_params = [nn.Parameter(p.detach().clone()) for p in params]
     spider = Spider(params, backend=backend)
     assert spider.backends == [backend]
