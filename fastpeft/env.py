@@ -15,6 +15,11 @@
 - ``FASTPEFT_SHARED_INPUT``: ``on`` (the default) lets sibling LoRA layers on one input (q/k/v,
   gate/up) share one down-projection launch on the Triton path
   (fastpeft/patching/lora_shared.py); ``off`` runs each layer on its own.
+- ``FASTPEFT_RANK_TERM_TF32``: ``on`` (the default) lets the Triton LoRA kernels, where torch keeps
+  TF32 off, run the fp32 adapters' rank-r term that lands in a bf16 output (s · t Bᵀ in y, u A in
+  dx) as one TF32 product instead of 3xTF32: its error then stays below PEFT's own, which rounds
+  the base product and the rank term to bf16 apart (measured: tests/kernels/test_tf32x3.py;
+  fastpeft/triton_path/launch.py says why). ``off`` keeps 3xTF32 for every fp32 product.
 - ``XDG_CACHE_HOME``: where ``fastpeft bench --suite static`` keeps its compiles
   (``$XDG_CACHE_HOME/fastpeft/static``, else ``~/.cache/fastpeft/static``).
 - ``OUT``: where ``fastpeft bench`` writes when ``--out`` is not given (the device machines that
@@ -52,6 +57,11 @@ def cpu_rule() -> bool:
 def shared_input() -> bool:
     """FASTPEFT_SHARED_INPUT ("on" when unset); any other value than on/off raises naming it."""
     return _on_off("FASTPEFT_SHARED_INPUT")
+
+
+def rank_term_tf32() -> bool:
+    """FASTPEFT_RANK_TERM_TF32 ("on" when unset); any other value than on/off raises naming it."""
+    return _on_off("FASTPEFT_RANK_TERM_TF32")
 
 
 def _on_off(name: str) -> bool:

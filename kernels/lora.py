@@ -120,7 +120,7 @@ def lora_fwd_kernel(
     stride_xm, stride_xk, stride_wn, stride_wk, stride_tm, stride_tr, stride_bn, stride_br,
     stride_ym, stride_yn,
     HAS_BIAS: tl.constexpr, BASE_IN_Y: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, RANK_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):  # fmt: skip
@@ -129,14 +129,17 @@ def lora_fwd_kernel(
     # (a second [BLOCK_M, BLOCK_N] fp32 one would cost 128 more registers a thread at 128 x 256
     # on 8 warps), y written once, no [M, N] temporary. BASE_IN_Y (the hybrid path): cuBLAS has
     # already written x Wᵀ + b to y, which is read instead of computed, and the update is added
-    # in place (PEFT's own order: the base output rounded first, then the sum).
+    # in place (PEFT's own order: the base output rounded first, then the sum). RANK_PRECISION:
+    # the update's dot precision (plain TF32 for fp32 adapters where y is bf16:
+    # launch.rank_term_precision), PRECISION the base GEMM's.
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)
     t = load_tile(t_ptr, offs_m, offs_r, stride_tm, stride_tr, M, R)
     b_t = load_tile(b_ptr, offs_r, offs_n, stride_br, stride_bn, R, N)
-    acc = scaling * mma(t, b_t, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), UPCAST, PRECISION)
+    zeros = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = scaling * mma(t, b_t, zeros, UPCAST, RANK_PRECISION)
     if BASE_IN_Y:
         acc += load_tile(y_ptr, offs_m, offs_n, stride_ym, stride_yn, M, N).to(tl.float32)
     else:
@@ -231,6 +234,7 @@ def lora_dx_kernel(
     stride_dar,
     HAS_DROPOUT: tl.constexpr, FROM_BITS: tl.constexpr, WITH_DA: tl.constexpr,
     BASE_IN_DX: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    RANK_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):  # fmt: skip
@@ -242,7 +246,8 @@ def lora_dx_kernel(
     # columns, while the mask is at hand: x is read inside a compute-bound kernel instead of by
     # lora_da_kernel, and the partial (one per program row) goes to da_ptr[chunk] in fp32, for a
     # fixed-order host sum. BASE_IN_DX (the hybrid path): cuBLAS has already written dy W to dx,
-    # which is read instead of computed, and the rank-r term is added in place.
+    # which is read instead of computed, and the rank-r term is added in place. RANK_PRECISION:
+    # the rank-r term's dot precision, as in lora_fwd_kernel; dA's partial keeps PRECISION.
     chunks = tl.cdiv(tl.cdiv(M, BLOCK_M), blocks_per_program)
     chunk, pid_k = grouped_tile(tl.program_id(0), chunks, tl.cdiv(K, BLOCK_K), GROUP_M)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -266,7 +271,7 @@ def lora_dx_kernel(
             if HAS_DROPOUT:
                 x = tl.where(keep, x, 0.0)
             acc_da = mma_widened(tl.trans(x), u, acc_da, True, UPCAST, PRECISION)
-        acc = mma(u, a, tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32), UPCAST, PRECISION)
+        acc = mma(u, a, tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32), UPCAST, RANK_PRECISION)
         if HAS_DROPOUT:
             acc = tl.where(keep, acc * keep_scale, 0.0)
         if BASE_IN_DX:
@@ -287,7 +292,8 @@ def lora_dx_kernel(
 
 # The static model's analytic cost of each launch (fastpeft/static): the matrix products' FLOPs,
 # per product keyed by the tensor arguments whose dtypes set its rate ("a_ptr*x_ptr": A's tile
-# times x's, cast to A's dtype; fastpeft/static/costing.work_by_rate), and the minimum DRAM
+# times x's, cast to A's dtype; "t_ptr|RANK_PRECISION": a product at the dot precision that
+# constexpr names instead of PRECISION; fastpeft/static/costing.work_by_rate), and the minimum DRAM
 # bytes where the tensor arguments (each read or written once) do not say it (None). `a` maps
 # argument names to the launch's values; `grid` is its grid.
 COSTS = {
@@ -298,7 +304,7 @@ COSTS = {
     "lora_fwd_kernel": lambda a, grid: (
         {
             "x_ptr": 0 if a["BASE_IN_Y"] else 2 * a["M"] * a["N"] * a["K"],
-            "t_ptr": 2 * a["M"] * a["N"] * a["R"],
+            "t_ptr|RANK_PRECISION": 2 * a["M"] * a["N"] * a["R"],
         },
         _bytes(
             a,
@@ -318,7 +324,7 @@ COSTS = {
     "lora_dx_kernel": lambda a, grid: (
         {
             "dy_ptr": 0 if a["BASE_IN_DX"] else 2 * a["M"] * a["K"] * a["N"],
-            "u_ptr": 2 * a["M"] * a["K"] * a["R"],
+            "u_ptr|RANK_PRECISION": 2 * a["M"] * a["K"] * a["R"],
             "u_ptr*x_ptr": 2 * a["M"] * a["K"] * a["R"] if a["WITH_DA"] else 0,
         },
         _bytes(

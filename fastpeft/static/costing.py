@@ -85,14 +85,18 @@ def work_by_rate(named: dict, products, row: dict) -> dict[str, float]:
     instructions say, or {operand arguments: FLOPs} per product, each at the rate of those
     operands' dtypes (a bf16 base GEMM and an fp32 adapter's 3xTF32 product in one kernel):
     "a_ptr" for a product whose operands share a_ptr's dtype, "a_ptr*x_ptr" for one of a_ptr's
-    tile and x_ptr's (a 16-bit x meeting fp32 adapters: two TF32 products, not three)."""
+    tile and x_ptr's (a 16-bit x meeting fp32 adapters: two TF32 products, not three), and a
+    "|NAME" suffix for a product whose fp32 dot precision is the constexpr NAME's, not PRECISION's
+    (LoRA's rank-r term into a bf16 output: launch.rank_term_precision)."""
     types = set(row["tensor_core_types"])
     if not isinstance(products, dict):
         return {model.rate_of(types, row["fma"], products): products}
     work: dict[str, float] = {}
-    for args, flops in products.items():
+    for key, flops in products.items():
+        args, _, precision_arg = key.partition("|")
         dtypes = [named[arg].dtype for arg in args.split("*")]
-        rate = model.product_rate(dtypes, named.get("PRECISION"), types)
+        precision = named.get(precision_arg or "PRECISION")
+        rate = model.product_rate(dtypes, precision, types)
         work[rate] = work.get(rate, 0.0) + flops
     return work
 

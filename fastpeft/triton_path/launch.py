@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import env
+
 # SMs of the GPUs each architecture is modelled on (H100/H200 SXM, A100 SXM), for targets built
 # without a device (the static suite and the compile check).
 _SMS = {90: 132, 80: 108}
@@ -74,6 +76,24 @@ def dot_flags(target: Target) -> dict:
         return dict(UPCAST=True, PRECISION="ieee")
     tf32 = torch.backends.cuda.matmul.allow_tf32
     return dict(UPCAST=False, PRECISION="tf32" if tf32 else "tf32x3")
+
+
+def rank_term_precision(flags: dict, out_dtype: torch.dtype) -> str:
+    """The dot precision of an fp32 rank-r term added into an fp32 accumulator that is then rounded
+    to `out_dtype` (LoRA's s · t Bᵀ into y, u A into dx): plain TF32 where that output is bf16 and
+    FASTPEFT_RANK_TERM_TF32 is on, else `flags`' PRECISION.
+
+    Why TF32 is enough there: PEFT itself rounds the base product to bf16, adds its fp32 rank term
+    and rounds the sum to bf16 again (dx likewise: two bf16 gradients summed in bf16). TF32's
+    relative error per product (about 2^-10) is a quarter of bf16's half-ulp (2^-9), and the fused
+    kernel rounds once, so its error against fp64 stays below PEFT's (measured in
+    tests/kernels/test_tf32x3.py: mean 0.25-0.43 ulp against PEFT's 0.36-1.44). Not for fp16
+    outputs (their 10 mantissa bits match TF32's: the error would pass PEFT's), nor for fp32
+    outputs or the fp32 gradients dA and dB, which keep 3xTF32. It saves two of the three TF32
+    products of each rank-r term; for Paper A's r=128 at 4096², a sixth of the LoRA work."""
+    if flags["PRECISION"] == "tf32x3" and out_dtype == torch.bfloat16 and env.rank_term_tf32():
+        return "tf32"
+    return flags["PRECISION"]
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:

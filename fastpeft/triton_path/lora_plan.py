@@ -8,7 +8,7 @@ the static suite and the sm_90 compile check see exactly what a Hopper GPU would
 import torch
 import triton
 
-from .launch import Target, dot_flags
+from .launch import Target, dot_flags, rank_term_precision
 
 # GPU GEMM tiles for Hopper: 128 x 256 output tiles on 8 warps (two warpgroups of wgmma), the
 # shape Triton's Hopper matmul tutorials and CUTLASS's defaults use for large 16-bit GEMMs; dx
@@ -178,8 +178,8 @@ def launch_configs(
 ) -> dict[str, dict]:
     """Every launch's configuration for `target`: "skinny" (lora_dy_b: a rank-wide kernel,
     BLOCK_INNER being its N step), "down" (lora_down's, for `members` adapters reading one
-    input), "da" (lora_da's split-M reductions), "fwd" and "dx" (the GEMMs), plus BLOCK_R and
-    the dot flags shared by all."""
+    input), "da" (lora_da's split-M reductions), "fwd" and "dx" (the GEMMs, with the dot precision
+    of their rank-r term), plus BLOCK_R and the dot flags shared by all."""
     block_r = rank_block(rank)
     base, adapter = base_dtype.itemsize, adapter_dtype.itemsize
     dx = _gemm_config(target, base_dtype, adapter_dtype, block_r, "BLOCK_N")
@@ -187,11 +187,14 @@ def launch_configs(
         # dA's accumulator and x tile sit beside dx's: a 128-wide tile keeps them in registers
         # (at 256, 255 registers a thread and spills).
         dx["BLOCK_K"] = min(dx["BLOCK_K"], 128)
+    flags = dot_flags(target)
+    # y and dx are rounded to the base dtype: their rank-r term may take fewer TF32 products.
+    rank = dict(RANK_PRECISION=rank_term_precision(flags, base_dtype))
     return dict(
         skinny=_skinny_config(target, base, adapter, block_r),
         down=_down_config(target, base, adapter, block_r, members),
         da=_reduction_config(target, base, adapter, block_r),
-        fwd=_gemm_config(target, base_dtype, adapter_dtype, block_r, "BLOCK_K"),
-        dx=dx,
-        shared=dict(BLOCK_R=block_r, **dot_flags(target)),
+        fwd=dict(_gemm_config(target, base_dtype, adapter_dtype, block_r, "BLOCK_K"), **rank),
+        dx=dict(dx, **rank),
+        shared=dict(BLOCK_R=block_r, **flags),
     )
