@@ -78,10 +78,9 @@ ARCHS = {
 }
 H100_SXM = {"tc16": 989.4, "tf32": 494.7, "fp32": 66.9, "dram": 3350.0}  # for the README's note
 
-# Resources per SM (both archs): CUDA_GUIDE. Registers are allocated per warp in units of 256;
-# each resident CTA reserves 1 KiB of shared memory for the system.
-REGISTER_UNIT = 256
-CTA_RESERVED_SHARED = 1024
+# Resources per SM (both archs): CUDA_GUIDE. The per-warp register unit (256) and the 1 KiB of
+# shared memory the system keeps per resident CTA are fastpeft/triton_path/waves.py's: the host
+# code's split choice counts resident CTAs as the model does.
 
 
 def get(name: str) -> Arch:

@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -508,6 +508,22 @@ def compile_launches(
     compiled = compile_jobs(jobs, arch, workers, cache_dir)
     by_launch = {id(x): c for job, c in zip(jobs, compiled, strict=True) for x in job.launches}
     return [by_launch[id(x)] for x in launches]
+
+
+def resident_oracle(arch: int, cache_dir: Path | None, count: Callable[[Compiled], int | None]):
+    """A `resident` callback for launch.recording: the launch host code asks about (a reduction's
+    probe, waves.split) compiled here for SM `arch`, one compile per specialization, and
+    `count(compiled)` (the CTAs per SM) answered, as a GPU's compile would answer it."""
+    answers: dict[str, int | None] = {}
+
+    def resident(kernel, args: tuple, kwargs: dict) -> int | None:
+        [job] = distinct([Launch("probe", "probe", kernel, (1,), tuple(args), dict(kwargs))], arch)
+        if job.key not in answers:
+            [compiled] = compile_jobs([job], arch, 1, cache_dir)
+            answers[job.key] = count(compiled) if compiled.status == "ok" else None
+        return answers[job.key]
+
+    return resident
 
 
 def default_workers() -> int:

@@ -13,8 +13,11 @@ def static_methods() -> list[registry.Method]:
     return [m for m in registry.METHODS.values() if m.static is not None]
 
 
-def record(method: registry.Method, model, case, weights: str, dropout: float, arch: int):
-    """The Launches `model.launches(case, weights, dropout)` makes, configured for SM `arch`."""
+def record(
+    method: registry.Method, model, case, weights: str, dropout: float, arch: int, resident=None
+):
+    """The Launches `model.launches(case, weights, dropout)` makes, configured for SM `arch`;
+    `resident` answers the host code's occupancy questions (compile.resident_oracle)."""
     found: list[Launch] = []
     label = f"{case.name()} {weights} p={dropout:g}"
 
@@ -22,7 +25,7 @@ def record(method: registry.Method, model, case, weights: str, dropout: float, a
         grid = tuple(int(g) for g in grid)
         found.append(Launch(method.name, label, kernel, grid, tuple(args), dict(kwargs)))
 
-    with launch.recording(launch.Target("cuda", arch), keep):
+    with launch.recording(launch.Target("cuda", arch), keep, resident):
         model.launches(case, weights, dropout)
     return found
 

@@ -6,18 +6,23 @@ measurement: everything it produces is labelled "model".
 import math
 from dataclasses import dataclass
 
-from .archs import CTA_RESERVED_SHARED, REGISTER_UNIT, Arch
+from ..triton_path import waves as waves_mod
+from .archs import Arch
 
 
 def ctas_per_sm(arch: Arch, registers: int, shared_bytes: int, num_warps: int) -> int:
     """Resident CTAs per SM, limited by threads, registers (allocated per warp in units of 256)
-    and shared memory (plus the system's 1 KiB per CTA)."""
-    threads = 32 * num_warps
-    by_threads = arch.max_threads_per_sm // threads
-    per_warp = math.ceil(max(registers, 1) * 32 / REGISTER_UNIT) * REGISTER_UNIT
-    by_registers = arch.registers_per_sm // (per_warp * num_warps)
-    by_shared = arch.shared_per_sm // (shared_bytes + CTA_RESERVED_SHARED)
-    return max(0, min(arch.max_ctas_per_sm, by_threads, by_registers, by_shared))
+    and shared memory (plus the system's 1 KiB per CTA): the count the host code's split choice
+    makes from a GPU's compile (fastpeft/triton_path/waves.py), with `arch`'s resources."""
+    return waves_mod.resident(
+        registers,
+        shared_bytes,
+        num_warps,
+        shared_per_sm=arch.shared_per_sm,
+        registers_per_sm=arch.registers_per_sm,
+        threads_per_sm=arch.max_threads_per_sm,
+        max_ctas=arch.max_ctas_per_sm,
+    )
 
 
 def waves(arch: Arch, ctas: int, per_sm: int) -> float:

@@ -18,6 +18,7 @@ from . import compile as compiler
 from .calibration import beside_measurements
 from .costing import add_dropout_issue_time, dropout_cost, launch_record
 from .launches import record, static_methods
+from .model import ctas_per_sm
 
 SHORT = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
 DROPOUT_BUDGET = 16  # SASS instructions per generated dropout element (the gate's budget)
@@ -38,15 +39,21 @@ def _cases(method: registry.Method, static_model, quick: bool) -> list:
     return cases[:1] if quick else cases
 
 
-def collect(arch: archs.Arch, quick: bool):
+def collect(arch: archs.Arch, quick: bool, cache: Path | None = None):
     """[(method, model, case, weights, dropout, launches)] for every static case and variant
-    (quick: each method's first case, every variant)."""
+    (quick: each method's first case, every variant). The host code sizes its reductions from
+    compiles for `arch`, as it does from a GPU's (compile.resident_oracle)."""
+
+    def count(compiled) -> int:
+        return ctas_per_sm(arch, compiled.registers, compiled.shared_bytes, compiled.num_warps)
+
+    resident = compiler.resident_oracle(arch.sm, cache, count)
     plan = []
     for method in static_methods():
         static_model = registry.load(method.static)
         for case in _cases(method, static_model, quick):
             for weights, dropout in static_model.VARIANTS:
-                found = record(method, static_model, case, weights, dropout, arch.sm)
+                found = record(method, static_model, case, weights, dropout, arch.sm, resident)
                 plan.append((method, static_model, case, weights, dropout, found))
     return plan
 
@@ -123,7 +130,7 @@ def run_static(arch_name: str, out: Path, quick: bool, jobs: int = 2, cache: Pat
     if problem:
         raise RuntimeError(f"fastpeft bench --suite static: {problem}")
     started = time.time()
-    plan = collect(arch, quick)
+    plan = collect(arch, quick, cache)
     launches = [launch for *_, found in plan for launch in found]
     compiled = compiler.compile_launches(launches, arch.sm, jobs, cache)
     rows_of, cases, records = {}, [], []

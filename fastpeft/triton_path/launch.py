@@ -44,6 +44,7 @@ HOPPER = Target("cuda", 90)
 
 _forced: Target | None = None
 _recorder: Callable | None = None
+_resident: Callable | None = None  # the recording's compile oracle (see `recording`)
 _targets: dict[int, Target] = {}  # device index -> its target
 
 
@@ -90,7 +91,7 @@ def rank_term_precision(flags: dict, out_dtype: torch.dtype) -> str:
     tests/kernels/test_tf32x3.py: mean 0.25-0.43 ulp against PEFT's 0.36-1.44). Not for fp16
     outputs (their 10 mantissa bits match TF32's: the error would pass PEFT's), nor for fp32
     outputs or the fp32 gradients dA and dB, which keep 3xTF32. It saves two of the three TF32
-    products of each rank-r term; for Paper A's r=128 at 4096², a sixth of the LoRA work."""
+    products of each such term: four of the fourteen TF32 passes of Paper A's rank-128 terms."""
     if flags["PRECISION"] == "tf32x3" and out_dtype == torch.bfloat16 and env.rank_term_tf32():
         return "tf32"
     return flags["PRECISION"]
@@ -105,16 +106,23 @@ def launch(kernel, grid, *args, **kwargs) -> None:
 
 
 @contextlib.contextmanager
-def recording(target: Target, record: Callable):
+def recording(target: Target, record: Callable, resident: Callable | None = None):
     """Configure launches for `target` and pass each to `record(kernel, grid, args, kwargs)`
-    instead of running it (host code then works on meta tensors)."""
-    global _forced, _recorder
-    saved = _forced, _recorder
-    _forced, _recorder = target, record
+    instead of running it (host code then works on meta tensors). `resident(kernel, args,
+    kwargs)`, where given, answers what a GPU's compile would: the CTAs per SM of that launch
+    (waves.resident_ctas); without it host code falls back to its estimate."""
+    global _forced, _recorder, _resident
+    saved = _forced, _recorder, _resident
+    _forced, _recorder, _resident = target, record, resident
     try:
         yield
     finally:
-        _forced, _recorder = saved
+        _forced, _recorder, _resident = saved
+
+
+def recording_state() -> tuple[bool, Callable | None]:
+    """(whether launches are being recorded, the recording's `resident` callback or None)."""
+    return _recorder is not None, _resident
 
 
 @contextlib.contextmanager

@@ -86,22 +86,36 @@ def _down(x, lora_as, seeds, p):
     stage = (block_m * x.element_size() + rank_tiles) * block_k
     traffic = (x.numel() * x.element_size(), 4 * M * members * R)
     k_blocks = triton.cdiv(K, block_k)
-    per, splits = waves.split(target, k_blocks, m_blocks, cfg["down"], stage, traffic)
-    t = torch.empty((M, members, R), device=x.device, dtype=lora_a.dtype)
-    out = t if splits == 1 else x.new_empty((splits, M, members, R), dtype=torch.float32)
     a1, a2 = (lora_as + [lora_a] * 2)[1:3]
+    t = torch.empty((M, members, R), device=x.device, dtype=lora_a.dtype)
     seed0, seed1, seed2 = (seeds + [seeds[0]] * 2)[:3] if p > 0 else (t, t, t)
-    launch(
-        kernels.lora_down_kernel, (m_blocks, splits),
-        x, lora_a, a1, a2, out, seed0, seed1, seed2, bits if bits.numel() else t,
-        M, K, R, p, per * block_k,
-        x.stride(0), x.stride(1), lora_a.stride(0), lora_a.stride(1),
-        0 if splits == 1 else out.stride(0), out.stride(-3), out.stride(-2), out.stride(-1),
-        bits.stride(0) if bits.numel() else 0, bits.stride(1) if bits.numel() else 0,
-        MEMBERS=members, HAS_DROPOUT=p > 0, STORE_BITS=bits.numel() > 0,
-        BLOCK_M=block_m, BLOCK_K=block_k, **cfg["shared"], **down,
-    )  # fmt: skip
+    flags = dict(MEMBERS=members, HAS_DROPOUT=p > 0, STORE_BITS=bits.numel() > 0,
+                 BLOCK_M=block_m, BLOCK_K=block_k, **cfg["shared"], **down)  # fmt: skip
+
+    def arguments(per: int, splits: int):
+        out = t if splits == 1 else x.new_empty((splits, M, members, R), dtype=torch.float32)
+        args = (
+            x, lora_a, a1, a2, out, seed0, seed1, seed2, bits if bits.numel() else t,
+            M, K, R, p, per * block_k,
+            x.stride(0), x.stride(1), lora_a.stride(0), lora_a.stride(1),
+            0 if splits == 1 else out.stride(0), out.stride(-3), out.stride(-2), out.stride(-1),
+            bits.stride(0) if bits.numel() else 0, bits.stride(1) if bits.numel() else 0,
+        )  # fmt: skip
+        return out, args
+
+    probe = _probe(kernels.lora_down_kernel, flags, (x, lora_a), lambda: arguments(1, 2)[1])
+    per, splits = waves.split(target, k_blocks, m_blocks, cfg["down"], stage, traffic, probe)
+    out, args = arguments(per, splits)
+    launch(kernels.lora_down_kernel, (m_blocks, splits), *args, **flags)
     return (t if splits == 1 else sum_partials(out, lora_a.dtype)), bits
+
+
+def _probe(kernel, flags: dict, operands: tuple, build_args) -> waves.Probe:
+    """The probe waves.split asks the compile about: a launch of `kernel` with these constexpr
+    `flags`, keyed by them and the operands' dtypes (what decides its registers), whose arguments
+    `build_args()` makes (a two-split launch: its fp32 partials are the common case)."""
+    key = (tuple(sorted(flags.items())), tuple(t.dtype for t in operands))
+    return kernel, key, lambda: (build_args(), flags)
 
 
 def run_up(x, weight, bias, t, lora_b, scaling, hybrid: bool):
@@ -138,20 +152,27 @@ def _u_and_db(dy, t, lora_b, scaling, cfg, target):
     block_r, size = cfg["shared"]["BLOCK_R"], dy.element_size()
     m_blocks, n_blocks = triton.cdiv(M, block_m), triton.cdiv(N, block_n)
     stage = block_m * block_n * size + block_n * block_r * lora_b.element_size()
-    per, splits = waves.split(target, n_blocks, m_blocks, cfg["skinny"], stage)
-    db_splits = _m_split_plan(dy, t, cfg, target)[-1]
+    db_splits = _MReduction(dy, t, 0.0, _NO_MASK, cfg, target, transposed=True).splits
     separate = lora_plan.separate_db(M, N, R, dy.element_size(), m_blocks, db_splits)
-    u_parts = dy.new_empty((splits, M, R), dtype=torch.float32)
-    db_parts = dy.new_empty((1 if separate else m_blocks, N, R), dtype=torch.float32)
-    launch(
-        kernels.lora_dy_b_kernel, (m_blocks, splits),
-        dy, lora_b, t, u_parts, db_parts,
-        M, N, R, per * block_n,
-        dy.stride(0), dy.stride(1), lora_b.stride(0), lora_b.stride(1), t.stride(0), t.stride(1),
-        u_parts.stride(0), u_parts.stride(1), u_parts.stride(2),
-        db_parts.stride(0), db_parts.stride(1), db_parts.stride(2),
-        WITH_DB=not separate, BLOCK_M=block_m, BLOCK_N=block_n, **cfg["shared"], **skinny,
-    )  # fmt: skip
+    flags = dict(WITH_DB=not separate, BLOCK_M=block_m, BLOCK_N=block_n, **cfg["shared"], **skinny)
+
+    def arguments(per: int, splits: int):
+        u_parts = dy.new_empty((splits, M, R), dtype=torch.float32)
+        db_parts = dy.new_empty((1 if separate else m_blocks, N, R), dtype=torch.float32)
+        args = (
+            dy, lora_b, t, u_parts, db_parts,
+            M, N, R, per * block_n,
+            dy.stride(0), dy.stride(1), lora_b.stride(0), lora_b.stride(1),
+            t.stride(0), t.stride(1),
+            u_parts.stride(0), u_parts.stride(1), u_parts.stride(2),
+            db_parts.stride(0), db_parts.stride(1), db_parts.stride(2),
+        )  # fmt: skip
+        return u_parts, db_parts, args
+
+    probe = _probe(kernels.lora_dy_b_kernel, flags, (dy, lora_b), lambda: arguments(1, 2)[2])
+    per, splits = waves.split(target, n_blocks, m_blocks, cfg["skinny"], stage, probe=probe)
+    u_parts, db_parts, args = arguments(per, splits)
+    launch(kernels.lora_dy_b_kernel, (m_blocks, splits), *args, **flags)
     u = sum_partials(u_parts, lora_b.dtype, scaling)
     if separate:  # dBᵀ = tᵀ dy: lora_da_kernel's product (uᵀ x) with t for u and dy for x
         return u, _reduce_over_m(dy, t, 0.0, _NO_MASK, cfg, target, lora_b.dtype, scaling, True)
@@ -215,44 +236,57 @@ def _da_output(x, lora_a, splits: int) -> torch.Tensor:
 _NO_MASK = (None, None, 0, False)  # (seed, bits, bits' row stride, from bits): no dropout
 
 
-def _m_split_plan(x, u, cfg, target):
-    """(BLOCK_M, BLOCK_K, the other tile settings, column blocks, row blocks per split, splits)
-    of lora_da_kernel's reduction of uᵀ x over M (x [M, K], u [M, R])."""
-    M, K = x.shape
-    tiles = dict(cfg["da"])
-    block_m, block_k = tiles.pop("BLOCK_M"), tiles.pop("BLOCK_INNER")
-    k_blocks = triton.cdiv(K, block_k)
-    stage = (
-        block_m * block_k * x.element_size() + cfg["shared"]["BLOCK_R"] * block_m * u.element_size()
-    )
-    per, splits = waves.split(target, triton.cdiv(M, block_m), k_blocks, cfg["da"], stage)
-    return block_m, block_k, tiles, k_blocks, per, splits
+class _MReduction:
+    """lora_da_kernel's reduction scale · uᵀ drop(x) over M (x [M, K], u [M, R]): its tiles, its
+    split of M (waves.split, asking the compile through a probe) and its launch arguments. The
+    result is [R, K], or its transpose [K, R] when `transposed` (dB = (tᵀ dy)ᵀ)."""
+
+    def __init__(self, x, u, p, mask, cfg, target, transposed: bool):
+        M, K = x.shape
+        tiles = dict(cfg["da"])
+        self.block_m, block_k = tiles.pop("BLOCK_M"), tiles.pop("BLOCK_INNER")
+        self.k_blocks = triton.cdiv(K, block_k)
+        self.x, self.u, self.p, self.mask, self.transposed = x, u, p, mask, transposed
+        self.flags = dict(HAS_DROPOUT=p > 0, FROM_BITS=mask[3], BLOCK_M=self.block_m,
+                          BLOCK_K=block_k, **cfg["shared"], **tiles)  # fmt: skip
+        stage = self.block_m * block_k * x.element_size()
+        stage += cfg["shared"]["BLOCK_R"] * self.block_m * u.element_size()
+        probe = _probe(kernels.lora_da_kernel, self.flags, (x, u),
+                       lambda: self.arguments(1, 2, torch.float32, direct=False)[1])  # fmt: skip
+        m_blocks = triton.cdiv(M, self.block_m)
+        self.per, self.splits = waves.split(
+            target, m_blocks, self.k_blocks, cfg["da"], stage, probe=probe
+        )
+
+    def arguments(self, per: int, splits: int, dtype, direct: bool):
+        """(out, args): out is the result itself (`direct`, in `dtype`) or [splits, ...] fp32
+        partials."""
+        x, u = self.x, self.u
+        K, R = x.shape[1], u.shape[1]
+        shape = (K, R) if self.transposed else (R, K)
+        out = x.new_empty(shape if direct else (splits, *shape),
+                          dtype=dtype if direct else torch.float32)  # fmt: skip
+        seed_arg, bits_arg, bits_stride, _ = self.mask
+        rows, cols = (out.stride(-1), out.stride(-2)) if self.transposed else out.stride()[-2:]
+        args = (
+            x, u, seed_arg if seed_arg is not None else u, bits_arg if bits_arg is not None else u,
+            out, x.shape[0], K, R, self.p, per * self.block_m,
+            x.stride(0), x.stride(1), u.stride(0), u.stride(1), bits_stride,
+            0 if direct else out.stride(0), rows, cols,
+        )  # fmt: skip
+        return out, args
+
+    def run(self, dtype, scale: float) -> torch.Tensor:
+        direct = self.splits == 1 and scale == 1.0
+        out, args = self.arguments(self.per, self.splits, dtype, direct)
+        launch(kernels.lora_da_kernel, (self.k_blocks, self.splits), *args, **self.flags)
+        return out if direct else sum_partials(out, dtype, scale)
 
 
 def _reduce_over_m(x, u, p, mask, cfg, target, dtype, scale: float, transposed: bool):
     """scale · uᵀ drop(x) [R, K] (its transpose [K, R] when `transposed`) in `dtype`, by
     lora_da_kernel with M split so the grid fills a wave (fp32 partials summed in order)."""
-    block_m, block_k, tiles, k_blocks, per, splits = _m_split_plan(x, u, cfg, target)
-    K, R = x.shape[1], u.shape[1]
-    shape = (K, R) if transposed else (R, K)
-    direct = splits == 1 and scale == 1.0
-    out = x.new_empty(
-        shape if direct else (splits, *shape), dtype=dtype if direct else torch.float32
-    )
-    seed_arg, bits_arg, bits_stride, from_bits = mask
-    rows, cols = (
-        (out.stride(-1), out.stride(-2)) if transposed else (out.stride(-2), out.stride(-1))
-    )
-    launch(
-        kernels.lora_da_kernel, (k_blocks, splits),
-        x, u, seed_arg if seed_arg is not None else u, bits_arg if bits_arg is not None else u, out,
-        x.shape[0], K, R, p, per * block_m,
-        x.stride(0), x.stride(1), u.stride(0), u.stride(1), bits_stride,
-        0 if direct else out.stride(0), rows, cols,
-        HAS_DROPOUT=p > 0, FROM_BITS=from_bits, BLOCK_M=block_m, BLOCK_K=block_k,
-        **cfg["shared"], **tiles,
-    )  # fmt: skip
-    return out if direct else sum_partials(out, dtype, scale)
+    return _MReduction(x, u, p, mask, cfg, target, transposed).run(dtype, scale)
 
 
 def _da(x, u, lora_a, p, mask, cfg, target):

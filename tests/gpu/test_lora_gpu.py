@@ -45,3 +45,18 @@ def test_m_times_k_beyond_int32():
 def test_bf16_llava_patched_matches_peft(autocast_adapter_dtype, autocast):
     wrap = partial(testing.make_lora_model, autocast_adapter_dtype=autocast_adapter_dtype)
     check_bf16_llava_patched_matches_peft(wrap, ("lora_fwd:triton",), autocast=autocast)
+
+
+def test_reduction_splits_read_the_compiles_occupancy():
+    # waves.split sizes the rank-r reductions from the compiled kernels' registers and shared
+    # memory (Triton's warmup compile, the driver's register count): on this GPU every probe is
+    # answered, and no reduction launches under one wave of its resident CTAs.
+    from fastpeft.triton_path import waves
+
+    waves._resident_cache.clear()
+    inputs = make_inputs(8192, 4096, 4096, 128, torch.bfloat16, torch.float32, "cuda")
+    run_op(inputs, 2.0, 0.05, "triton", torch.tensor([5], device="cuda"))
+    answers = dict(waves._resident_cache)
+    names = {kernel.__name__ for kernel, _, _ in answers}
+    assert {"lora_down_kernel", "lora_dy_b_kernel", "lora_da_kernel"} <= names, names
+    assert all(isinstance(n, int) and 1 <= n <= 32 for n in answers.values()), answers

@@ -124,6 +124,55 @@ def test_partials_never_cost_more_than_half_the_streamed_bytes():
     assert per * splits >= 128 and per * (splits - 1) < 128
 
 
+def _split_asking(resident_per_sm, blocks, programs, traffic=None):
+    """waves.split with a probe, inside a recording whose compile oracle answers
+    `resident_per_sm` CTAs per SM (as the static suite's does, or a GPU's compile)."""
+    asked = []
+
+    def oracle(kernel, args, kwargs):
+        asked.append((kernel, args, kwargs))
+        return resident_per_sm
+
+    probe = ("kernel", ("key",), lambda: (("args",), {"BLOCK": 64}))
+    with launch.recording(HOPPER, lambda *a: None, oracle):
+        result = waves.split(HOPPER, blocks, programs, SKINNY, 0, traffic, probe)
+    assert asked == [("kernel", ("args",), {"BLOCK": 64})]
+    return result
+
+
+@pytest.mark.parametrize("per_sm", [1, 2, 3])
+def test_the_compiles_occupancy_sizes_the_wave(per_sm):
+    # dy B at rank 128 in fp32 (128 row blocks, 128 column blocks): ptxas's 157 registers hold
+    # one CTA an SM, so two splits fill a wave; the thread estimate (8 an SM) asks for many more.
+    per, splits = _split_asking(per_sm, blocks=128, programs=128)
+    wave = 132 * per_sm
+    assert wave <= 128 * splits <= 2 * wave  # at least one wave, at most two
+    assert splits < waves.split(HOPPER, 128, 128, SKINNY, 0)[1]
+    assert per * splits >= 128 and per * (splits - 1) < 128
+
+
+def test_the_traffic_cap_never_takes_an_exact_wave_under_one():
+    # GQA's k/v: dy is [8192, 1024] bf16 and u's partial [8192, 64] fp32: the cap alone would
+    # allow 2 splits of 64 row blocks, under a wave of 3 CTAs an SM.
+    streamed, partial = 8192 * 1024 * 2, 4 * 8192 * 64
+    per, splits = _split_asking(3, blocks=32, programs=64, traffic=(streamed, partial))
+    assert 64 * splits >= 3 * 132
+
+
+def test_no_answer_falls_back_to_the_estimate():
+    assert _split_asking(None, 128, 128) == waves.split(HOPPER, 128, 128, SKINNY, 0)
+
+
+@pytest.mark.parametrize(
+    "registers, shared, warps, per_sm",
+    # sm_90 compiles of the rank-128 fp32 reductions (benchmarks/results/static_sm90.json):
+    # dy B under 3xTF32 (157 registers) and TF32 (74), dA (176, 128 KiB of shared memory).
+    [(157, 77824, 8, 1), (74, 57344, 8, 3), (176, 131072, 8, 1), (32, 0, 4, 16), (16, 0, 1, 32)],
+)
+def test_resident_ctas_by_registers_shared_memory_and_threads(registers, shared, warps, per_sm):
+    assert waves.resident(registers, shared, warps) == per_sm
+
+
 @pytest.mark.parametrize("adapter", [torch.bfloat16, torch.float32])
 def test_shared_input_down_tiles_hold_every_members_accumulator(adapter):
     one = lora_plan.launch_configs(HOPPER, torch.bfloat16, adapter, 16)["down"]
