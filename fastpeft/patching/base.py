@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import FLOAT_DTYPES
+from . import cpu_rule
 from .quantised import quantised_reason
 
 STATE_ATTR = "_fastpeft_state"
@@ -34,6 +35,9 @@ class PatchState:
     # The group of sibling layers on one input this module shares its down-projection with
     # (shared-input LoRA: fastpeft/patching/lora_shared.py), if any.
     shared: object | None = None
+    # cpu_rule.route_key of the last call the CPU rule sent to PEFT's forward (None otherwise):
+    # a call that matches it goes there again without the per-call checks.
+    peft_route: tuple | None = None
 
 
 def _forward_attr(module: nn.Module) -> str:
@@ -218,7 +222,14 @@ def routed_forward(call_fallback_reason: Callable, fused_call: Callable) -> Call
 
     def forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         state = state_of(self)
+        if state.peft_route is not None and not torch.compiler.is_compiling():
+            if state.peft_route == cpu_rule.route_key(self, x, state.backend):
+                count(state, cpu_rule.REASON)
+                return original_forward(self)(x, *args, **kwargs)
         reason = call_fallback_reason(self, x, args, kwargs)
+        state.peft_route = None
+        if reason == cpu_rule.REASON:
+            state.peft_route = cpu_rule.route_key(self, x, state.backend)
         if reason is not None:
             count(state, reason)
             return original_forward(self)(x, *args, **kwargs)

@@ -7,8 +7,10 @@ the layer's sizes, dtypes, rank or vector, dropout on or off, IA3's scaling side
 not) times both paths on that call's input (forward, and in training the backward to the
 adapter's parameters too, without touching their .grad; the random streams restored afterwards,
 so training is not perturbed and a resumed run repeats exactly), and every later call of that
-kind takes the faster. Calls that PEFT's forward wins are counted under `REASON` in the module's
-fallbacks and listed by `PatchReport.usage(model)`; `decisions()` shows the timings.
+kind takes the faster. Calls that PEFT's forward wins are counted under `REASON` in the
+module's fallbacks and listed by `PatchReport.usage(model)`; `decisions()` shows the timings.
+A module whose call went to PEFT's forward remembers that call's `route_key`, and a call that
+matches it goes there again without the per-call checks.
 """
 
 import time
@@ -22,6 +24,7 @@ _REPEATS = 3
 
 # kind -> {"fused": seconds, "peft": seconds}
 _timings: dict[tuple, dict[str, float]] = {}
+_generation = 0  # bumped by clear(): the routes modules remembered before it are void
 
 
 def _bucket(n: int) -> int:
@@ -70,13 +73,45 @@ def peft_is_faster(key: tuple, fused, own, train: bool, trainable=list) -> bool:
     return found["peft"] < found["fused"]
 
 
+def route_key(module, x: torch.Tensor, backend: str) -> tuple:
+    """What a module's call must match to reuse the module's last routing to PEFT's forward
+    without checking again (fastpeft/patching/base.routed_forward): the adapter state PEFT's
+    tuner layers switch (active adapter, disabled, merged), train or eval mode (dropout), the
+    input's shape, dtype and gradient need, grad and autocast modes, the backend and the rule's
+    setting, and no clear() since. The full checks cost 15-35 µs a call, several percent of a
+    small layer's CPU forward; this costs a few. A PEFT route is always right in numbers (PEFT's
+    forward handles every state), and the fallback counts keep their reasons."""
+    return (
+        _generation,
+        env.cpu_rule(),
+        backend,
+        _frozen(module.__dict__.get("_active_adapter")),
+        module.__dict__.get("_disable_adapters"),
+        len(module.__dict__.get("merged_adapters", ())),
+        module.training,  # dropout on or off: another kind
+        x.device.type,
+        x.shape,
+        x.dtype,
+        x.requires_grad,
+        torch.is_grad_enabled(),
+        torch.is_autocast_enabled("cpu"),
+    )
+
+
+def _frozen(value):
+    """A list (PEFT's several active adapters) as a tuple: a key must not change under it."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def decisions() -> dict[tuple, dict[str, float]]:
     """The timed kinds: {kind: {"fused": seconds, "peft": seconds}}."""
     return {key: dict(value) for key, value in _timings.items()}
 
 
 def clear() -> None:
+    global _generation
     _timings.clear()
+    _generation += 1
 
 
 def _best(forward, trainable: list) -> float:

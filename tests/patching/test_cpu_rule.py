@@ -1,6 +1,8 @@
 """The CPU rule: a patched LoRA or IA3 layer with backend "auto" on the CPU takes PEFT's own
 forward where a one-time timing says it is faster, and says so (fastpeft/patching/cpu_rule.py)."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -104,3 +106,58 @@ def test_a_bad_setting_names_the_variable(monkeypatch):
     monkeypatch.setenv("FASTPEFT_CPU_RULE", "sometimes")
     with pytest.raises(ValueError, match="FASTPEFT_CPU_RULE"):
         env.cpu_rule()
+
+
+def _rigged(monkeypatch, fused: float, peft: float):
+    """The rule's timing replaced by fixed seconds, so which path wins is known (each kind times
+    the fused path, then PEFT's)."""
+    seconds = itertools.cycle([fused, peft])
+    monkeypatch.setattr(cpu_rule, "_best", lambda *a: next(seconds))
+
+
+def test_a_peft_route_is_reused_until_the_call_or_the_setting_changes(rule_on, monkeypatch):
+    _rigged(monkeypatch, fused=2.0, peft=1.0)  # PEFT's forward wins
+    model = make_ia3_model(testing.tiny_llama(num_layers=1))
+    layer = model.base_model.model.model.layers[0].self_attn.k_proj
+    fastpeft.patch(model)
+    state = fastpeft.patching.base.state_of(layer)
+    x = torch.randn(5, layer.in_features)
+    want = fastpeft.patching.base.original_forward(layer)(x)
+    assert torch.equal(layer(x), want) and state.peft_route is not None
+    checks = []
+    monkeypatch.setattr(fastpeft.patching.ia3, "_adapter_reasons",
+                        lambda m: checks.append(m) or [])  # fmt: skip
+    assert torch.equal(layer(x), want) and checks == []  # the route, without the checks
+    assert state.fallbacks[cpu_rule.REASON] == 2 and state.fused_calls == 0
+    layer(torch.randn(6, layer.in_features))  # another shape: checked again
+    assert len(checks) == 1
+    layer(x)  # the route is the last routed call's: x's again
+    model.eval()  # another kind (LoRA's dropout turns off): checked again
+    layer(x)
+    assert len(checks) == 3
+    model.train()
+    layer(x)
+    with model.disable_adapter():  # an adapter state PEFT switches: checked, its own reason
+        assert torch.equal(layer(x), layer.get_base_layer()(x))
+    assert state.fallbacks["adapters disabled"] == 1
+    layer(x)
+    cpu_rule.clear()  # a new rule generation: checked (and timed) again
+    checked = len(checks)
+    layer(x)
+    assert len(checks) == checked + 1
+    monkeypatch.setenv("FASTPEFT_CPU_RULE", "off")  # the rule off: the fused path, not the route
+    fused = layer(x)
+    assert state.fused_calls == 1 and state.peft_route is None
+    testing.assert_close_fp32(fused, want, rtol=1e-5)
+
+
+def test_a_fused_win_leaves_no_route(rule_on, monkeypatch):
+    _rigged(monkeypatch, fused=1.0, peft=2.0)
+    model = make_ia3_model(testing.tiny_llama(num_layers=1))
+    layer = model.base_model.model.model.layers[0].self_attn.k_proj
+    fastpeft.patch(model)
+    state = fastpeft.patching.base.state_of(layer)
+    x = torch.randn(5, layer.in_features)
+    layer(x)
+    layer(x)
+    assert state.peft_route is None and state.fused_calls == 2
