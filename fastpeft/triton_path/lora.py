@@ -152,8 +152,8 @@ def _u_and_db(dy, t, lora_b, scaling, cfg, target):
     block_r, size = cfg["shared"]["BLOCK_R"], dy.element_size()
     m_blocks, n_blocks = triton.cdiv(M, block_m), triton.cdiv(N, block_n)
     stage = block_m * block_n * size + block_n * block_r * lora_b.element_size()
-    db_splits = _MReduction(dy, t, 0.0, _NO_MASK, cfg, target, transposed=True).splits
-    separate = lora_plan.separate_db(M, N, R, dy.element_size(), m_blocks, db_splits)
+    db_reduction = _MReduction(dy, t, 0.0, _NO_MASK, cfg, target, transposed=True)
+    separate = lora_plan.separate_db(M, N, R, dy.element_size(), m_blocks, db_reduction.splits)
     flags = dict(WITH_DB=not separate, BLOCK_M=block_m, BLOCK_N=block_n, **cfg["shared"], **skinny)
 
     def arguments(per: int, splits: int):
@@ -175,7 +175,7 @@ def _u_and_db(dy, t, lora_b, scaling, cfg, target):
     launch(kernels.lora_dy_b_kernel, (m_blocks, splits), *args, **flags)
     u = sum_partials(u_parts, lora_b.dtype, scaling)
     if separate:  # dBᵀ = tᵀ dy: lora_da_kernel's product (uᵀ x) with t for u and dy for x
-        return u, _reduce_over_m(dy, t, 0.0, _NO_MASK, cfg, target, lora_b.dtype, scaling, True)
+        return u, db_reduction.run(lora_b.dtype, scaling)
     return u, sum_partials(db_parts, lora_b.dtype, scaling)
 
 
@@ -283,15 +283,10 @@ class _MReduction:
         return out if direct else sum_partials(out, dtype, scale)
 
 
-def _reduce_over_m(x, u, p, mask, cfg, target, dtype, scale: float, transposed: bool):
-    """scale · uᵀ drop(x) [R, K] (its transpose [K, R] when `transposed`) in `dtype`, by
-    lora_da_kernel with M split so the grid fills a wave (fp32 partials summed in order)."""
-    return _MReduction(x, u, p, mask, cfg, target, transposed).run(dtype, scale)
-
-
 def _da(x, u, lora_a, p, mask, cfg, target):
-    """dA = uᵀ drop(x) by lora_da_kernel, M split so the grid fills a wave."""
-    return _reduce_over_m(x, u, p, mask, cfg, target, lora_a.dtype, 1.0, False)
+    """dA = uᵀ drop(x) by lora_da_kernel, M split so the grid fills a wave (fp32 partials summed
+    in order)."""
+    return _MReduction(x, u, p, mask, cfg, target, transposed=False).run(lora_a.dtype, 1.0)
 
 
 def keep_mask(seed: torch.Tensor, M: int, K: int, p: float) -> torch.Tensor:
