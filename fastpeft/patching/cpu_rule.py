@@ -78,8 +78,9 @@ def route_key(module, x: torch.Tensor, backend: str) -> tuple:
     without checking again (fastpeft/patching/base.routed_forward): the adapter state PEFT's
     tuner layers switch (active adapter, disabled, merged), train or eval mode (dropout), the
     input's shape, dtype and gradient need, grad and autocast modes, the backend and the rule's
-    setting, and no clear() since. The full checks cost 15-35 µs a call, several percent of a
-    small layer's CPU forward; this costs a few. A PEFT route is always right in numbers (PEFT's
+    setting, and no clear() since. The full checks cost about 27 µs an IA3 call and 45 µs a
+    LoRA call (4x64 layer, 1 thread, this project's 2-core VM), several percent of a small
+    layer's CPU forward; the route leaves about 10. A PEFT route is always right in numbers (PEFT's
     forward handles every state), and the fallback counts keep their reasons."""
     return (
         _generation,
