@@ -410,3 +410,53 @@ WALKS = {
     "adapter_down_kernel": _walks_per_h_block,
     "adapter_dw_down_kernel": _walks_per_h_block,
 }
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size()
+
+
+def _members(a) -> int:
+    return 2 if a.get("PAIR") else 1
+
+
+def _blocks(a, size: str, block: str) -> int:
+    return triton.cdiv(a[size], a[block])
+
+
+# The static model's L2 traffic beyond each tensor's one DRAM read: a program walks its whole
+# reduction, so an operand tile is loaded once per output block along the other dimension (z
+# once per H block in the down kernel, W_down once per row block, ...). Reported beside the
+# prediction (fastpeft/static/costing.py: l2_bytes), which takes it as free until a GPU run has
+# measured the L2's read bandwidth.
+REREADS = {
+    "adapter_down_kernel": lambda a: (
+        _nbytes(a["z_ptr"]) * (_blocks(a, "H", "BLOCK_H") - 1)
+        + _members(a) * _nbytes(a["wd_ptr"]) * (_blocks(a, "M", "BLOCK_M") - 1)
+    ),
+    "adapter_up_kernel": lambda a: (
+        _nbytes(a["a_ptr"]) * (_blocks(a, "D", "BLOCK_D") - 1)
+        + _nbytes(a["wu_ptr"]) * (_blocks(a, "M", "BLOCK_M") - 1)
+    ),
+    "adapter_dpre_kernel": lambda a: (
+        _nbytes(a["dy_ptr"]) * (_blocks(a, "H", "BLOCK_H") - 1)
+        + _nbytes(a["wu_ptr"]) * (_blocks(a, "M", "BLOCK_M") - 1)
+    ),
+    "adapter_dw_up_kernel": lambda a: (
+        _nbytes(a["dy_ptr"]) * (_blocks(a, "H", "BLOCK_H") - 1)
+        + _nbytes(a["a_ptr"]) * (_blocks(a, "D", "BLOCK_D") - 1)
+    ),
+    "adapter_dw_down_kernel": lambda a: (
+        _nbytes(a["z_ptr"]) * (_blocks(a, "H", "BLOCK_H") - 1)
+        + _members(a) * _nbytes(a["g_ptr"]) * (_blocks(a, "D", "BLOCK_D") - 1)
+        + (_nbytes(a["bits_ptr"]) * (_blocks(a, "H", "BLOCK_H") - 1) if a["FROM_BITS"] else 0)
+    ),
+    "adapter_dz_kernel": lambda a: (
+        _members(a)
+        * (
+            _nbytes(a["g_ptr"]) * (_blocks(a, "D", "BLOCK_D") - 1)
+            + _nbytes(a["wd_ptr"]) * (_blocks(a, "M", "BLOCK_M") - 1)
+        )
+    ),
+    "adapter_activation_kernel": lambda a: 0,
+}

@@ -98,9 +98,10 @@ def run_bench(suite: str, level: str | None, out: Path, dtype: str | None, devic
         done.append(name)
         write(rows, done)
         print(f"{name} done in {time.time() - suite_started:.0f} s (written to {out})", flush=True)
+    l2 = f", {peaks['l2_read_gbps']:.0f} GB/s L2 read" if "l2_read_gbps" in peaks else ""
     print(f"\nmeasured ceilings (best of {peaks['repetitions']} calls): "
           f"{peaks['copy_gbps']:.0f} GB/s copy, "
-          f"{peaks['matmul_tflops']:.3g} TFLOP/s {peaks['matmul_dtype']} matmul")  # fmt: skip
+          f"{peaks['matmul_tflops']:.3g} TFLOP/s {peaks['matmul_dtype']} matmul{l2}")  # fmt: skip
     print("\n" + format_summary(summarize(rows)))
     for name in suites:
         print(f"\n[{name}]\n" + results.format_table(rows, name))

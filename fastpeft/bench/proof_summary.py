@@ -58,13 +58,19 @@ def _ceilings(p: dict) -> list[str]:
     peaks = p.get("peaks")
     if not peaks:
         return []
+    l2 = ""
+    if "l2_read_gbps" in peaks:
+        l2 = (
+            f"; L2 read {peaks['l2_read_gbps']:.0f} GB/s (median "
+            f"{peaks['l2_read_gbps_median']:.0f}, {peaks['l2_probe_mib']} MiB read over)"
+        )
     return [
         "",
         "## ceilings",
         "",
         f"copy {peaks['copy_gbps']:.0f} GB/s (median {peaks['copy_gbps_median']:.0f}); "
         f"{peaks['matmul_dtype']} matmul {peaks['matmul_tflops']:.3g} TFLOP/s "
-        f"(median {peaks['matmul_tflops_median']:.3g}); best of {peaks['repetitions']}",
+        f"(median {peaks['matmul_tflops_median']:.3g}); best of {peaks['repetitions']}{l2}",
     ]
 
 

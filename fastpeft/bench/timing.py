@@ -114,7 +114,7 @@ def measured_peaks(device: torch.device, quick: bool = True) -> dict[str, float 
     b = torch.randn(size, size, device=device, dtype=dtype)
     matmul = _best_throughput(lambda: a @ b, device, reps)
     moved, flops = 2 * numel * 4, 2 * size**3
-    return {
+    peaks = {
         "copy_gbps": moved / copy["best"] / 1e9,
         "copy_gbps_median": moved / copy["median"] / 1e9,
         "matmul_tflops": flops / matmul["best"] / 1e12,
@@ -122,12 +122,37 @@ def measured_peaks(device: torch.device, quick: bool = True) -> dict[str, float 
         "matmul_dtype": str(dtype).replace("torch.", ""),
         "repetitions": reps,
     }
+    if gpu:
+        peaks.update(_l2_read_gbps(device, reps))
+    return peaks
+
+
+_L2_PROBE_BYTES = 8 << 20  # well inside every current GPU's L2 (40-60 MB), past any L1
+_L2_ROUNDS = 128  # 1 GiB read a call: a few hundred microseconds, launch cost negligible
+
+
+def _l2_read_gbps(device: torch.device, reps: int) -> dict:
+    """L2 read bandwidth (GB/s): an 8 MiB buffer read 128 times over by four programs an SM with
+    L1 bypassed (l2_probe.py), best and median of `reps` calls; the first round's DRAM
+    reads are under 1% of the bytes. The static model's L2 traffic waits on this figure."""
+    from .l2_probe import l2_read  # Triton only where a GPU measures
+
+    buf = torch.rand(_L2_PROBE_BYTES // 4, device=device)
+    seconds = _best_throughput(lambda: l2_read(buf, _L2_ROUNDS), device, reps)
+    moved = _L2_ROUNDS * _L2_PROBE_BYTES
+    return {
+        "l2_read_gbps": moved / seconds["best"] / 1e9,
+        "l2_read_gbps_median": moved / seconds["median"] / 1e9,
+        "l2_probe_mib": _L2_PROBE_BYTES >> 20,
+    }
 
 
 def best_peaks(first: dict, second: dict) -> dict:
     """Two measurements of the ceilings as one: the higher of each (see `_best_throughput`)."""
     merged = dict(first)
-    for key in ("copy_gbps", "copy_gbps_median", "matmul_tflops", "matmul_tflops_median"):
-        merged[key] = max(first[key], second[key])
+    for key in ("copy_gbps", "copy_gbps_median", "matmul_tflops", "matmul_tflops_median",
+                "l2_read_gbps", "l2_read_gbps_median"):  # fmt: skip
+        if key in first and key in second:
+            merged[key] = max(first[key], second[key])
     merged["repetitions"] = first["repetitions"] + second["repetitions"]
     return merged

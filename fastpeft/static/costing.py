@@ -59,6 +59,7 @@ def launch_record(arch: Arch, launch, compiled) -> dict:
         "operand_dtypes": operand_dtypes(named),
         "dropout_elements": dropout_elements(named),
         "step_elements": step_elements(launch.kernel, named),
+        "l2_bytes": l2_bytes(launch.kernel, named, dram),
     }
     row.update(inspection(compiled, flops))
     if compiled.status != "ok":
@@ -136,6 +137,25 @@ def step_elements(kernel, named: dict) -> int:
     if walks is not None:
         return walks(named)
     return named["M"] * (named["K"] if "K" in named else named["D"])
+
+
+def l2_bytes(kernel, named: dict, dram: int) -> int | None:
+    """The bytes a launch moves between L2 and the SMs: its DRAM bytes plus the operand tiles its
+    programs load again (each walks its whole reduction, so an operand is read once per output
+    block along the other dimension), from its module's REREADS table; None where the table has
+    no entry (not modelled). The prediction takes this traffic as free: no L2 ceiling has been
+    measured (`assumed_l2_rates`)."""
+    module, name = _module_and_name(kernel)
+    rereads = getattr(module, "REREADS", {}).get(name)
+    return None if rereads is None else dram + rereads(named)
+
+
+def assumed_l2_rates(rows: list[dict]) -> None:
+    """`l2_tbps_assumed` for every launch with modelled L2 traffic and a time: the L2 bandwidth
+    (TB/s) its predicted time needs, which the model does not check (no measured ceiling yet)."""
+    for row in rows:
+        if row.get("l2_bytes") and row.get("predicted_us"):
+            row["l2_tbps_assumed"] = round(row["l2_bytes"] / row["predicted_us"] / 1e6, 2)
 
 
 def dropout_elements(named: dict) -> int:

@@ -16,7 +16,7 @@ from ..bench.cases import layer_case
 from . import archs, layer_set
 from . import compile as compiler
 from .calibration import beside_measurements
-from .costing import add_dropout_issue_time, dropout_cost, launch_record
+from .costing import add_dropout_issue_time, assumed_l2_rates, dropout_cost, launch_record
 from .launches import record, static_methods
 from .model import ctas_per_sm
 
@@ -140,6 +140,7 @@ def run_static(arch_name: str, out: Path, quick: bool, jobs: int = 2, cache: Pat
         rows_of.setdefault(id(launch), row)
     dropout = dropout_cost(records)
     add_dropout_issue_time(arch, records, dropout)
+    assumed_l2_rates(records)
     for method, static_model, case, weights, p, found in plan:
         rows = [rows_of[id(launch)] for launch in found]
         cases.append(case_record(arch, method, static_model, case, weights, p, rows))
@@ -195,6 +196,7 @@ def format_static(result: dict) -> str:
     lines.append(f"static: spilling {len(spills)}: " + ", ".join(f"{k} {b} B" for k, b in spills))
     lines.append(f"static: products on FMA units, not tensor cores: {', '.join(fma) or 'none'}")
     lines.append(f"static: launches under one wave: {', '.join(thin) or 'none'}")
+    lines += _l2_lines(rows)
     for m in result["measured_beside_model"]:
         lines.append(f"model vs measured: {m['case']} {m['what']} ({m['dtype']}): model "
                      f"{m['model_us']:.0f} us, measured {m['measured_us']:.0f} us on "
@@ -205,3 +207,17 @@ def format_static(result: dict) -> str:
                      f"{d['source']} instructions per element (budget "
                      f"{result['dropout_budget_instructions_per_element']})")  # fmt: skip
     return "\n".join(lines)
+
+
+def _l2_lines(rows: list[dict]) -> list[str]:
+    """Per kernel with modelled L2 traffic, the most L2 bandwidth a predicted time assumes (the
+    model has no L2 ceiling until a GPU run measures one), with its L2 / DRAM bytes."""
+    worst: dict[str, dict] = {}
+    for r in rows:
+        if r.get("l2_tbps_assumed") and r["l2_tbps_assumed"] > worst.get(r["kernel"], {}).get(
+            "l2_tbps_assumed", 0
+        ):
+            worst[r["kernel"]] = r
+    return [f"static: L2 traffic in {k}: its predicted time assumes {r['l2_tbps_assumed']:.1f} "
+            f"TB/s from L2 ({r['l2_bytes'] / r['dram_bytes']:.1f}x its DRAM bytes; {r['case']})"
+            for k, r in sorted(worst.items())]  # fmt: skip

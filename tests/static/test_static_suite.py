@@ -65,6 +65,18 @@ def test_case_ratios_follow_from_the_launches(static):
             assert case["H"] > 0 and case["predicted_speedup_vs_eager"] > 0
 
 
+def test_adapter_launches_report_the_l2_traffic_their_times_assume(static):
+    # Their tile walks re-read operands from L2 (kernels/adapter.py REREADS, checked against the
+    # kernels' own loads in test_l2_rereads.py); the model takes that as free, and says so.
+    rows = [r for r in static["launches"] if r["method"].startswith("adapter")
+            and r["kernel"] != "sum_partials_kernel"]  # fmt: skip
+    assert rows and all(r["l2_bytes"] >= r["dram_bytes"] for r in rows)
+    walks = [r for r in rows if r["kernel"] != "adapter_activation_kernel"]
+    assert all(r["l2_bytes"] > r["dram_bytes"] and r["l2_tbps_assumed"] > 0 for r in walks)
+    printed = [line for line in static["printed"].splitlines() if "L2 traffic in" in line]
+    assert {line.split()[4].rstrip(":") for line in printed} >= {r["kernel"] for r in walks}
+
+
 def test_a_bf16_gemm_runs_on_tensor_cores(static):
     # The check can tell: the base GEMM of LoRA's forward with 16-bit adapters uses wgmma.
     rows = [r for r in static["launches"] if r["kernel"] == "lora_fwd_kernel"
@@ -79,7 +91,9 @@ def test_a_bf16_gemm_runs_on_tensor_cores(static):
 # 3xTF32, deeper dW_down steps). LoRA's and IA3's launches fill a wave; the adapters' [M, H]
 # launches do not (issue 18): at M=8192 they are 128 row tiles on 132 SMs (the model counts 3%
 # idle), and the ways to more CTAs add traffic (split-K partials of pre and a finishing pass for
-# act, or 32-row tiles reading W from L2 twice as often, which the model does not cost): not done.
+# act, or 32-row tiles reading W from L2 twice as often): not done. Splitting the weight
+# gradients to LoRA's exact wave was tried: the model then put the H=256 bf16 adapter at 1.83x
+# eager, under its 2x target (2.23x without).
 
 SMALL_US = 5.0  # a launch modelled under this long cannot waste more than that, however shaped
 NOT_YET = "issue 18: the adapters' [M, H] launches cover 128 of 132 SMs, under a wave"
