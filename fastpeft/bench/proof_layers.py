@@ -29,7 +29,7 @@ def proof_cases(M: int, scale: int = 1) -> list[ProofCase]:
     return [case for _, case in sorted(ranked, key=lambda pair: pair[0])]  # stable: registry order
 
 
-def kernel_times(fn, device: torch.device, calls: int = 3, top: int = 6) -> list[dict]:
+def kernel_times(fn, device: torch.device, calls: int = 3, top: int = 12) -> list[dict]:
     """The `top` most expensive kernels (GPU) or ops (CPU) of one call of `fn`, from
     torch.profiler: name, milliseconds per call and share of the call's total."""
     from torch.profiler import ProfilerActivity, profile

@@ -4,6 +4,7 @@ prediction with the model's relative error, so the model is calibrated against t
 rather than defended."""
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -89,3 +90,50 @@ def beside_measurements(cases: list[dict], arch: str, results: Path = RESULTS) -
                     "model_error": round(case[field] / measured - 1, 3),
                 })  # fmt: skip
     return out
+
+
+def kernels_beside_measurements(
+    cases: list[dict], launches: list[dict], arch: str, results: Path = RESULTS
+) -> list[dict]:
+    """One row per (static case, kernel) that a GPU run profiled: the proof kit's layers part
+    keeps torch.profiler's device time per kernel for its fastpeft rows (`kernels`, ms per
+    fwd+bwd call). Beside each goes the model's time for that kernel's launches in the case, its
+    relative error, and, where the model counts the kernel's L2 traffic, the L2 bandwidth the
+    measured time implies (a kernel that runs at the device's L2 ceiling is L2-bound, which the
+    model does not yet cost)."""
+    if arch != "sm_90":
+        return []
+    out = []
+    for name, data, rows in _runs(results):
+        for row in rows:
+            if row.get("provider") != "fastpeft" or not row.get("kernels"):
+                continue
+            for case in cases:
+                if _predictions_for(case, row, data).get("fastpeft") != "predicted_fused_us":
+                    continue
+                out += _kernel_rows(case, launches, row, data["device"], name)
+    return out
+
+
+def _kernel_rows(case: dict, launches: list[dict], row: dict, device: str, source: str):
+    label = f"{case['case']} {case['adapter_dtype']} p={case['dropout']:g}"
+    model_us: dict[str, float] = defaultdict(float)
+    l2: dict[str, float] = defaultdict(float)
+    for launch in launches:
+        if launch["method"] == case["method"] and launch["case"] == label:
+            model_us[launch["kernel"]] += launch.get("predicted_us") or 0.0
+            l2[launch["kernel"]] += launch.get("l2_bytes") or 0
+    found = []
+    for measured in row["kernels"]:
+        kernel = measured["kernel"]
+        if kernel not in model_us or not measured.get("ms"):
+            continue
+        us = measured["ms"] * 1e3
+        entry = {"case": case["case"], "kernel": kernel, "dtype": case["adapter_dtype"],
+                 "dropout": case["dropout"], "measured_us": round(us, 1), "measured_on": device,
+                 "source": source, "model_us": round(model_us[kernel], 1),
+                 "model_error": round(model_us[kernel] / us - 1, 3)}  # fmt: skip
+        if l2[kernel]:
+            entry["l2_tbps_at_measured"] = round(l2[kernel] / us / 1e6, 2)
+        found.append(entry)
+    return found

@@ -15,7 +15,7 @@ from .. import registry
 from ..bench.cases import layer_case
 from . import archs, layer_set
 from . import compile as compiler
-from .calibration import beside_measurements
+from .calibration import beside_measurements, kernels_beside_measurements
 from .costing import add_dropout_issue_time, assumed_l2_rates, dropout_cost, launch_record
 from .launches import record, static_methods
 from .model import ctas_per_sm
@@ -157,6 +157,7 @@ def run_static(arch_name: str, out: Path, quick: bool, jobs: int = 2, cache: Pat
         "cases": cases,
         "layer_sets": layer_set.rows(cases),
         "measured_beside_model": beside_measurements(cases, arch.name),
+        "kernels_measured_beside_model": kernels_beside_measurements(cases, records, arch.name),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / file_name(arch.name)).write_text(json.dumps(result, indent=1) + "\n")
@@ -202,6 +203,13 @@ def format_static(result: dict) -> str:
                      f"{m['model_us']:.0f} us, measured {m['measured_us']:.0f} us on "
                      f"{m['measured_on']} ({m['measured_backend']}): error "
                      f"{m['model_error']:+.0%}")  # fmt: skip
+    for m in result.get("kernels_measured_beside_model", []):
+        l2 = (f"; its L2 traffic at {m['l2_tbps_at_measured']:.1f} TB/s"
+              if "l2_tbps_at_measured" in m else "")  # fmt: skip
+        lines.append(f"model vs measured: {m['kernel']} in {m['case']} ({m['dtype']}, p="
+                     f"{m['dropout']:g}): model {m['model_us']:.0f} us, measured "
+                     f"{m['measured_us']:.0f} us on {m['measured_on']}: error "
+                     f"{m['model_error']:+.0%}{l2}")  # fmt: skip
     for d in result["dropout"]:
         lines.append(f"static: dropout in {d['kernel']}: {d['instructions_per_element']} "
                      f"{d['source']} instructions per element (budget "

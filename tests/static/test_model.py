@@ -153,6 +153,50 @@ def test_measured_rows_of_the_same_case_are_put_beside_the_model(tmp_path):
     assert beside_measurements([case], "sm_80", tmp_path) == []
 
 
+def test_profiled_kernels_go_beside_their_launches_in_the_same_case(tmp_path):
+    from fastpeft.static.calibration import kernels_beside_measurements
+
+    case = {"method": "adapter", "case": "adapter post", "M": 8192, "K": 4096, "N": 4096,
+            "H": 256, "adapter_dtype": "bfloat16", "dropout": 0.05,
+            "predicted_fused_us": 170.0}  # fmt: skip
+    label = "adapter post bfloat16 p=0.05"
+    launches = [
+        {"method": "adapter", "case": label, "kernel": "adapter_up_kernel", "predicted_us": 30.0,
+         "l2_bytes": 400e6},
+        {"method": "adapter", "case": label, "kernel": "adapter_up_kernel", "predicted_us": 10.0,
+         "l2_bytes": 100e6},
+        {"method": "adapter", "case": label, "kernel": "adapter_dz_kernel", "predicted_us": 20.0},
+        {"method": "adapter", "case": "adapter post bfloat16 p=0", "kernel": "adapter_dz_kernel",
+         "predicted_us": 99.0},
+    ]  # fmt: skip
+    row = {"suite": "layers", "kind": "adapter", "mode": "full", "M": 8192, "K": 4096,
+           "N": 4096, "r": 256, "weights": "bfloat16", "dropout": 0.05,
+           "median_ms": 0.2}  # fmt: skip
+    kernels = [{"kernel": "adapter_up_kernel", "ms": 0.05},
+               {"kernel": "adapter_dz_kernel", "ms": 0.025},
+               {"kernel": "sm90_xmma_gemm_bf16", "ms": 0.1}]  # fmt: skip
+    rows = [
+        {**row, "provider": "fastpeft", "kernels": kernels},
+        {**row, "provider": "eager", "kernels": kernels},  # not fastpeft's kernels
+        {**row, "provider": "fastpeft", "dropout": 0.0, "kernels": kernels},  # other case
+    ]
+    proof = {"device": "NVIDIA H200", "settings": {"dtype": "bfloat16"},
+             "parts": {"layers": {"rows": rows}}}  # fmt: skip
+    (tmp_path / "proof.json").write_text(json.dumps(proof))
+    found = {m["kernel"]: m for m in kernels_beside_measurements([case], launches, "sm_90",
+                                                                 tmp_path)}  # fmt: skip
+    # Both up launches' predictions against the profiled time of the kernel; cuBLAS's kernel has
+    # no launch of the model's; the other case's dz is not this one's.
+    assert set(found) == {"adapter_up_kernel", "adapter_dz_kernel"}
+    up = found["adapter_up_kernel"]
+    assert (up["model_us"], up["measured_us"]) == (40.0, 50.0)
+    assert up["model_error"] == pytest.approx(-0.2)
+    assert up["l2_tbps_at_measured"] == pytest.approx(500e6 / 50 / 1e6)
+    assert found["adapter_dz_kernel"]["model_error"] == pytest.approx(-0.2)
+    assert "l2_tbps_at_measured" not in found["adapter_dz_kernel"]
+    assert kernels_beside_measurements([case], launches, "sm_80", tmp_path) == []
+
+
 def test_spider_measurements_go_beside_the_step_they_timed(tmp_path):
     from fastpeft.static.calibration import beside_measurements
 
