@@ -15,7 +15,9 @@ import triton.language as tl
 from ..triton_path.launch import launch, target_for
 
 _BLOCK = 2048  # fp32 elements a program loads a step: 16 a thread on 4 warps, four 16-byte loads
-_PROGRAMS_PER_SM = 4
+# Eight 4-warp programs an SM (half its thread slots), each with four 16-byte loads a thread in
+# flight: about 64 KiB in flight an SM, several times L2's latency-bandwidth product.
+_PROGRAMS_PER_SM = 8
 
 
 @triton.jit
@@ -38,7 +40,7 @@ def l2_read_kernel(buf_ptr, out_ptr, numel, rounds, BLOCK: tl.constexpr):
 def l2_read(buf: torch.Tensor, rounds: int, programs: int | None = None) -> torch.Tensor:
     """Reads the contiguous fp32 `buf` `rounds` times over and returns each program's sum:
     together they equal rounds · buf.sum(), so every element of every round was read. `programs`
-    defaults to four per SM (three on the interpreter, with small tiles)."""
+    defaults to eight per SM (three on the interpreter, with small tiles)."""
     if buf.dtype != torch.float32 or not buf.is_contiguous():
         raise ValueError(f"buf must be a contiguous float32 tensor, got {buf.dtype}")
     if rounds < 1:

@@ -127,14 +127,14 @@ def measured_peaks(device: torch.device, quick: bool = True) -> dict[str, float 
     return peaks
 
 
-_L2_PROBE_BYTES = 8 << 20  # well inside every current GPU's L2 (40-60 MB), past any L1
-_L2_ROUNDS = 128  # 1 GiB read a call: a few hundred microseconds, launch cost negligible
+_L2_PROBE_BYTES = 16 << 20  # inside every current GPU's L2 (40-60 MB), far past any L1
+_L2_ROUNDS = 64  # 1 GiB read a call: a few hundred microseconds, launch cost negligible
 
 
 def _l2_read_gbps(device: torch.device, reps: int) -> dict:
-    """L2 read bandwidth (GB/s): an 8 MiB buffer read 128 times over by four programs an SM with
+    """L2 read bandwidth (GB/s): a 16 MiB buffer read 64 times over by eight programs an SM with
     L1 bypassed (l2_probe.py), best and median of `reps` calls; the first round's DRAM
-    reads are under 1% of the bytes. The static model's L2 traffic waits on this figure."""
+    reads are 1/64 of the bytes. The static model's L2 traffic waits on this figure."""
     from .l2_probe import l2_read  # Triton only where a GPU measures
 
     buf = torch.rand(_L2_PROBE_BYTES // 4, device=device)
