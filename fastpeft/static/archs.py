@@ -37,7 +37,9 @@ class Arch:
     max_threads_per_sm: int = 2048
     max_ctas_per_sm: int = 32
     shared_per_sm: int = 228 * 1024  # bytes, incl. 1 KiB reserved per resident CTA
-    # TFLOP/s: tc16, tf32, fp32 (FMA); GB/s: dram; T thread-instructions/s: issue
+    # TFLOP/s: tc16, tf32, fp32 (FMA); GB/s: dram, and l2 (read, L2 to the SMs) where a run has
+    # measured it (the proof kit's l2_read_gbps): the model then costs the tile walks' L2
+    # traffic (model.predict); T thread-instructions/s: issue
     ceilings: dict[str, Ceiling] = field(default_factory=dict)
 
 

@@ -68,7 +68,8 @@ def launch_record(arch: Arch, launch, compiled) -> dict:
     per_sm = model.ctas_per_sm(arch, compiled.registers, compiled.shared_bytes,
                                compiled.num_warps)  # fmt: skip
     busy = model.utilisation(arch, ctas, per_sm)
-    prediction = model.predict(arch, work_by_rate(named, products, row), dram, busy)
+    work = work_by_rate(named, products, row)
+    prediction = model.predict(arch, work, dram, busy, row["l2_bytes"] or 0)
     row.update(
         ctas_per_sm=per_sm,
         waves=round(model.waves(arch, ctas, per_sm), 3),

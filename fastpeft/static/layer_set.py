@@ -12,6 +12,8 @@ cases it is made of; rows exist only where every part was modelled (the full run
 
 import re
 
+from . import l2_bound
+
 LIMIT = 1.15  # issue 18: the whole adapter layer set within 15% of the frozen step
 # Llama-7B's linears per decoder layer, by the bench's shape labels: (label, count)
 LAYER_LINEARS = (("q/o", 2), ("k/v gqa", 2), ("gate/up", 2), ("down", 1))
@@ -50,6 +52,10 @@ def rows(cases: list[dict]) -> list[dict]:
             found["adapter_pair"]["predicted_fused_us"] + found["adapter"]["predicted_fused_us"]
         )
         ratio = (frozen[m] + adapters) / frozen[m]
+        launches = found["adapter_pair"].get("l2_profile", []) + found["adapter"].get(
+            "l2_profile", []
+        )
+        l2_needed = l2_bound.needed(launches, (LIMIT - 1) * frozen[m]) if launches else None
         out.append({
             "case": f"Llama-7B layer M={m}: gate/up pre-adapter pair + down post-adapter H={h}",
             "adapter_dtype": dtype, "dropout": dropout, "M": m, "H": h, "model": True,
@@ -58,5 +64,6 @@ def rows(cases: list[dict]) -> list[dict]:
             "predicted_step_over_frozen": round(ratio, 3),
             "target": f"predicted_step_over_frozen <= {LIMIT}",
             "predicted_verdict": "meets" if ratio <= LIMIT else "misses",
+            "l2_tbps_needed": l2_needed,
         })  # fmt: skip
     return out

@@ -77,14 +77,21 @@ class Prediction:
     predicted_us: float
 
 
-def predict(arch: Arch, work: dict[str, float], dram_bytes: float, busy: float) -> Prediction:
+def predict(
+    arch: Arch, work: dict[str, float], dram_bytes: float, busy: float, l2_bytes: float = 0.0
+) -> Prediction:
     """max(compute, memory) at the arch's peaks scaled by `busy` (utilisation). `work` maps each
     rate the launch's products run at ("tc16", "tf32", "tf32x3", "tf32x2", "fp32") to their
-    FLOPs; their compute times add up (one SM's tensor cores run one product at a time)."""
+    FLOPs; their compute times add up (one SM's tensor cores run one product at a time). Memory
+    is the DRAM bytes' time, or the `l2_bytes`' (the tile walks' traffic between L2 and the SMs)
+    where that is longer and the arch has an "l2" ceiling: none has been measured yet, so today
+    the L2 traffic is only reported (l2_bound.py)."""
     busy = max(busy, 1e-9)
     compute = sum(flops / (peak(arch, rate) * 1e12 * busy) * 1e6
                   for rate, flops in work.items() if flops and rate != "none")  # fmt: skip
     memory = dram_bytes / (peak(arch, "dram") * 1e9 * busy) * 1e6
+    if l2_bytes and "l2" in arch.ceilings:
+        memory = max(memory, l2_bytes / (peak(arch, "l2") * 1e9 * busy) * 1e6)
     rates = "+".join(sorted(r for r, f in work.items() if f)) or "none"
     return Prediction(rates, compute, memory, max(compute, memory))
 

@@ -13,7 +13,7 @@ import torch
 
 from .. import registry
 from ..bench.cases import layer_case
-from . import archs, layer_set
+from . import archs, l2_bound, layer_set
 from . import compile as compiler
 from .calibration import beside_measurements, kernels_beside_measurements
 from .costing import add_dropout_issue_time, assumed_l2_rates, dropout_cost, launch_record
@@ -101,6 +101,11 @@ def case_record(arch, method, static_model, case, weights, dropout, rows) -> dic
         out["predicted_peft_over_fused"] = round(refs["peft"] / fused, 3)
     if "eager" in refs:
         out["predicted_speedup_vs_eager"] = round(refs["eager"] / fused, 3)
+    if any(r.get("l2_bytes") for r in rows):  # the adapters' tile walks: see l2_bound.py
+        out["l2_profile"] = l2_bound.profile(rows)
+        if "eager" in refs and method.name in TARGETS:
+            speedup = TARGETS[method.name][1]
+            out["l2_tbps_needed"] = l2_bound.needed(out["l2_profile"], refs["eager"] / speedup)
     if "adamw" in refs:
         out["predicted_over_adamw"] = round(fused / refs["adamw"], 3)
     targets = (static_model.targets(out) if hasattr(static_model, "targets")
@@ -197,7 +202,7 @@ def format_static(result: dict) -> str:
     lines.append(f"static: spilling {len(spills)}: " + ", ".join(f"{k} {b} B" for k, b in spills))
     lines.append(f"static: products on FMA units, not tensor cores: {', '.join(fma) or 'none'}")
     lines.append(f"static: launches under one wave: {', '.join(thin) or 'none'}")
-    lines += _l2_lines(rows)
+    lines += _l2_lines(rows) + _l2_needed_lines(result)
     for m in result["measured_beside_model"]:
         lines.append(f"model vs measured: {m['case']} {m['what']} ({m['dtype']}): model "
                      f"{m['model_us']:.0f} us, measured {m['measured_us']:.0f} us on "
@@ -229,3 +234,17 @@ def _l2_lines(rows: list[dict]) -> list[str]:
     return [f"static: L2 traffic in {k}: its predicted time assumes {r['l2_tbps_assumed']:.1f} "
             f"TB/s from L2 ({r['l2_bytes'] / r['dram_bytes']:.1f}x its DRAM bytes; {r['case']})"
             for k, r in sorted(worst.items())]  # fmt: skip
+
+
+def _l2_needed_lines(result: dict) -> list[str]:
+    """The L2 bandwidth each adapter case's target and each layer set's need (l2_bound.py)."""
+    lines = []
+    for c in [*result["cases"], *result.get("layer_sets", [])]:
+        if "l2_tbps_needed" not in c:
+            continue
+        label = f"{c['case']} {SHORT.get(c['adapter_dtype'], '')} p={c['dropout']:g}"
+        need = c["l2_tbps_needed"]
+        lines.append(f"static: L2 read bandwidth {label} needs for its target: "
+                     + ("out of reach even with L2 free" if need is None else
+                        f">= {need:.1f} TB/s"))  # fmt: skip
+    return lines

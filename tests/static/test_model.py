@@ -88,10 +88,38 @@ def test_rate_follows_the_instructions():
 
 def test_every_ceiling_names_its_source():
     for arch in archs.ARCHS.values():
+        # "l2" joins where a GPU run has measured it (none yet).
         assert set(arch.ceilings) == {"tc16", "tf32", "fp32", "dram", "issue"}
         assert all(c.source and c.value > 0 for c in arch.ceilings.values())
     with pytest.raises(ValueError, match="--arch must be one of"):
         archs.get("sm_70")
+
+
+def test_a_measured_l2_ceiling_bounds_the_memory_time_by_the_l2_traffic():
+    import dataclasses
+
+    with_l2 = dataclasses.replace(
+        H200, ceilings={**H200.ceilings, "l2": archs.Ceiling(8000.0, "a test's")}
+    )
+    # 1 GB from DRAM (242 us at 4132 GB/s), 40 GB through L2 (5000 us at 8000 GB/s).
+    assert model.predict(with_l2, {}, 1e9, 1.0, 4e10).memory_us == pytest.approx(5000.0)
+    assert model.predict(with_l2, {}, 1e9, 1.0, 1e9).memory_us == pytest.approx(1e3 / 4.132)
+    # Without the ceiling the L2 traffic is only reported.
+    assert model.predict(H200, {}, 1e9, 1.0, 4e10).memory_us == pytest.approx(1e3 / 4.132)
+
+
+def test_l2_needed_is_the_least_bandwidth_that_fits_the_budget():
+    from fastpeft.static import l2_bound
+
+    launches = [(10.0, 100e6), (10.0, 0.0)]  # 10 us each; 100 MB through L2 in the first
+    # 25 us leave the first 15 us: 100 MB / 15 us = 6.67 TB/s.
+    assert l2_bound.needed(launches, 25.0) == pytest.approx(6.67, abs=0.01)
+    assert l2_bound.time_at(launches, 6.67) == pytest.approx(25.0, rel=1e-3)
+    assert l2_bound.time_at(launches, 100.0) == 20.0  # fast L2: the predictions alone
+    assert l2_bound.needed(launches, 19.0) is None  # over budget even with L2 free
+    assert l2_bound.profile([{"predicted_us": 3.0, "dram_bytes": 5, "l2_bytes": None}]) == [
+        (3.0, 5)
+    ]
 
 
 def test_every_kernel_has_an_analytic_cost():

@@ -77,6 +77,20 @@ def test_adapter_launches_report_the_l2_traffic_their_times_assume(static):
     assert {line.split()[4].rstrip(":") for line in printed} >= {r["kernel"] for r in walks}
 
 
+def test_adapter_cases_say_the_l2_bandwidth_their_target_needs(static):
+    from fastpeft.static import l2_bound
+
+    cases = [c for c in static["cases"] if c["method"].startswith("adapter")]
+    assert cases and all("l2_tbps_needed" in c for c in cases)
+    for c in cases:
+        budget = c["predicted_eager_us"] / 2.0  # the >= 2x eager target
+        if c["l2_tbps_needed"] is None:  # the target is missed even with L2 free
+            assert c["predicted_fused_us"] > budget
+            continue
+        assert l2_bound.time_at(c["l2_profile"], c["l2_tbps_needed"]) <= budget * 1.001
+        assert l2_bound.time_at(c["l2_profile"], 0.9 * c["l2_tbps_needed"]) > budget
+
+
 def test_a_bf16_gemm_runs_on_tensor_cores(static):
     # The check can tell: the base GEMM of LoRA's forward with 16-bit adapters uses wgmma.
     rows = [r for r in static["launches"] if r["kernel"] == "lora_fwd_kernel"
