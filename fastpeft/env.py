@@ -20,6 +20,10 @@
   dx) as one TF32 product instead of 3xTF32: its error then stays below PEFT's own, which rounds
   the base product and the rank term to bf16 apart (measured: tests/kernels/test_tf32x3.py;
   fastpeft/triton_path/launch.py says why). ``off`` keeps 3xTF32 for every fp32 product.
+- ``FASTPEFT_ADAPTER_TILES``: the Triton adapter backward's tiles for 16-bit weights: ``narrow``
+  (the default) or ``wide`` (dpre's H blocks and the weight gradients' tiles doubled: half the
+  operand re-reads from L2, partial sums to fill the GPU; fastpeft/triton_path/adapter.py says
+  why both exist until a GPU run picks one).
 - ``XDG_CACHE_HOME``: where ``fastpeft bench --suite static`` keeps its compiles
   (``$XDG_CACHE_HOME/fastpeft/static``, else ``~/.cache/fastpeft/static``).
 - ``OUT``: where ``fastpeft bench`` writes when ``--out`` is not given (the device machines that
@@ -46,6 +50,19 @@ def dropout_mask_mode() -> str:
     value = os.environ.get("FASTPEFT_DROPOUT_MASK", "").strip().lower() or "bits"
     if value not in ("bits", "regenerate"):
         raise ValueError(f"FASTPEFT_DROPOUT_MASK must be 'bits' or 'regenerate', got {value!r}")
+    return value
+
+
+ADAPTER_TILE_PRESETS = ("narrow", "wide")
+
+
+def adapter_tiles() -> str:
+    """FASTPEFT_ADAPTER_TILES ("narrow" when unset); any other value raises naming it."""
+    value = os.environ.get("FASTPEFT_ADAPTER_TILES", "").strip().lower() or "narrow"
+    if value not in ADAPTER_TILE_PRESETS:
+        raise ValueError(
+            f"FASTPEFT_ADAPTER_TILES must be one of {ADAPTER_TILE_PRESETS}, got {value!r}"
+        )
     return value
 
 

@@ -10,6 +10,7 @@ suite's time on the first GPU run (NOTES.md).
 """
 
 import time
+from functools import partial
 
 import torch
 
@@ -20,6 +21,27 @@ from .stats import spread
 from .timing import time_interleaved
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Tile presets timed beside fastpeft's default on a GPU, as extra "fastpeft-<preset>" rows: the
+# adapters' backward has two (fastpeft/triton_path/adapter.py `_widen`) that the static model
+# cannot choose between until the L2 bandwidth is known, so the proof measures both.
+PRESETS = {"adapter": ("wide",), "adapter_pair": ("wide",)}
+
+
+def preset_calls(kind: str, make_call, device: torch.device) -> dict:
+    """{"fastpeft-<preset>": a call from `make_call()` run under that adapter tile preset} for
+    `kind` on a GPU (on a CPU the presets change nothing: no Triton launch)."""
+    if device.type != "cuda" or kind not in PRESETS:
+        return {}
+    from ..triton_path.adapter import tile_preset
+
+    def under(preset: str, call):
+        def run():
+            with tile_preset(preset):
+                return call()
+
+        return run
+
+    return {f"fastpeft-{preset}": under(preset, make_call()) for preset in PRESETS[kind]}
 
 
 def proof_cases(M: int, scale: int = 1) -> list[ProofCase]:
@@ -68,8 +90,11 @@ def bench_case(case: ProofCase, dtype, device, reps: int) -> list[dict]:
     rows = []
     for mode in layers.MODES:
         calls = {name: layers._call(module, mode, xs, dy) for name, module in timed.items()}
+        if "fastpeft" in timed:
+            make = partial(layers._call, timed["fastpeft"], mode, xs, dy)
+            calls.update(preset_calls(layer.kind, make, device))
         samples = time_interleaved(calls, device, reps)
-        for name in providers:
+        for name in [*providers, *(n for n in calls if n not in providers)]:
             row = {"suite": "layers", "case": case.name(), "kind": layer.kind}
             row.update(shape=layer.label, M=layer.M, K=layer.K, N=layer.N, r=layer.r, mode=mode)
             row.update(provider=name, baseline=baseline, weights=case.weights)
@@ -81,7 +106,7 @@ def bench_case(case: ProofCase, dtype, device, reps: int) -> list[dict]:
             else:
                 s = spread(samples[name])
                 row.update(median_ms=s.median, p20_ms=s.p20, p80_ms=s.p80, times_ms=samples[name])
-            if name == "fastpeft" and name in calls:
+            if name.startswith("fastpeft") and name in calls:
                 row["kernels"] = kernel_times(calls[name], device)
             rows.append(row)
     return rows

@@ -5,6 +5,7 @@ bottleneck activations live side by side in one pre [M, 2H] (and g, a likewise),
 strided view the kernels address with the shared strides.
 """
 
+import contextlib
 import math
 
 import torch
@@ -42,6 +43,38 @@ def launch_configs(target: Target, w_dtype: torch.dtype) -> tuple[dict, dict]:
         return dict(_CPU, BLOCK_K=32), dot_flags(target)
     blocks = dict(_GPU, BLOCK_K=32 if w_dtype == torch.float32 else 64)
     return blocks, dict(_GPU_LAUNCH, **dot_flags(target))
+
+
+_preset: str | None = None  # tile_preset's override of FASTPEFT_ADAPTER_TILES
+
+
+@contextlib.contextmanager
+def tile_preset(name: str):
+    """Launches configured inside take the `name` tile preset ("narrow" or "wide", as
+    FASTPEFT_ADAPTER_TILES), whatever the environment says: the GPU proof kit times both."""
+    global _preset
+    if name not in env.ADAPTER_TILE_PRESETS:
+        raise ValueError(f"name must be one of {env.ADAPTER_TILE_PRESETS}, got {name!r}")
+    saved, _preset = _preset, name
+    try:
+        yield
+    finally:
+        _preset = saved
+
+
+def _widen(w_dtype: torch.dtype) -> int:
+    """2 where the "wide" preset doubles the backward's H blocks and weight-gradient D blocks
+    (16-bit weights; fp32 accumulators and tiles of that size spill), else 1.
+
+    Why "wide": a program walks its whole reduction, so dpre reads dy once per H block, dW_up
+    reads `a` once per D block and dy once per H block, dW_down likewise z and g. At H = 256 that
+    is 4-8x their DRAM bytes from L2 (the static model's l2_bytes). Wider blocks halve those
+    re-reads but leave half the programs, which the weight gradients make up with fixed-order
+    partial sums (more DRAM bytes and a summing launch). The static model cannot weigh the two
+    until a GPU has measured its L2 bandwidth, so "narrow" (the earlier tiles) stays the default
+    and the proof kit times both."""
+    preset = _preset or env.adapter_tiles()
+    return 2 if preset == "wide" and w_dtype.itemsize == 2 else 1
 
 
 def _h_block(H: int, cap: int) -> int:
@@ -122,7 +155,7 @@ def _dpre(dy, wu, pre, g, a, scaling: float, activation: str) -> None:
     M, H = pre.shape
     D = wu.shape[0]
     cfg, options = launch_configs(target_for(dy.device), wu.dtype)
-    block_h = _h_block(H, cfg["BLOCK_H"])
+    block_h = _h_block(H, _widen(wu.dtype) * cfg["BLOCK_H"])
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(H, block_h),)
     launch(
         kernels.adapter_dpre_kernel, grid,
@@ -185,9 +218,10 @@ def _dw_up(dy, a, w_up, scaling: float) -> torch.Tensor:
     D = w_up.shape[0]
     target = target_for(dy.device)
     cfg, options = launch_configs(target, w_up.dtype)
-    block_h = _h_block(H, cfg["BLOCK_H"])
-    # 64-wide D blocks: dW_up is small ([D, H]), so narrower tiles give enough programs.
-    block_d, block_m = cfg["BLOCK_M"], cfg["BLOCK_K"]
+    widen = _widen(w_up.dtype)
+    block_h = _h_block(H, widen * cfg["BLOCK_H"])
+    # 64-wide D blocks ("narrow"): dW_up is small ([D, H]), so narrow tiles give enough programs.
+    block_d, block_m = widen * cfg["BLOCK_M"], cfg["BLOCK_K"]
     tiles = triton.cdiv(D, block_d) * triton.cdiv(H, block_h)
     rows, splits = _splits_over_m(target, M, block_m, tiles,
                                   M * (D * dy.element_size() + H * a.element_size()),
@@ -215,8 +249,9 @@ def _dw_down(z, g, g2, seed, keep, w_down, p: float) -> tuple[torch.Tensor, torc
     # the fewer instructions a z element (sm_90 compiles, H=256: fp32 pair 333 -> 112 SASS per
     # z element, bf16 single 33 -> 28; no spills).
     pair = g2 is not None
-    block_h = _h_block(H, cfg["BLOCK_H"])
-    block_m, block_d = cfg["BLOCK_K"], cfg["BLOCK_M"]
+    widen = 1 if pair else _widen(w_down.dtype)  # a pair's two wide accumulators do not compile
+    block_h = _h_block(H, widen * cfg["BLOCK_H"])
+    block_m, block_d = cfg["BLOCK_K"], widen * cfg["BLOCK_M"]
     tiles = triton.cdiv(H, block_h) * triton.cdiv(D, block_d)
     count = 2 if pair else 1
     rows, splits = _splits_over_m(target, M, block_m, tiles,

@@ -210,3 +210,19 @@ def test_gpu_proof_script_stops_early_without_cuda(tmp_path):
     assert done.returncode != 0 and "no CUDA device" in done.stderr
     assert not out.exists()  # nothing installed, nothing written
     assert time.monotonic() - started < 60
+
+
+def test_adapter_cases_on_a_gpu_also_time_the_wide_tile_preset():
+    # Built as on a GPU (the calls only run when timed): the adapters' "wide" backward tiles
+    # get a row of their own, each call run under that preset; other kinds and CPUs get none.
+    from fastpeft.bench.proof_layers import preset_calls
+    from fastpeft.triton_path import adapter
+
+    seen = []
+    calls = preset_calls("adapter_pair", lambda: lambda: seen.append(adapter._preset),
+                         torch.device("cuda"))  # fmt: skip
+    assert set(calls) == {"fastpeft-wide"}
+    calls["fastpeft-wide"]()
+    assert seen == ["wide"] and adapter._preset is None  # the preset ends with the call
+    assert preset_calls("lora", lambda: None, torch.device("cuda")) == {}
+    assert preset_calls("adapter", lambda: None, torch.device("cpu")) == {}

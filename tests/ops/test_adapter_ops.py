@@ -129,6 +129,31 @@ def test_pair_fp16_within_dtype_budget(backend, w_dtype, p, device):
     check_within_budget(got, ref32, ref_same, PAIR_NAMES, fp32_rtol=1e-4, label=backend)
 
 
+@pytest.mark.parametrize("p", [0.0, 0.2])
+@pytest.mark.parametrize("pair", [False, True], ids=["single", "pair"])
+def test_wide_tiles_within_dtype_budget(pair, p, device):
+    # The "wide" preset (FASTPEFT_ADAPTER_TILES) doubles dpre's H blocks and the weight
+    # gradients' tiles for 16-bit weights: at H = 48 one 64-high block instead of two of 32
+    # (tests/ops/test_adapter_plan.py checks the tiles it launches).
+    from fastpeft.triton_path import adapter as adapter_triton
+
+    M, D, H = SHAPES["relu"]
+    seed = torch.tensor([7, 9], device=device)
+    with adapter_triton.tile_preset("wide"):
+        if pair:
+            inputs = make_pair_inputs(M, D, H, torch.float16, torch.float16, device)
+            got = run_pair_op(inputs, 1.5, "relu", p, "triton", seed)
+            keeps = pair_keep_masks("triton", seed, (M, D), p)
+            run, names = partial(run_pair_reference, inputs, 1.5, "relu", keeps, p), PAIR_NAMES
+        else:
+            inputs = make_inputs(M, D, H, torch.float16, torch.float16, device, residual=p > 0)
+            got = run_op(inputs, 1.5, "relu", p, "triton", seed[:1])
+            keep = keep_mask("triton", seed[:1], (M, D), p)
+            run, names = partial(run_reference, inputs, 1.5, "relu", keep, p), NAMES
+    check_within_budget(got, run(dtype=torch.float32), run(), names, fp32_rtol=1e-4,
+                        label="triton wide")  # fmt: skip
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("residual", [False, True], ids=["res_z", "res_sep"])
 def test_input_without_grad(backend, residual, device):

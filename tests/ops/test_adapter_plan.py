@@ -1,8 +1,10 @@
 """The adapters' launch plans for Hopper, without a GPU: how the weight-gradient reductions split
-over M, and the H blocks of the down kernel."""
+over M, the tiles of the output-stationary kernels, and the "wide" backward preset."""
 
+import pytest
 import torch
 
+from fastpeft import env
 from fastpeft.triton_path import adapter, launch
 
 HOPPER = launch.HOPPER  # 132 SMs
@@ -66,3 +68,51 @@ def test_output_stationary_kernels_take_128_row_tiles_where_they_do_not_spill():
     pair = _hopper_launches(lambda: adapter.backward_pair(
         dy, dy, x, wd, wu, wd, wu, pair_pre, keep, None, 1.0, 0.0, "tanh", True))  # fmt: skip
     assert pair["adapter_dz_kernel"][0]["BLOCK_M"] == 64
+
+
+def test_the_wide_preset_doubles_the_backward_tiles_of_16_bit_weights():
+    # dpre one 256-high H block (dy read once), dW_up and a single adapter's dW_down 128 x 256
+    # tiles (a, g read once per 128 columns of D), split over M to fill the SMs; fp32 weights
+    # and a pair's dW_down keep the narrow tiles.
+    M, D, H = 8192, 4096, 256
+
+    def backward(w_dtype, pair: bool):
+        meta = dict(device="meta", dtype=torch.bfloat16)
+        x, dy = torch.empty(M, D, **meta), torch.empty(M, D, **meta)
+        wd = torch.empty(H, D, device="meta", dtype=w_dtype)
+        wu = torch.empty(D, H, device="meta", dtype=w_dtype)
+        keep = torch.empty(0, dtype=torch.uint8, device="meta")
+        if pair:
+            pre = torch.empty(M, 2 * H, device="meta", dtype=w_dtype)
+            return lambda: adapter.backward_pair(dy, dy, x, wd, wu, wd, wu, pre, keep, None, 1.0,
+                                                 0.0, "tanh", True)  # fmt: skip
+        pre = torch.empty(M, H, device="meta", dtype=w_dtype)
+        return lambda: adapter.backward(dy, x, wd, wu, pre, keep, None, 1.0, 0.0, "tanh", True,
+                                        True)  # fmt: skip
+
+    narrow = _hopper_launches(backward(torch.bfloat16, False))
+    with adapter.tile_preset("wide"):
+        wide = _hopper_launches(backward(torch.bfloat16, False))
+        wide_fp32 = _hopper_launches(backward(torch.float32, False))
+        wide_pair = _hopper_launches(backward(torch.bfloat16, True))
+    assert narrow["adapter_dpre_kernel"][0]["BLOCK_H"] == 128
+    assert wide["adapter_dpre_kernel"][0]["BLOCK_H"] == 256
+    for kernel in ("adapter_dw_up_kernel", "adapter_dw_down_kernel"):
+        assert (narrow[kernel][0]["BLOCK_D"], narrow[kernel][0]["BLOCK_H"]) == (64, 128)
+        launched = wide[kernel][0]
+        assert (launched["BLOCK_D"], launched["BLOCK_H"]) == (128, 256)
+        tiles = (D // 128) * (H // 256)
+        assert launched["grid"][-1] > 1 and tiles * launched["grid"][-1] >= 0.9 * 132
+    assert wide_fp32["adapter_dpre_kernel"][0]["BLOCK_H"] == 128
+    assert wide_pair["adapter_dw_down_kernel"][0]["BLOCK_D"] == 64
+
+
+def test_tile_presets_are_checked_by_name(monkeypatch):
+    monkeypatch.setenv("FASTPEFT_ADAPTER_TILES", "Wide")
+    assert env.adapter_tiles() == "wide"
+    monkeypatch.setenv("FASTPEFT_ADAPTER_TILES", "huge")
+    with pytest.raises(ValueError, match="FASTPEFT_ADAPTER_TILES"):
+        env.adapter_tiles()
+    with pytest.raises(ValueError, match="name must be one of"):
+        with adapter.tile_preset("huge"):
+            pass
