@@ -90,19 +90,21 @@ def bench_case(case: ProofCase, dtype, device, reps: int) -> list[dict]:
     rows = []
     for mode in layers.MODES:
         calls = {name: layers._call(module, mode, xs, dy) for name, module in timed.items()}
+        presets, failed = {}, {}
         if "fastpeft" in timed:
             make = partial(layers._call, timed["fastpeft"], mode, xs, dy)
-            calls.update(preset_calls(layer.kind, make, device))
+            presets = preset_calls(layer.kind, make, device)
+        calls.update(_runnable(presets, failed, device))
         samples = time_interleaved(calls, device, reps)
-        for name in [*providers, *(n for n in calls if n not in providers)]:
+        for name in [*providers, *presets]:
             row = {"suite": "layers", "case": case.name(), "kind": layer.kind}
             row.update(shape=layer.label, M=layer.M, K=layer.K, N=layer.N, r=layer.r, mode=mode)
             row.update(provider=name, baseline=baseline, weights=case.weights)
             row.update(dropout=case.dropout, feedforward=layer.feedforward)
             if name == method.FLOOR:
                 row["role"] = "floor"
-            if name in errors:
-                row["error"] = errors[name]
+            if name in errors or name in failed:
+                row["error"] = errors.get(name) or failed[name]
             else:
                 s = spread(samples[name])
                 row.update(median_ms=s.median, p20_ms=s.p20, p80_ms=s.p80, times_ms=samples[name])
@@ -110,6 +112,21 @@ def bench_case(case: ProofCase, dtype, device, reps: int) -> list[dict]:
                 row["kernels"] = kernel_times(calls[name], device)
             rows.append(row)
     return rows
+
+
+def _runnable(calls: dict, failed: dict, device: torch.device) -> dict:
+    """The calls that run once without raising; the others' errors go into `failed` (a preset
+    that does not compile on this GPU's Triton costs its own row, not the part's)."""
+    ok = {}
+    for name, call in calls.items():
+        try:
+            call()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            ok[name] = call
+        except Exception as exc:  # noqa: BLE001 (recorded in the row)
+            failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return ok
 
 
 def proof_layers(setting: Setting, deadline: Deadline) -> dict:

@@ -226,3 +226,15 @@ def test_adapter_cases_on_a_gpu_also_time_the_wide_tile_preset():
     assert seen == ["wide"] and adapter._preset is None  # the preset ends with the call
     assert preset_calls("lora", lambda: None, torch.device("cuda")) == {}
     assert preset_calls("adapter", lambda: None, torch.device("cpu")) == {}
+
+
+def test_a_preset_that_fails_costs_its_own_row_not_the_part():
+    from fastpeft.bench.proof_layers import _runnable
+
+    def broken():
+        raise RuntimeError("out of resources: shared memory")
+
+    failed: dict = {}
+    ok = _runnable({"fastpeft-wide": broken, "fine": lambda: None}, failed, torch.device("cpu"))
+    assert set(ok) == {"fine"}
+    assert failed == {"fastpeft-wide": "RuntimeError: out of resources: shared memory"}
