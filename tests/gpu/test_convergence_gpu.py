@@ -9,7 +9,7 @@ from fastpeft.testing import assert_within_reference_budget
 
 from ..hardening.test_convergence import run_steps
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]  # slow: the GPU tier runs these last
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3", "adapter", "prefix", "spider"])
