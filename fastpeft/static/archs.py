@@ -39,7 +39,10 @@ class Arch:
     shared_per_sm: int = 228 * 1024  # bytes, incl. 1 KiB reserved per resident CTA
     # TFLOP/s: tc16, tf32, fp32 (FMA); GB/s: dram, and l2 (read, L2 to the SMs) where a run has
     # measured it (the proof kit's l2_read_gbps): the model then costs the tile walks' L2
-    # traffic (model.predict); T thread-instructions/s: issue
+    # traffic (model.predict). Only the adapter kernels count theirs (REREADS) so far: before
+    # adding l2, give the reference GEMMs (cuBLAS at model.CUBLAS_TILE) and the LoRA and IA3
+    # kernels theirs too, or the fused / reference ratios tilt against the adapters alone.
+    # T thread-instructions/s: issue
     ceilings: dict[str, Ceiling] = field(default_factory=dict)
 
 
