@@ -103,9 +103,9 @@ def case_record(arch, method, static_model, case, weights, dropout, rows) -> dic
         out["predicted_speedup_vs_eager"] = round(refs["eager"] / fused, 3)
     if any(r.get("l2_bytes") for r in rows):  # the adapters' tile walks: see l2_bound.py
         out["l2_profile"] = l2_bound.profile(rows)
-        if "eager" in refs and method.name in TARGETS:
-            speedup = TARGETS[method.name][1]
-            out["l2_tbps_needed"] = l2_bound.needed(out["l2_profile"], refs["eager"] / speedup)
+        what, limit, _ = TARGETS.get(method.name, (None, None, None))
+        if what == "predicted_speedup_vs_eager" and "eager" in refs:  # the adapters' target
+            out["l2_tbps_needed"] = l2_bound.needed(out["l2_profile"], refs["eager"] / limit)
     if "adamw" in refs:
         out["predicted_over_adamw"] = round(fused / refs["adamw"], 3)
     targets = (static_model.targets(out) if hasattr(static_model, "targets")
