@@ -28,6 +28,7 @@ from ._common import (
     mma_widened,
     store_tile,
 )
+from ._rereads import blocks, nbytes
 
 # NOTE: globals must be tl.constexpr instances: the GPU compiler rejects a `: tl.constexpr`
 # annotation that the interpreter accepts (triton 3.9, caught by an sm_90 compile without a GPU).
@@ -412,16 +413,8 @@ WALKS = {
 }
 
 
-def _nbytes(t) -> int:
-    return t.numel() * t.element_size()
-
-
 def _members(a) -> int:
     return 2 if a.get("PAIR") else 1
-
-
-def _blocks(a, size: str, block: str) -> int:
-    return triton.cdiv(a[size], a[block])
 
 
 # The static model's L2 traffic beyond each tensor's one DRAM read: a program walks its whole
@@ -431,31 +424,31 @@ def _blocks(a, size: str, block: str) -> int:
 # measured the L2's read bandwidth.
 REREADS = {
     "adapter_down_kernel": lambda a: (
-        _nbytes(a["z_ptr"]) * (_blocks(a, "H", "BLOCK_H") - 1)
-        + _members(a) * _nbytes(a["wd_ptr"]) * (_blocks(a, "M", "BLOCK_M") - 1)
+        nbytes(a["z_ptr"]) * (blocks(a, "H", "BLOCK_H") - 1)
+        + _members(a) * nbytes(a["wd_ptr"]) * (blocks(a, "M", "BLOCK_M") - 1)
     ),
     "adapter_up_kernel": lambda a: (
-        _nbytes(a["a_ptr"]) * (_blocks(a, "D", "BLOCK_D") - 1)
-        + _nbytes(a["wu_ptr"]) * (_blocks(a, "M", "BLOCK_M") - 1)
+        nbytes(a["a_ptr"]) * (blocks(a, "D", "BLOCK_D") - 1)
+        + nbytes(a["wu_ptr"]) * (blocks(a, "M", "BLOCK_M") - 1)
     ),
     "adapter_dpre_kernel": lambda a: (
-        _nbytes(a["dy_ptr"]) * (_blocks(a, "H", "BLOCK_H") - 1)
-        + _nbytes(a["wu_ptr"]) * (_blocks(a, "M", "BLOCK_M") - 1)
+        nbytes(a["dy_ptr"]) * (blocks(a, "H", "BLOCK_H") - 1)
+        + nbytes(a["wu_ptr"]) * (blocks(a, "M", "BLOCK_M") - 1)
     ),
     "adapter_dw_up_kernel": lambda a: (
-        _nbytes(a["dy_ptr"]) * (_blocks(a, "H", "BLOCK_H") - 1)
-        + _nbytes(a["a_ptr"]) * (_blocks(a, "D", "BLOCK_D") - 1)
+        nbytes(a["dy_ptr"]) * (blocks(a, "H", "BLOCK_H") - 1)
+        + nbytes(a["a_ptr"]) * (blocks(a, "D", "BLOCK_D") - 1)
     ),
     "adapter_dw_down_kernel": lambda a: (
-        _nbytes(a["z_ptr"]) * (_blocks(a, "H", "BLOCK_H") - 1)
-        + _members(a) * _nbytes(a["g_ptr"]) * (_blocks(a, "D", "BLOCK_D") - 1)
-        + (_nbytes(a["bits_ptr"]) * (_blocks(a, "H", "BLOCK_H") - 1) if a["FROM_BITS"] else 0)
+        nbytes(a["z_ptr"]) * (blocks(a, "H", "BLOCK_H") - 1)
+        + _members(a) * nbytes(a["g_ptr"]) * (blocks(a, "D", "BLOCK_D") - 1)
+        + (nbytes(a["bits_ptr"]) * (blocks(a, "H", "BLOCK_H") - 1) if a["FROM_BITS"] else 0)
     ),
     "adapter_dz_kernel": lambda a: (
         _members(a)
         * (
-            _nbytes(a["g_ptr"]) * (_blocks(a, "D", "BLOCK_D") - 1)
-            + _nbytes(a["wd_ptr"]) * (_blocks(a, "M", "BLOCK_M") - 1)
+            nbytes(a["g_ptr"]) * (blocks(a, "D", "BLOCK_D") - 1)
+            + nbytes(a["wd_ptr"]) * (blocks(a, "M", "BLOCK_M") - 1)
         )
     ),
     "adapter_activation_kernel": lambda a: 0,

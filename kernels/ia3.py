@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ._common import accumulate_x_wt, grouped_tile, load_tile, mma, store_tile
+from ._rereads import blocks, each_extra
 
 
 @triton.jit
@@ -201,4 +202,51 @@ COSTS = {
     "ia3_out_bwd_kernel": lambda a, grid: (2 * a["M"] * a["N"] * a["K"], None),
     "ia3_in_bwd_kernel": lambda a, grid: (2 * a["M"] * a["N"] * a["K"], None),
     "ia3_out_dl_kernel": lambda a, grid: (0, None),
+}
+
+
+def _fwd_rereads(l_along_k: bool):
+    """The forwards' re-reads: one program per [BLOCK_M, BLOCK_N] tile of y walks all of K, so x
+    is read once per column block, W and the bias once per row block. l scales the output's
+    columns (its slice once per row block) or, `l_along_k` (the input case), x's columns along
+    K (all of it in every program)."""
+
+    def rereads(a) -> int:
+        m_blocks, n_blocks = blocks(a, "M", "BLOCK_M"), blocks(a, "N", "BLOCK_N")
+        extra = each_extra(a, "x_ptr", n_blocks) + each_extra(a, "w_ptr", m_blocks)
+        if a["HAS_BIAS"]:
+            extra += each_extra(a, "bias_ptr", m_blocks)
+        return extra + each_extra(a, "l_ptr", m_blocks * n_blocks if l_along_k else m_blocks)
+
+    return rereads
+
+
+def _out_bwd_rereads(a) -> int:
+    # dx's programs ([BLOCK_M, BLOCK_K] tiles walking N) read dy once per column block and all
+    # of l in each; the dl programs read dy (and z) once more.
+    m_blocks, k_blocks = blocks(a, "M", "BLOCK_M"), blocks(a, "K", "BLOCK_K")
+    dy_reads = k_blocks + (1 if a["DL_PROGRAMS"] else 0)
+    return (
+        each_extra(a, "dy_ptr", dy_reads)
+        + each_extra(a, "w_ptr", m_blocks)
+        + each_extra(a, "l_ptr", m_blocks * k_blocks)
+    )
+
+
+def _in_bwd_rereads(a) -> int:
+    # [BLOCK_M, BLOCK_K] tiles of g walking N: dy once per column block, W once per row block;
+    # l's slice once per row block for dx, x once for dl.
+    m_blocks, k_blocks = blocks(a, "M", "BLOCK_M"), blocks(a, "K", "BLOCK_K")
+    extra = each_extra(a, "dy_ptr", k_blocks) + each_extra(a, "w_ptr", m_blocks)
+    return extra + (each_extra(a, "l_ptr", m_blocks) if a["NEED_DX"] else 0)
+
+
+# The static model's L2 traffic beyond each tensor's one DRAM read (see kernels/adapter.py's
+# REREADS).
+REREADS = {
+    "ia3_out_fwd_kernel": _fwd_rereads(l_along_k=False),
+    "ia3_in_fwd_kernel": _fwd_rereads(l_along_k=True),
+    "ia3_out_bwd_kernel": _out_bwd_rereads,
+    "ia3_in_bwd_kernel": _in_bwd_rereads,
+    "ia3_out_dl_kernel": lambda a: 0,
 }

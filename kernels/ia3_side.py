@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from ._common import load_tile, store_tile
+from ._rereads import blocks, each_extra
 
 
 @triton.jit
@@ -47,3 +48,11 @@ def ia3_scale_kernel(
 
 # The static model's analytic cost of each launch (see kernels/lora.py's COSTS): no products.
 COSTS = {"ia3_scale_kernel": lambda a, grid: (0, None)}
+
+# The static model's L2 traffic beyond each tensor's one DRAM read (see kernels/adapter.py's
+# REREADS): l's slice once per row block when the scaled tensor is stored.
+REREADS = {
+    "ia3_scale_kernel": lambda a: (
+        each_extra(a, "l_ptr", blocks(a, "M", "BLOCK_M")) if a["STORE_OUT"] else 0
+    ),
+}

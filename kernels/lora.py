@@ -34,6 +34,7 @@ from ._common import (
     mma_widened,
     store_tile,
 )
+from ._rereads import blocks, each_extra
 
 
 @triton.jit
@@ -351,3 +352,44 @@ def _bytes(a: dict, out: str, *reads: str, in_place: bool) -> int:
         return t.numel() * t.element_size()
 
     return (2 if in_place else 1) * size(out) + sum(size(name) for name in reads)
+
+
+def _fwd_rereads(a) -> int:
+    # One program per [BLOCK_M, BLOCK_N] tile of y walks all of K (fused) or reads y's tile
+    # (hybrid): t and x once per column block, B, W and the bias once per row block.
+    m_blocks, n_blocks = blocks(a, "M", "BLOCK_M"), blocks(a, "N", "BLOCK_N")
+    extra = each_extra(a, "t_ptr", n_blocks) + each_extra(a, "b_ptr", m_blocks)
+    if not a["BASE_IN_Y"]:
+        extra += each_extra(a, "x_ptr", n_blocks) + each_extra(a, "w_ptr", m_blocks)
+        if a["HAS_BIAS"]:
+            extra += each_extra(a, "bias_ptr", m_blocks)
+    return extra
+
+
+def _dx_rereads(a) -> int:
+    # One program per column block of dx and chunk of `blocks_per_program` row blocks: A once per
+    # chunk; u and dy once per column block; W once per row block walked, the past-the-end ones
+    # of the last chunk included (W's loads are masked by N and K, not M).
+    m_blocks, k_blocks = blocks(a, "M", "BLOCK_M"), blocks(a, "K", "BLOCK_K")
+    chunks = triton.cdiv(m_blocks, a["blocks_per_program"])
+    extra = each_extra(a, "a_ptr", chunks) + each_extra(a, "u_ptr", k_blocks)
+    if not a["BASE_IN_DX"]:
+        extra += each_extra(a, "dy_ptr", k_blocks)
+        extra += each_extra(a, "w_ptr", chunks * a["blocks_per_program"])
+    return extra
+
+
+# The static model's L2 traffic beyond each tensor's one DRAM read (see kernels/adapter.py's
+# REREADS): the rank-r operands (A, B, t, u) are read once per output block along the other
+# dimension, and the GEMMs' x, W and dy as any tiled GEMM's. The mask's bits and x in the
+# reductions are read once (each program owns its rows and columns of them).
+REREADS = {
+    "lora_down_kernel": lambda a: a["MEMBERS"] * each_extra(a, "a_ptr", blocks(a, "M", "BLOCK_M")),
+    "lora_fwd_kernel": _fwd_rereads,
+    "lora_dy_b_kernel": lambda a: (
+        each_extra(a, "b_ptr", blocks(a, "M", "BLOCK_M"))
+        + (each_extra(a, "t_ptr", blocks(a, "N", "cols_per_split")) if a["WITH_DB"] else 0)
+    ),
+    "lora_da_kernel": lambda a: each_extra(a, "u_ptr", blocks(a, "K", "BLOCK_K")),
+    "lora_dx_kernel": _dx_rereads,
+}

@@ -28,3 +28,7 @@ def sum_partials_kernel(
 # The static model's analytic cost of each launch (see kernels/lora.py's COSTS): no products;
 # every partial read once and the result written once (the tensor arguments say it).
 COSTS = {"sum_partials_kernel": lambda a, grid: (0, None)}
+
+# The static model's L2 traffic beyond each tensor's one DRAM read (see kernels/adapter.py's
+# REREADS): none, every partial is read once.
+REREADS = {"sum_partials_kernel": lambda a: 0}

@@ -1,6 +1,8 @@
 """Part 3 of the proof suite: the headline layers at M=8192, most important first, until the
 budget runs out, with per-kernel times from torch.profiler for the fastpeft rows (so a missed
-target names the kernel that missed it).
+target names the kernel that missed it) and for the baseline and floor rows (the cuBLAS kernels
+the static model's references stand for: their names carry cuBLAS's tiles and cluster shape,
+which decide the references' L2 traffic, fastpeft/static/sequences.gemm_rereads).
 
 Cases come from the layers suite's case modules (fastpeft/bench/cases/, `proof_cases`) and vary
 what the layers suite fixes: the dtype of the trained weights (fp32, PEFT's default, or bf16)
@@ -108,7 +110,7 @@ def bench_case(case: ProofCase, dtype, device, reps: int) -> list[dict]:
             else:
                 s = spread(samples[name])
                 row.update(median_ms=s.median, p20_ms=s.p20, p80_ms=s.p80, times_ms=samples[name])
-            if name.startswith("fastpeft") and name in calls:
+            if name in calls and (name.startswith("fastpeft") or name in (baseline, method.FLOOR)):
                 row["kernels"] = kernel_times(calls[name], device)
             rows.append(row)
     return rows

@@ -23,6 +23,7 @@ class Ceiling:
     # The [M, N] output of the GEMM a measured matmul ceiling was timed on: that time includes
     # the GEMM's own last-wave quantisation, which the model takes out (model.peak).
     measured_shape: tuple[int, int] | None = None
+    measured_k: int | None = None  # and its reduction (l2_bound.implied_by_matmul)
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,10 @@ class Arch:
     shared_per_sm: int = 228 * 1024  # bytes, incl. 1 KiB reserved per resident CTA
     # TFLOP/s: tc16, tf32, fp32 (FMA); GB/s: dram, and l2 (read, L2 to the SMs) where a run has
     # measured it (the proof kit's l2_read_gbps): the model then costs the tile walks' L2
-    # traffic (model.predict). Only the adapter kernels count theirs (REREADS) so far: before
-    # adding l2, give the reference GEMMs (cuBLAS at model.CUBLAS_TILE) and the LoRA and IA3
-    # kernels theirs too, or the fused / reference ratios tilt against the adapters alone.
+    # traffic (model.predict), of the Triton kernels (their modules' REREADS) and of the
+    # references' GEMMs (sequences.gemm_rereads: cuBLAS at model.CUBLAS_TILE, no multicast)
+    # alike. Check first that the measured figure is at least l2_bound.implied_by_matmul's:
+    # below it, cuBLAS shares tiles between CTAs and the references' walks overstate theirs.
     # T thread-instructions/s: issue
     ceilings: dict[str, Ceiling] = field(default_factory=dict)
 
@@ -58,6 +60,7 @@ ARCHS = {
                 751.4,
                 H200_RUN + ", bf16 matmul 8192^3 (datasheet: 989.4)",
                 measured_shape=(8192, 8192),
+                measured_k=8192,
             ),  # fmt: skip
             "tf32": Ceiling(494.7, H200_DATASHEET),
             "fp32": Ceiling(66.9, H200_DATASHEET),

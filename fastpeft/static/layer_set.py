@@ -21,24 +21,27 @@ SINGLE_LINEAR = ("lora", "ia3")  # methods whose cases are one linear (not a sha
 _LABEL = re.compile(r"^\S+ (.+?) M=(\d+)")
 
 
-def _frozen_linears_us(cases: list[dict]) -> dict[int, float]:
-    """{M: Σ over the layer's linears of their frozen fwd + bwd µs} where every shape has one."""
-    base: dict[tuple[int, str], float] = {}
+def _frozen_linears(cases: list[dict]) -> dict[int, tuple[float, l2_bound.Profile]]:
+    """{M: (Σ over the layer's linears of their frozen fwd + bwd µs, their L2 profile)} where
+    every shape has one."""
+    base: dict[tuple[int, str], tuple[float, l2_bound.Profile]] = {}
     for case in cases:
         match = _LABEL.match(case["case"])
         if match and case["method"] in SINGLE_LINEAR and "predicted_base_us" in case:
-            base[(int(match.group(2)), match.group(1))] = case["predicted_base_us"]
+            walks = case.get("l2_reference_profiles", {}).get("base", [])
+            base[(int(match.group(2)), match.group(1))] = (case["predicted_base_us"], walks)
     sums = {}
     for m in {m for m, _ in base}:
-        parts = [base.get((m, label)) for label, _ in LAYER_LINEARS]
-        if all(p is not None for p in parts):
-            sums[m] = sum(p * n for p, (_, n) in zip(parts, LAYER_LINEARS, strict=True))
+        parts = [(base.get((m, label)), count) for label, count in LAYER_LINEARS]
+        if all(part is not None for part, _ in parts):
+            us = sum(part[0] * count for part, count in parts)
+            sums[m] = (us, [launch for part, count in parts for launch in part[1] * count])
     return sums
 
 
 def rows(cases: list[dict]) -> list[dict]:
     """One row per (M, H, adapter dtype, dropout) with both the pair and the post-adapter."""
-    frozen = _frozen_linears_us(cases)
+    frozen = _frozen_linears(cases)
     by_key: dict[tuple, dict[str, dict]] = {}
     for case in cases:
         if case["method"] in ("adapter", "adapter_pair") and case["predicted_fused_us"]:
@@ -51,19 +54,22 @@ def rows(cases: list[dict]) -> list[dict]:
         adapters = (
             found["adapter_pair"]["predicted_fused_us"] + found["adapter"]["predicted_fused_us"]
         )
-        ratio = (frozen[m] + adapters) / frozen[m]
+        frozen_us, frozen_walks = frozen[m]
+        ratio = (frozen_us + adapters) / frozen_us
         launches = found["adapter_pair"].get("l2_profile", []) + found["adapter"].get(
             "l2_profile", []
         )
-        l2_needed = l2_bound.needed(launches, (LIMIT - 1) * frozen[m]) if launches else None
+        free = l2_bound.fixed((LIMIT - 1) * frozen_us)  # the frozen linears' L2 traffic free
+        limits = [(frozen_walks, LIMIT - 1)] if frozen_walks else free
         out.append({
             "case": f"Llama-7B layer M={m}: gate/up pre-adapter pair + down post-adapter H={h}",
             "adapter_dtype": dtype, "dropout": dropout, "M": m, "H": h, "model": True,
-            "predicted_frozen_linears_us": round(frozen[m], 2),
+            "predicted_frozen_linears_us": round(frozen_us, 2),
             "predicted_adapters_us": round(adapters, 2),
             "predicted_step_over_frozen": round(ratio, 3),
             "target": f"predicted_step_over_frozen <= {LIMIT}",
             "predicted_verdict": "meets" if ratio <= LIMIT else "misses",
-            "l2_tbps_needed": l2_needed,
+            "l2_tbps_needed": l2_bound.needed(launches, limits) if launches else None,
+            "l2_tbps_needed_references_free": l2_bound.needed(launches, free) if launches else None,
         })  # fmt: skip
     return out

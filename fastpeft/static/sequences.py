@@ -3,6 +3,7 @@ cuBLAS runs it, and PEFT's (or the eager module's) own kernels, one `Op` per ker
 FLOPs, minimum DRAM bytes and the ceiling its products run at. The case modules of
 fastpeft/bench/cases/ compose these for their method."""
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,12 +23,19 @@ class Op:
     dram_bytes: float
     rate: str  # "tc16", "tf32", "fp32" or "none"
     output: tuple[int, int] = (0, 0)  # a GEMM's [M, N], for its last-wave quantisation
+    l2_bytes: float = 0.0  # bytes between L2 and the SMs, where more than its DRAM bytes
+
+    @property
+    def l2(self) -> float:
+        """The bytes it moves between L2 and the SMs (at least its DRAM bytes)."""
+        return max(self.l2_bytes, self.dram_bytes)
 
     def predicted_us(self, arch) -> float:
         """cuBLAS and PyTorch's kernels at the arch's peaks; a large GEMM quantised as
         model.gemm_utilisation assumes."""
         busy = model.gemm_utilisation(arch, *self.output) if self.output[0] else 1.0
-        return model.predict(arch, {self.rate: self.flops}, self.dram_bytes, busy).predicted_us
+        work = {self.rate: self.flops}
+        return model.predict(arch, work, self.dram_bytes, busy, self.l2).predicted_us
 
 
 def gemm(name: str, M: int, N: int, K: int, a_dtype, out_dtype=None, rate=None) -> Op:
@@ -36,7 +44,20 @@ def gemm(name: str, M: int, N: int, K: int, a_dtype, out_dtype=None, rate=None) 
     size = a_dtype.itemsize
     out = (out_dtype or a_dtype).itemsize
     moved = size * (M * K + K * N) + out * M * N
-    return Op(name, 2 * M * N * K, moved, rate or RATE_OF_DTYPE[a_dtype], (M, N))
+    rate = rate or RATE_OF_DTYPE[a_dtype]
+    return Op(name, 2 * M * N * K, moved, rate, (M, N), moved + gemm_rereads(M, N, K, size))
+
+
+def gemm_rereads(M: int, N: int, K: int, size: int) -> int:
+    """The operand bytes a GEMM reads again from L2, as the model assumes cuBLAS walks it: one
+    CTA per model.CUBLAS_TILE output tile, each reading its rows of the left operand and its
+    columns of the right one whole, so the left is read once per column of tiles and the right
+    once per row of tiles. No cluster multicast (which would share one operand's tiles between
+    a cluster's CTAs): as the Triton kernels' walks (kernels/*.py REREADS), and an upper bound
+    if cuBLAS multicasts. Under a wave cuBLAS picks other tiles or splits K; this walk stays."""
+    tile_m, tile_n = model.CUBLAS_TILE
+    left = M * K * size * (math.ceil(N / tile_n) - 1)
+    return left + K * N * size * (math.ceil(M / tile_m) - 1)
 
 
 def elementwise(name: str, read: float, written: float) -> Op:

@@ -67,11 +67,12 @@ def case_record(arch, method, static_model, case, weights, dropout, rows) -> dic
     fused = sum(r["predicted_us"] or 0.0 for r in rows)
     serial = sum(r.get("predicted_us_serial", r["predicted_us"]) or 0.0 for r in rows)
     moved = sum(r["dram_bytes"] for r in rows)
+    untraced_ops = []
     if hasattr(static_model, "untraced_ops"):  # e.g. the hybrid path's cuBLAS products
-        ops = static_model.untraced_ops(case, weights, dropout)
-        untraced = _reference_us(arch, ops)
+        untraced_ops = static_model.untraced_ops(case, weights, dropout)
+        untraced = _reference_us(arch, untraced_ops)
         fused, serial = fused + untraced, serial + untraced
-        moved += sum(op.dram_bytes for op in ops)
+        moved += sum(op.dram_bytes for op in untraced_ops)
     out = {"method": method.name, "case": case.name(), "adapter_dtype": weights,
            "dropout": dropout, "launches": len(rows), "fused_dram_bytes": moved,
            "model": True}  # fmt: skip
@@ -82,8 +83,8 @@ def case_record(arch, method, static_model, case, weights, dropout, rows) -> dic
         out.update(M=case.M, K=case.K, N=case.N, **{size: case.r})
     else:
         out.update(case.fields())
-    refs = {k: _reference_us(arch, ops) for k, ops in static_model.references(
-        case, weights, dropout).items()}  # fmt: skip
+    reference_ops = static_model.references(case, weights, dropout)
+    refs = {k: _reference_us(arch, ops) for k, ops in reference_ops.items()}
     for name, us in refs.items():
         out[f"predicted_{name}_us"] = round(us, 2)
     if failed:  # a launch that does not compile has no time: the case has none either
@@ -101,15 +102,12 @@ def case_record(arch, method, static_model, case, weights, dropout, rows) -> dic
         out["predicted_peft_over_fused"] = round(refs["peft"] / fused, 3)
     if "eager" in refs:
         out["predicted_speedup_vs_eager"] = round(refs["eager"] / fused, 3)
-    if any(r.get("l2_bytes") for r in rows):  # the adapters' tile walks: see l2_bound.py
-        out["l2_profile"] = l2_bound.profile(rows)
-        what, limit, _ = TARGETS.get(method.name, (None, None, None))
-        if what == "predicted_speedup_vs_eager" and "eager" in refs:  # the adapters' target
-            out["l2_tbps_needed"] = l2_bound.needed(out["l2_profile"], refs["eager"] / limit)
     if "adamw" in refs:
         out["predicted_over_adamw"] = round(fused / refs["adamw"], 3)
     targets = (static_model.targets(out) if hasattr(static_model, "targets")
                else [TARGETS[method.name]])  # fmt: skip
+    if any(r.get("l2_bytes") for r in rows):  # the tile walks' L2 traffic: see l2_bound.py
+        out.update(_l2_fields(arch, rows, untraced_ops, reference_ops, targets))
     verdicts, met_all = [], True
     for what, limit, kind in targets:
         value = out.get(what)
@@ -121,6 +119,22 @@ def case_record(arch, method, static_model, case, weights, dropout, rows) -> dic
     if verdicts:
         out["target"] = "; ".join(verdicts)
         out["predicted_verdict"] = "meets" if met_all else "misses"
+    return out
+
+
+def _l2_fields(arch, rows, untraced_ops, reference_ops, targets) -> dict:
+    """A case's L2 traffic (l2_bound.py): the profiles of its launches (with what runs untraced
+    beside them) and of its references, and the least L2 bandwidth at which its targets hold."""
+    references = {name: l2_bound.op_profile(arch, ops) for name, ops in reference_ops.items()}
+    out = {
+        "l2_profile": l2_bound.profile(rows) + l2_bound.op_profile(arch, untraced_ops),
+        "l2_reference_profiles": references,
+    }
+    limits = l2_bound.bounds(targets, references)
+    if limits:
+        out["l2_tbps_needed"] = l2_bound.needed(out["l2_profile"], limits)
+        free = l2_bound.bounds(targets, l2_bound.without_l2(references))
+        out["l2_tbps_needed_references_free"] = l2_bound.needed(out["l2_profile"], free)
     return out
 
 
@@ -161,6 +175,7 @@ def run_static(arch_name: str, out: Path, quick: bool, jobs: int = 2, cache: Pat
         "launches": records,
         "cases": cases,
         "layer_sets": layer_set.rows(cases),
+        "l2_tbps_implied_by_matmul": l2_bound.implied_by_matmul(arch),
         "measured_beside_model": beside_measurements(cases, arch.name),
         "kernels_measured_beside_model": kernels_beside_measurements(cases, records, arch.name),
     }
@@ -181,9 +196,7 @@ def format_static(result: dict) -> str:
                                    "predicted_adamw_us") if k in c), None)  # fmt: skip
         ratio = next((c[k] for k in ("predicted_fused_over_base", "predicted_speedup_vs_eager",
                                      "predicted_over_adamw") if k in c), None)  # fmt: skip
-        flags = (" tf32" if c.get("allow_tf32") else "") + (
-            f" {c['path']}" if c.get("path") in ("hybrid", "unshared") else "")  # fmt: skip
-        label = f"{c['case']} {SHORT.get(c['adapter_dtype'], '')}{flags} p={c['dropout']:g}"
+        label = _label(c)
         target = f"{c.get('target', '')} ({c.get('predicted_verdict', '-')})"
         lines.append(f"model: {label[:66]:66} {c['predicted_fused_us'] or 0:9.1f} {ref or 0:9.1f} "
                      f"{ratio or 0:7.3f}  {target}")  # fmt: skip
@@ -203,6 +216,11 @@ def format_static(result: dict) -> str:
     lines.append(f"static: products on FMA units, not tensor cores: {', '.join(fma) or 'none'}")
     lines.append(f"static: launches under one wave: {', '.join(thin) or 'none'}")
     lines += _l2_lines(rows) + _l2_needed_lines(result)
+    if result.get("l2_tbps_implied_by_matmul"):
+        lines.append(f"static: the measured tc16 ceiling's GEMM ran at "
+                     f"{result['l2_tbps_implied_by_matmul']:.1f} TB/s from L2 if cuBLAS walks "
+                     "it as the model assumes (no multicast): a measured L2 below that means "
+                     "the references' walks overstate their traffic")  # fmt: skip
     for m in result["measured_beside_model"]:
         lines.append(f"model vs measured: {m['case']} {m['what']} ({m['dtype']}): model "
                      f"{m['model_us']:.0f} us, measured {m['measured_us']:.0f} us on "
@@ -222,6 +240,13 @@ def format_static(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _label(c: dict) -> str:
+    """A case or layer set row's printed name: case, weights, TF32, path, dropout."""
+    flags = (" tf32" if c.get("allow_tf32") else "") + (
+        f" {c['path']}" if c.get("path") in ("hybrid", "unshared") else "")  # fmt: skip
+    return f"{c['case']} {SHORT.get(c['adapter_dtype'], '')}{flags} p={c['dropout']:g}"
+
+
 def _l2_lines(rows: list[dict]) -> list[str]:
     """Per kernel with modelled L2 traffic, the most L2 bandwidth a predicted time assumes (the
     model has no L2 ceiling until a GPU run measures one), with its L2 / DRAM bytes."""
@@ -237,14 +262,20 @@ def _l2_lines(rows: list[dict]) -> list[str]:
 
 
 def _l2_needed_lines(result: dict) -> list[str]:
-    """The L2 bandwidth each adapter case's target and each layer set's need (l2_bound.py)."""
+    """The L2 bandwidth each case's targets and each layer set's need (l2_bound.py): with the
+    references' GEMM walks as modelled, and with the references' L2 traffic free."""
+
+    def shown(need: float | None) -> str:
+        if need is None:
+            return "out of reach even with L2 free"
+        return "any L2" if need <= 0.01 else f">= {need:.1f} TB/s"
+
     lines = []
     for c in [*result["cases"], *result.get("layer_sets", [])]:
         if "l2_tbps_needed" not in c:
             continue
-        label = f"{c['case']} {SHORT.get(c['adapter_dtype'], '')} p={c['dropout']:g}"
-        need = c["l2_tbps_needed"]
-        lines.append(f"static: L2 read bandwidth {label} needs for its target: "
-                     + ("out of reach even with L2 free" if need is None else
-                        f">= {need:.1f} TB/s"))  # fmt: skip
+        need = shown(c["l2_tbps_needed"])
+        free = shown(c.get("l2_tbps_needed_references_free"))
+        other = f" ({free} with the references' L2 free)" if free != need else ""
+        lines.append(f"static: L2 read bandwidth {_label(c)} needs for its target: {need}{other}")
     return lines

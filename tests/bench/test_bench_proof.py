@@ -54,6 +54,12 @@ def test_smoke_runs_every_part_and_marks_it_smoke(smoke):
     assert {r["kind"] for r in layer_rows} == {"lora", "ia3", "adapter"}
     fast = [r for r in layer_rows if r["provider"] == "fastpeft"]
     assert fast and all(r["kernels"] and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"] for r in fast)
+    # The references' kernels too (on a GPU, cuBLAS's names: its tiles and clusters).
+    references = [r for r in layer_rows if r["provider"] in (r["baseline"], "base")]
+    assert {r["kind"] for r in references} == {"lora", "ia3", "adapter"}
+    assert all(r["kernels"] for r in references)
+    assert not any("kernels" in r for r in layer_rows
+                   if r["provider"] not in ("fastpeft", r["baseline"], "base"))  # fmt: skip
     assert "error" not in str(layer_rows)
     spider = result["parts"]["spider"]
     assert spider["host_sync_check"].startswith("not run")  # CPU: the mode is CUDA-only

@@ -106,6 +106,14 @@ def test_a_measured_l2_ceiling_bounds_the_memory_time_by_the_l2_traffic():
     assert model.predict(with_l2, {}, 1e9, 1.0, 1e9).memory_us == pytest.approx(1e3 / 4.132)
     # Without the ceiling the L2 traffic is only reported.
     assert model.predict(H200, {}, 1e9, 1.0, 4e10).memory_us == pytest.approx(1e3 / 4.132)
+    # A reference GEMM's walk is costed alike: 8192 x 4096 x 4096 bf16 reads x 16 times and W
+    # 64 times (3.3 GB through L2), over 400 us at 8 TB/s on the 97% of the GPU its last wave
+    # leaves busy: longer than its products.
+    gemm = sequences.gemm("x Wt", 8192, 4096, 4096, torch.bfloat16)
+    assert gemm.l2 == 2 * (8192 * 4096 * 16 + 4096 * 4096 * 64 + 8192 * 4096)
+    busy = model.gemm_utilisation(with_l2, 8192, 4096)
+    assert gemm.predicted_us(with_l2) == pytest.approx(gemm.l2 / (8000e9 * busy) * 1e6)
+    assert gemm.predicted_us(H200) < gemm.predicted_us(with_l2)
 
 
 def test_l2_needed_is_the_least_bandwidth_that_fits_the_budget():
@@ -113,10 +121,24 @@ def test_l2_needed_is_the_least_bandwidth_that_fits_the_budget():
 
     launches = [(10.0, 100e6), (10.0, 0.0)]  # 10 us each; 100 MB through L2 in the first
     # 25 us leave the first 15 us: 100 MB / 15 us = 6.67 TB/s.
-    assert l2_bound.needed(launches, 25.0) == pytest.approx(6.67, abs=0.01)
+    assert l2_bound.needed(launches, l2_bound.fixed(25.0)) == pytest.approx(6.67, abs=0.01)
     assert l2_bound.time_at(launches, 6.67) == pytest.approx(25.0, rel=1e-3)
     assert l2_bound.time_at(launches, 100.0) == 20.0  # fast L2: the predictions alone
-    assert l2_bound.needed(launches, 19.0) is None  # over budget even with L2 free
+    assert l2_bound.needed(launches, l2_bound.fixed(19.0)) is None  # over even with L2 free
+    # A reference of one 50 us launch moving 300 MB, at "max 0.5 of it": from 6 TB/s up (300 MB
+    # / 50 us) the budget is 25 us, met from 6.67 TB/s up as above; below 6 TB/s the budget is
+    # 150 / B us against the launches' 10 + 100 / B, met again at B <= 5 (the slow L2 hurts the
+    # reference more). The answer is the bound from which on it holds: 6.67.
+    reference = [(50.0, 300e6)]
+    limits = l2_bound.bounds([("predicted_fused_over_base", 0.5, "max")], {"base": reference})
+    assert limits == [(reference, 0.5)]
+    assert l2_bound.needed(launches, limits) == pytest.approx(6.67, abs=0.01)
+    assert not l2_bound.fits(launches, limits, 6.0) and l2_bound.fits(launches, limits, 4.9)
+    # Two bounds: both must hold ("min" 2 of 38 us allows 19 us: out of reach).
+    both = limits + l2_bound.bounds([("predicted_speedup_vs_eager", 2.0, "min")],
+                                    {"eager": [(38.0, 0.0)]})  # fmt: skip
+    assert l2_bound.needed(launches, both) is None
+    assert l2_bound.bounds([("predicted_over_adamw", 1.5, "max")], {"base": reference}) == []
     assert l2_bound.profile([{"predicted_us": 3.0, "dram_bytes": 5, "l2_bytes": None}]) == [
         (3.0, 5)
     ]
@@ -319,3 +341,14 @@ def test_the_adapter_layer_set_adds_both_adapters_to_the_layers_frozen_linears()
     assert (
         layer_set.rows([*linears[1:], adapter("adapter", 3.0), adapter("adapter_pair", 4.0)]) == []
     )
+
+
+def test_the_l2_rate_the_measured_matmul_implies_follows_the_cublas_walk():
+    from fastpeft.static import l2_bound
+
+    # 8192^3 bf16 at 128 x 256 tiles: x and W read once, x again 31 times (32 column tiles), W
+    # 63 times (64 row tiles), y written once: 2 B x 8192^2 x 97 in 2 x 8192^3 / 751.4 TFLOP/s.
+    seconds = 2 * 8192**3 / 751.4e12
+    want = 2 * 8192**2 * 97 / seconds / 1e12
+    assert l2_bound.implied_by_matmul(H200) == pytest.approx(want, abs=0.01)
+    assert l2_bound.implied_by_matmul(archs.get("sm_80")) is None  # a datasheet ceiling
