@@ -19,14 +19,20 @@ pytest.importorskip("accelerate")
 
 
 def test_fastpeft_callback_under_torch_compile(tmp_path, fresh_dynamo):
-    plain = _lora_llava()
-    compiled = copy.deepcopy(plain)  # identical initial weights
-    exact = testing.fp64_copy(plain)  # the reference the error budgets are measured against
+    # The baseline is unpatched PEFT compiled the same way: inductor reorders the model's own
+    # reductions, so a compiled run's distance from fp64 is inductor's as much as the op's (under
+    # ATEN_CPU_CAPABILITY=avx2 stock PEFT compiled lands 33x further from fp64 than eager).
+    stock = _lora_llava()
+    compiled = copy.deepcopy(stock)  # identical initial weights
+    exact = testing.fp64_copy(stock)  # the reference the error budgets are measured against
     runs = {}
-    for name, model in (("plain", plain), ("exact", exact)):
-        trainer = _trainer(model, _args(tmp_path / name, max_steps=3))
+    for name, model, torch_compile in (("stock", stock, True), ("exact", exact, False)):
+        trainer = _trainer(model, _args(tmp_path / name, max_steps=3, torch_compile=torch_compile))
+        _counters.reset()
         trainer.train()
+        assert not _counters.launches  # no fastpeft op anywhere in these runs
         runs[name] = (torch.tensor(_losses(trainer), dtype=torch.float64), _lora_params(model))
+    torch._dynamo.reset()  # the patched model's graphs are its own
 
     args = _args(tmp_path / "compiled", max_steps=3, torch_compile=True)
     # The class, not an instance: the Trainer instantiates callbacks passed as classes.
@@ -43,12 +49,12 @@ def test_fastpeft_callback_under_torch_compile(tmp_path, fresh_dynamo):
     assert _counters.launches["lora_fwd:torch"] == 3 * layers > 0
     assert _counters.launches["lora_bwd:torch"] == 3 * layers
 
-    (plain_losses, plain_params), (got_losses, got_params) = runs["plain"], runs["compiled"]
+    (stock_losses, stock_params), (got_losses, got_params) = runs["stock"], runs["compiled"]
     exact_losses, exact_params = runs["exact"]
-    assert len(got_losses) == len(plain_losses) == 3
+    assert len(got_losses) == len(stock_losses) == 3
     assert_within_reference_budget(
-        got_losses.float(), plain_losses.float(), exact_losses, name="loss"
+        got_losses.float(), stock_losses.float(), exact_losses, name="loss"
     )
     assert_all_within_reference_budget(
-        got_params, plain_params, exact_params, what="param", norm="rms"
+        got_params, stock_params, exact_params, what="param", norm="rms"
     )
