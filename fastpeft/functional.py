@@ -57,9 +57,11 @@ def lora_backend(x, weight, lora_a, dropout_p: float, backend: str) -> str:
 
 
 def _checked_lora_call(x, weight, bias, lora_a, lora_b, scaling, dropout_p, backend):
-    """(x as [M, K], the backend that runs it) for a LoRA linear call, its arguments checked."""
+    """(x as [M, K], the backend that runs it) for a LoRA linear call, its arguments checked. A
+    2-D x is passed as it is: a view node costs autograd a node per call."""
     checks.lora_args(x, weight, bias, lora_a, lora_b, scaling, dropout_p)
-    return x.reshape(-1, x.shape[-1]), lora_backend(x, weight, lora_a, dropout_p, backend)
+    x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    return x2d, lora_backend(x, weight, lora_a, dropout_p, backend)
 
 
 def lora_linear(
@@ -93,10 +95,12 @@ def lora_linear(
     x2d, resolved = _checked_lora_call(x, weight, bias, lora_a, lora_b, scaling, dropout_p, backend)
     seed = _draw_seeds(1, dropout_p, x.device)
     scaling, lora_b = _scaling_for_op(scaling, lora_b)
-    y, _, _ = lora_ops.lora_linear_fwd(
-        x2d, weight, bias, lora_a, lora_b, seed, scaling, float(dropout_p), resolved
-    )
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+    args = (x2d, weight, bias, lora_a, lora_b, seed, scaling, float(dropout_p), resolved)
+    if torch.compiler.is_compiling():  # the custom ops: what a graph can hold
+        y, _, _ = lora_ops.lora_linear_fwd(*args)
+    else:  # the same implementation without the ops' dispatch cost (ops/lora.py)
+        y = lora_ops.EagerLoRALinear.apply(*args)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 class SharedDown(NamedTuple):
@@ -174,11 +178,13 @@ def lora_linear_up(
             f"the Triton path's ({' or '.join(SHARED_INPUT_BACKENDS)})"
         )
     scaling, lora_b = _scaling_for_op(scaling, lora_b)
-    y = lora_ops.lora_linear_up(
-        x2d, weight, bias, lora_a, lora_b, down.t, down.keep, down.seed, scaling,
-        float(dropout_p), resolved,
-    )  # fmt: skip
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+    args = (x2d, weight, bias, lora_a, lora_b, down.t, down.keep, down.seed, scaling,
+            float(dropout_p), resolved)  # fmt: skip
+    if torch.compiler.is_compiling():
+        y = lora_ops.lora_linear_up(*args)
+    else:
+        y = lora_ops.EagerLoRALinearUp.apply(*args)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def ia3_linear(

@@ -19,7 +19,8 @@ regenerated from `seed` (the CPU path through fastpeft._C, and Triton's "regener
 `backend` names the implementation the dispatcher chose (fastpeft/dispatch.py); every
 implementation has the same signatures and outputs. One custom-op boundary per patched module
 call, with explicit fake and autograd rules so the ops pass torch.library.opcheck and compile
-with fullgraph=True.
+with fullgraph=True. Eager calls take `EagerLoRALinear` / `EagerLoRALinearUp` instead: the same
+implementation without the ops' dispatch cost (as fastpeft/ops/ia3.py's EagerIA3Linear).
 """
 
 import torch
@@ -28,6 +29,28 @@ from .. import dispatch
 from . import _counters
 
 _EMPTY = (0,)
+
+
+def _run_forward(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p, backend):
+    """(y, t, keep): the implementation `backend` names, counted."""
+    _counters.record("lora_fwd", backend)
+    impl = dispatch.implementation("lora", backend)
+    return impl.forward(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p)
+
+
+def _run_backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, backend,
+                  need_dx):  # fmt: skip
+    """(dx or None, dA, dB): the implementation `backend` names, counted."""
+    _counters.record("lora_bwd", backend)
+    return dispatch.implementation("lora", backend).backward(
+        dy, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, need_dx
+    )
+
+
+def _run_up(x, weight, bias, lora_b, t, scaling, backend):
+    """y = x Wᵀ + b + s · t Bᵀ: the implementation `backend` names, counted."""
+    _counters.record("lora_up", backend)
+    return dispatch.implementation("lora", backend).forward_up(x, weight, bias, lora_b, t, scaling)
 
 
 @torch.library.custom_op("fastpeft::lora_linear_fwd", mutates_args=())
@@ -42,9 +65,7 @@ def lora_linear_fwd(
     dropout_p: float,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _counters.record("lora_fwd", backend)
-    impl = dispatch.implementation("lora", backend)
-    return impl.forward(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p)
+    return _run_forward(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p, backend)
 
 
 @lora_linear_fwd.register_fake
@@ -72,10 +93,8 @@ def lora_linear_bwd(
     need_dx: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dA, dB); dx is an empty tensor when need_dx is False."""
-    _counters.record("lora_bwd", backend)
-    dx, da, db = dispatch.implementation("lora", backend).backward(
-        dy, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, need_dx
-    )
+    dx, da, db = _run_backward(dy, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p,
+                               backend, need_dx)  # fmt: skip
     return (dx if dx is not None else x.new_empty(_EMPTY)), da, db
 
 
@@ -90,14 +109,15 @@ def _save(ctx, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, bac
     ctx.scaling, ctx.dropout_p, ctx.backend = scaling, dropout_p, backend
 
 
-def _grads(ctx, dy) -> tuple:
+def _grads(ctx, dy, backward=None) -> tuple:
     """(dx, None, None, dA, dB) for the inputs (x, weight, bias, lora_a, lora_b) both forward
-    ops start with; None where no gradient is needed."""
+    ops start with; None where no gradient is needed. `backward` runs the gradients: the
+    lora_linear_bwd op (what a graph holds), or `_run_backward` for the eager Functions."""
     x, weight, lora_a, lora_b, t, keep, seed = ctx.saved_tensors
     need_dx, need_da, need_db = ctx.needs_input_grad[0], *ctx.needs_input_grad[3:5]
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         raise RuntimeError("fastpeft LoRA: the base weight and bias must be frozen")
-    dx, da, db = lora_linear_bwd(
+    dx, da, db = (backward or lora_linear_bwd)(
         dy, x, weight, lora_a, lora_b, t, keep, seed,
         ctx.scaling, ctx.dropout_p, ctx.backend, need_dx,
     )  # fmt: skip
@@ -165,8 +185,7 @@ def lora_linear_up(
 ) -> torch.Tensor:
     """y = x Wᵀ + b + s · t Bᵀ for the t (and mask) `lora_shared_down` computed; lora_a, keep and
     seed are there for the backward (dA, and dx's rank-r term through the same mask)."""
-    _counters.record("lora_up", backend)
-    return dispatch.implementation("lora", backend).forward_up(x, weight, bias, lora_b, t, scaling)
+    return _run_up(x, weight, bias, lora_b, t, scaling, backend)
 
 
 @lora_linear_up.register_fake
@@ -184,3 +203,36 @@ def _backward_up(ctx, dy):
 
 
 lora_linear_up.register_autograd(_backward_up, setup_context=_setup_up)
+
+
+class EagerLoRALinear(torch.autograd.Function):
+    """`lora_linear_fwd` and its backward for eager calls: the same implementation, counted
+    alike, without the custom ops' dispatcher round trips and autograd registration (about 140
+    µs of host time per forward on this project's 2-core VM at a tiny shape, against the 60 µs
+    PEFT's whole layer takes: NOTES.md). torch.compile needs the ops, which
+    `fastpeft.functional.lora_linear` uses while compiling. `apply` takes the op's arguments and
+    returns y."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p, backend):
+        y, t, keep = _run_forward(x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p,
+                                  backend)  # fmt: skip
+        _save(ctx, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, backend)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        return (*_grads(ctx, dy, _run_backward), None, None, None, None)
+
+
+class EagerLoRALinearUp(torch.autograd.Function):
+    """`lora_linear_up` and its backward for eager calls (as EagerLoRALinear)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, t, keep, seed, scaling, dropout_p, backend):
+        _save(ctx, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, backend)
+        return _run_up(x, weight, bias, lora_b, t, scaling, backend)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return (*_grads(ctx, dy, _run_backward), None, None, None, None, None, None)

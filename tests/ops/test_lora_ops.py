@@ -5,6 +5,7 @@ from functools import partial
 import pytest
 import torch
 
+import fastpeft
 from fastpeft.ops import _counters
 from fastpeft.tolerance import assert_matches_reference
 
@@ -45,6 +46,32 @@ def test_fp16_base_within_dtype_budget(backend, adapter_dtype, p, device):
     ref32 = run_reference(inputs, 2.0, keep, p, dtype=torch.float32)
     ref16 = run_reference(inputs, 2.0, keep, p)
     check_within_budget(got, ref32, ref16, NAMES, fp32_rtol=1e-4, label=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p", [0.0, 0.25])
+@pytest.mark.parametrize("x_grad", [True, False], ids=["dx", "no-dx"])
+def test_eager_calls_take_the_light_function_with_the_ops_numbers(backend, p, x_grad, device):
+    # Eager fastpeft.lora_linear runs the implementation through EagerLoRALinear (not the custom
+    # ops' dispatcher round trips): the same numbers and counters as the ops, bit for bit, with
+    # the same seed drawn from torch's generator.
+    inputs = make_inputs(70, 45, 38, 8, torch.float32, torch.float32, device, x_grad=x_grad)
+    x, weight, b, lora_a, lora_b, dy = inputs
+    torch.manual_seed(3)
+    _counters.reset()
+    y = fastpeft.lora_linear(x, weight, b, lora_a, lora_b, 1.75, p, backend=backend)
+    assert type(y.grad_fn).__name__ == "EagerLoRALinearBackward"
+    y.backward(dy)
+    got = (y.detach(), x.grad, lora_a.grad, lora_b.grad)
+    assert _counters.launches[f"lora_fwd:{backend}"] == 1
+    assert _counters.launches[f"lora_bwd:{backend}"] == 1
+    x.grad, lora_a.grad, lora_b.grad = None, None, None
+    torch.manual_seed(3)
+    seed = torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64) if p else None
+    want = run_op(inputs, 1.75, p, backend, seed)
+    assert (got[1] is None) == (not x_grad)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None and w is None) or torch.equal(g, w)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
