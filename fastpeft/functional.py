@@ -263,12 +263,16 @@ def adapter(
     d = z.shape[-1]
     sizes, shape = {"bottleneck": w_down.shape[0]}, (z.numel() // d, d)
     resolved = dispatch.resolve("adapter", backend, z.device, z.dtype, sizes, shape=shape)
-    res2d = None if residual is None else residual.reshape(-1, d)
-    out, _, _ = adapter_ops.adapter_fwd(
-        z.reshape(-1, d), w_down, w_up, res2d, _draw_seeds(1, dropout_p, z.device),
-        float(scaling), float(dropout_p), activation, resolved,
-    )  # fmt: skip
-    return out.reshape(z.shape)
+    flat = z.dim() == 2  # no view nodes around a 2-D call (each costs autograd a node)
+    res2d = None if residual is None or flat else residual.reshape(-1, d)
+    args = (z if flat else z.reshape(-1, d), w_down, w_up, residual if flat else res2d,
+            _draw_seeds(1, dropout_p, z.device), float(scaling), float(dropout_p), activation,
+            resolved)  # fmt: skip
+    if torch.compiler.is_compiling():  # the custom ops: what a graph can hold
+        out, _, _ = adapter_ops.adapter_fwd(*args)
+    else:  # the same implementation without the ops' dispatch cost (ops/adapter.py)
+        out = adapter_ops.EagerAdapter.apply(*args)
+    return out if flat else out.reshape(z.shape)
 
 
 def adapter_pair(
@@ -299,11 +303,15 @@ def adapter_pair(
     d = x.shape[-1]
     sizes, shape = {"bottleneck": w_down_1.shape[0]}, (x.numel() // d, d)
     resolved = dispatch.resolve("adapter_pair", backend, x.device, x.dtype, sizes, shape=shape)
-    u, v, _, _ = adapter_ops.adapter_pair_fwd(
-        x.reshape(-1, d), w_down_1, w_up_1, w_down_2, w_up_2,
-        _draw_seeds(2, dropout_p, x.device), float(scaling), float(dropout_p), activation, resolved,
-    )  # fmt: skip
-    return u.reshape(x.shape), v.reshape(x.shape)
+    flat = x.dim() == 2
+    args = (x if flat else x.reshape(-1, d), w_down_1, w_up_1, w_down_2, w_up_2,
+            _draw_seeds(2, dropout_p, x.device), float(scaling), float(dropout_p), activation,
+            resolved)  # fmt: skip
+    if torch.compiler.is_compiling():
+        u, v, _, _ = adapter_ops.adapter_pair_fwd(*args)
+    else:
+        u, v = adapter_ops.EagerAdapterPair.apply(*args)
+    return (u, v) if flat else (u.reshape(x.shape), v.reshape(x.shape))
 
 
 def dropout_keep_mask(

@@ -21,7 +21,9 @@ on the PyTorch path off the CPU; 1 bit per element, as uint8, on the Triton path
 FASTPEFT_DROPOUT_MASK=regenerate) and empty wherever it is drawn again from `seed` (the CPU path
 through fastpeft._C, and Triton's "regenerate"). `backend` names the implementation the
 dispatcher chose; all share one signature. One custom-op boundary per call, with explicit fake and
-autograd rules so the ops pass torch.library.opcheck and compile with fullgraph=True.
+autograd rules so the ops pass torch.library.opcheck and compile with fullgraph=True. Eager calls
+take `EagerAdapter` / `EagerAdapterPair` instead: the same implementation without the ops'
+dispatch cost (as fastpeft/ops/lora.py's EagerLoRALinear).
 """
 
 import torch
@@ -60,6 +62,11 @@ def adapter_fwd(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, pre, keep) for 2-D z; residual None means z."""
+    return _run_forward(z, w_down, w_up, residual, seed, scaling, dropout_p, activation, backend)
+
+
+def _run_forward(z, w_down, w_up, residual, seed, scaling, dropout_p, activation, backend):
+    """(out, pre, keep): the implementation `backend` names, counted."""
     _counters.record("adapter_fwd", backend)
     impl = _impl(backend)
     return impl.forward(z, w_down, w_up, residual, seed, scaling, dropout_p, activation)
@@ -89,10 +96,17 @@ def adapter_bwd(
     need_dz: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dz, dW_down, dW_up); dz holds dy too when residual_is_z, and is empty unless need_dz."""
+    dz, dwd, dwu = _run_backward(dy, z, w_down, w_up, pre, keep, seed, scaling, dropout_p,
+                                 activation, backend, residual_is_z, need_dz)  # fmt: skip
+    return (dz if dz is not None else z.new_empty(_EMPTY)), dwd, dwu
+
+
+def _run_backward(dy, z, w_down, w_up, pre, keep, seed, scaling, dropout_p, activation, backend,
+                  residual_is_z, need_dz):  # fmt: skip
+    """(dz or None, dW_down, dW_up): the implementation `backend` names, counted."""
     _counters.record("adapter_bwd", backend)
     args = (scaling, dropout_p, activation, residual_is_z, need_dz)
-    dz, dwd, dwu = _impl(backend).backward(dy, z, w_down, w_up, pre, keep, seed, *args)
-    return (dz if dz is not None else z.new_empty(_EMPTY)), dwd, dwu
+    return _impl(backend).backward(dy, z, w_down, w_up, pre, keep, seed, *args)
 
 
 @adapter_bwd.register_fake
@@ -102,18 +116,24 @@ def _(dy, z, w_down, w_up, pre, keep, seed, scaling, dropout_p, activation, back
     return dz, torch.empty_like(w_down), torch.empty_like(w_up)
 
 
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, pre, keep):
     z, w_down, w_up, residual, seed, scaling, dropout_p, activation, backend = inputs
-    _out, pre, keep = output
     ctx.save_for_backward(z, w_down, w_up, pre, keep, seed)
     ctx.args = (scaling, dropout_p, activation, backend, residual is None)
+
+
+def _setup_context(ctx, inputs, output):
+    _out, pre, keep = output
+    _save(ctx, inputs, pre, keep)
     ctx.mark_non_differentiable(pre, keep)
 
 
-def _backward(ctx, dy, _dpre, _dkeep):
+def _grads(ctx, dy, backward) -> tuple:
+    """The gradients of (z, w_down, w_up, residual) and the op's other inputs, by `backward`:
+    the adapter_bwd op (what a graph holds) or `_run_backward` (the eager Function)."""
     z, w_down, w_up, pre, keep, seed = ctx.saved_tensors
     need = ctx.needs_input_grad
-    dz, dwd, dwu = adapter_bwd(dy, z, w_down, w_up, pre, keep, seed, *ctx.args, need[0])
+    dz, dwd, dwu = backward(dy, z, w_down, w_up, pre, keep, seed, *ctx.args, need[0])
     return (
         dz if need[0] else None,
         dwd if need[1] else None,
@@ -121,6 +141,10 @@ def _backward(ctx, dy, _dpre, _dkeep):
         dy if need[3] else None,  # the residual's gradient is dy itself: no copy, no op
         *(None,) * 5,
     )
+
+
+def _backward(ctx, dy, _dpre, _dkeep):
+    return _grads(ctx, dy, adapter_bwd)
 
 
 adapter_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -145,8 +169,13 @@ def adapter_pair_fwd(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(u, v, pre [M, 2H], keep) for 2-D x; seed holds two seeds, one per adapter."""
-    _counters.record("adapter_pair_fwd", backend)
     args = (x, w_down_1, w_up_1, w_down_2, w_up_2, seed, scaling, dropout_p, activation)
+    return _run_pair_forward(args, backend)
+
+
+def _run_pair_forward(args: tuple, backend: str):
+    """(u, v, pre, keep) for the pair op's arguments bar `backend`: counted."""
+    _counters.record("adapter_pair_fwd", backend)
     return _impl(backend).forward_pair(*args)
 
 
@@ -176,12 +205,19 @@ def adapter_pair_bwd(
     need_dx: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dW_down_1, dW_up_1, dW_down_2, dW_up_2); dx includes du + dv, empty unless need_dx."""
+    grads = _run_pair_backward(du, dv, x, w_down_1, w_up_1, w_down_2, w_up_2, pre, keep, seed,
+                               scaling, dropout_p, activation, backend, need_dx)  # fmt: skip
+    return (grads[0] if grads[0] is not None else x.new_empty(_EMPTY)), *grads[1:]
+
+
+def _run_pair_backward(du, dv, x, w_down_1, w_up_1, w_down_2, w_up_2, pre, keep, seed, scaling,
+                       dropout_p, activation, backend, need_dx):  # fmt: skip
+    """(dx or None, dW_down_1, dW_up_1, dW_down_2, dW_up_2): counted."""
     _counters.record("adapter_pair_bwd", backend)
     weights = (w_down_1, w_up_1, w_down_2, w_up_2)
-    grads = _impl(backend).backward_pair(
+    return _impl(backend).backward_pair(
         du, dv, x, *weights, pre, keep, seed, scaling, dropout_p, activation, need_dx
     )
-    return (grads[0] if grads[0] is not None else x.new_empty(_EMPTY)), *grads[1:]
 
 
 @adapter_pair_bwd.register_fake
@@ -191,20 +227,26 @@ def _(du, dv, x, w_down_1, w_up_1, w_down_2, w_up_2, pre, keep, seed, scaling, d
     return dx, *(torch.empty_like(w) for w in (w_down_1, w_up_1, w_down_2, w_up_2))
 
 
-def _pair_setup_context(ctx, inputs, output):
+def _pair_save(ctx, inputs, pre, keep):
     x, w_down_1, w_up_1, w_down_2, w_up_2, seed, scaling, dropout_p, activation, backend = inputs
-    _u, _v, pre, keep = output
     ctx.save_for_backward(x, w_down_1, w_up_1, w_down_2, w_up_2, pre, keep, seed)
     ctx.args = (scaling, dropout_p, activation, backend)
+
+
+def _pair_setup_context(ctx, inputs, output):
+    _u, _v, pre, keep = output
+    _pair_save(ctx, inputs, pre, keep)
     ctx.mark_non_differentiable(pre, keep)
 
 
-def _pair_backward(ctx, du, dv, _dpre, _dkeep):
+def _pair_grads(ctx, du, dv, backward) -> tuple:
+    """The gradients of (x, the four weights) and the op's other inputs, by `backward`: the
+    adapter_pair_bwd op or `_run_pair_backward` (the eager Function)."""
     x, w_down_1, w_up_1, w_down_2, w_up_2, pre, keep, seed = ctx.saved_tensors
     need = ctx.needs_input_grad
     du = torch.zeros_like(x) if du is None else du  # an unused output may bring no gradient
     dv = torch.zeros_like(x) if dv is None else dv
-    dx, *dws = adapter_pair_bwd(
+    dx, *dws = backward(
         du, dv, x, w_down_1, w_up_1, w_down_2, w_up_2, pre, keep, seed, *ctx.args, need[0]
     )
     grads = [dx if need[0] else None]
@@ -212,4 +254,46 @@ def _pair_backward(ctx, du, dv, _dpre, _dkeep):
     return (*grads, *(None,) * 5)
 
 
+def _pair_backward(ctx, du, dv, _dpre, _dkeep):
+    return _pair_grads(ctx, du, dv, adapter_pair_bwd)
+
+
 adapter_pair_fwd.register_autograd(_pair_backward, setup_context=_pair_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# Eager calls: the same implementation without the custom ops' dispatch cost
+# ------------------------------------------------------------------------------------------------
+
+
+class EagerAdapter(torch.autograd.Function):
+    """`adapter_fwd` and its backward for eager calls (torch.compile needs the ops, which
+    `fastpeft.functional.adapter` uses while compiling). `apply` takes the op's arguments and
+    returns out."""
+
+    @staticmethod
+    def forward(ctx, z, w_down, w_up, residual, seed, scaling, dropout_p, activation, backend):
+        args = (z, w_down, w_up, residual, seed, scaling, dropout_p, activation, backend)
+        out, pre, keep = _run_forward(*args)
+        _save(ctx, args, pre, keep)
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        return _grads(ctx, dy, _run_backward)
+
+
+class EagerAdapterPair(torch.autograd.Function):
+    """`adapter_pair_fwd` and its backward for eager calls (as EagerAdapter); returns (u, v)."""
+
+    @staticmethod
+    def forward(ctx, x, w_down_1, w_up_1, w_down_2, w_up_2, seed, scaling, dropout_p, activation,
+                backend):  # fmt: skip
+        args = (x, w_down_1, w_up_1, w_down_2, w_up_2, seed, scaling, dropout_p, activation)
+        u, v, pre, keep = _run_pair_forward(args, backend)
+        _pair_save(ctx, (*args, backend), pre, keep)
+        return u, v
+
+    @staticmethod
+    def backward(ctx, du, dv):
+        return _pair_grads(ctx, du, dv, _run_pair_backward)

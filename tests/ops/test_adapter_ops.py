@@ -180,6 +180,55 @@ def _replayed_seed(count, device):
     return torch.randint(0, 2**31 - 1, (count,), device=device, dtype=torch.int64)
 
 
+def _clear_grads(tensors) -> None:
+    for t in tensors:
+        if t is not None:
+            t.grad = None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p", [0.0, 0.25])
+@pytest.mark.parametrize("residual", [False, True], ids=["res_z", "res_sep"])
+def test_eager_calls_take_the_light_function_with_the_ops_numbers(backend, p, residual, device):
+    # Eager functional.adapter runs the implementation through EagerAdapter (not the custom ops'
+    # dispatcher round trips): the same numbers and counters as the ops, bit for bit.
+    inputs = make_inputs(50, 70, 48, torch.float32, torch.float32, device, residual=residual)
+    z, w_down, w_up, res, dy = inputs
+    torch.manual_seed(3)
+    _counters.reset()
+    out = functional.adapter(z, w_down, w_up, 1.75, "relu", p, res, backend=backend)
+    assert type(out.grad_fn).__name__ == "EagerAdapterBackward"
+    out.backward(dy)
+    got = (out.detach(), z.grad, w_down.grad, w_up.grad, None if res is None else res.grad)
+    assert _counters.launches[f"adapter_fwd:{backend}"] == 1
+    assert _counters.launches[f"adapter_bwd:{backend}"] == 1
+    _clear_grads((z, w_down, w_up, res))
+    torch.manual_seed(3)
+    want = run_op(inputs, 1.75, "relu", p, backend, _replayed_seed(1, device) if p else None)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None and w is None) or torch.equal(g, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_eager_pair_calls_take_the_light_function_with_the_ops_numbers(backend, p, device):
+    inputs = make_pair_inputs(47, 45, 24, torch.float32, torch.float32, device)
+    leaves, du, dv = inputs[:5], inputs[5], inputs[6]
+    torch.manual_seed(4)
+    _counters.reset()
+    u, v = functional.adapter_pair(*leaves, 0.8, "silu", p, backend=backend)
+    assert type(u.grad_fn).__name__ == "EagerAdapterPairBackward"
+    torch.autograd.backward([u, v], [du, dv])
+    got = (u.detach(), v.detach(), *(t.grad for t in leaves))
+    assert _counters.launches[f"adapter_pair_fwd:{backend}"] == 1
+    assert _counters.launches[f"adapter_pair_bwd:{backend}"] == 1
+    _clear_grads(leaves)
+    torch.manual_seed(4)
+    want = run_pair_op(inputs, 0.8, "silu", p, backend, _replayed_seed(2, device) if p else None)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_wrappers_keep_leading_dims_strides_and_dropout(backend, device):
     z, w_down, w_up, res, dy = make_inputs(2 * 23, 35, 20, torch.float32, torch.float32, device)
