@@ -207,11 +207,10 @@ lora_linear_up.register_autograd(_backward_up, setup_context=_setup_up)
 
 class EagerLoRALinear(torch.autograd.Function):
     """`lora_linear_fwd` and its backward for eager calls: the same implementation, counted
-    alike, without the custom ops' dispatcher round trips and autograd registration (about 140
-    µs of host time per forward on this project's 2-core VM at a tiny shape, against the 60 µs
-    PEFT's whole layer takes: NOTES.md). torch.compile needs the ops, which
-    `fastpeft.functional.lora_linear` uses while compiling. `apply` takes the op's arguments and
-    returns y."""
+    alike, without the custom ops' dispatcher round trips and autograd registration (about 70
+    µs of host time per forward on this project's 2-core VM, as much as PEFT's whole layer at a
+    tiny shape: NOTES.md). torch.compile needs the ops, which `fastpeft.functional.lora_linear`
+    uses while compiling. `apply` takes the op's arguments and returns y."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, seed, scaling, dropout_p, backend):
