@@ -264,8 +264,8 @@ def adapter(
     sizes, shape = {"bottleneck": w_down.shape[0]}, (z.numel() // d, d)
     resolved = dispatch.resolve("adapter", backend, z.device, z.dtype, sizes, shape=shape)
     flat = z.dim() == 2  # no view nodes around a 2-D call (each costs autograd a node)
-    res2d = None if residual is None or flat else residual.reshape(-1, d)
-    args = (z if flat else z.reshape(-1, d), w_down, w_up, residual if flat else res2d,
+    res2d = residual if residual is None or flat else residual.reshape(-1, d)
+    args = (z if flat else z.reshape(-1, d), w_down, w_up, res2d,
             _draw_seeds(1, dropout_p, z.device), float(scaling), float(dropout_p), activation,
             resolved)  # fmt: skip
     if torch.compiler.is_compiling():  # the custom ops: what a graph can hold

@@ -109,7 +109,7 @@ def _save(ctx, x, weight, lora_a, lora_b, t, keep, seed, scaling, dropout_p, bac
     ctx.scaling, ctx.dropout_p, ctx.backend = scaling, dropout_p, backend
 
 
-def _grads(ctx, dy, backward=None) -> tuple:
+def _grads(ctx, dy, backward) -> tuple:
     """(dx, None, None, dA, dB) for the inputs (x, weight, bias, lora_a, lora_b) both forward
     ops start with; None where no gradient is needed. `backward` runs the gradients: the
     lora_linear_bwd op (what a graph holds), or `_run_backward` for the eager Functions."""
@@ -117,7 +117,7 @@ def _grads(ctx, dy, backward=None) -> tuple:
     need_dx, need_da, need_db = ctx.needs_input_grad[0], *ctx.needs_input_grad[3:5]
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         raise RuntimeError("fastpeft LoRA: the base weight and bias must be frozen")
-    dx, da, db = (backward or lora_linear_bwd)(
+    dx, da, db = backward(
         dy, x, weight, lora_a, lora_b, t, keep, seed,
         ctx.scaling, ctx.dropout_p, ctx.backend, need_dx,
     )  # fmt: skip
@@ -132,7 +132,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy, _dt, _dkeep):
-    return (*_grads(ctx, dy), None, None, None, None)
+    return (*_grads(ctx, dy, lora_linear_bwd), None, None, None, None)
 
 
 lora_linear_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -199,7 +199,7 @@ def _setup_up(ctx, inputs, output):
 
 
 def _backward_up(ctx, dy):
-    return (*_grads(ctx, dy), None, None, None, None, None, None)
+    return (*_grads(ctx, dy, lora_linear_bwd), None, None, None, None, None, None)
 
 
 lora_linear_up.register_autograd(_backward_up, setup_context=_setup_up)

@@ -14,7 +14,7 @@ from .launches import named_args, tensor_bytes
 DROPOUT_SWITCHES = ("HAS_DROPOUT", "STORE_BITS", "FROM_BITS")
 
 
-def _module_and_name(kernel) -> tuple:
+def kernel_module_and_name(kernel) -> tuple:
     """The kernels/*.py module that defines `kernel` (a JITFunction), and its name."""
     module = importlib.import_module(kernel.fn.__module__ if hasattr(kernel, "fn") else "")
     name = kernel.__name__ if hasattr(kernel, "__name__") else kernel.fn.__name__
@@ -23,7 +23,7 @@ def _module_and_name(kernel) -> tuple:
 
 def kernel_costs(kernel) -> dict:
     """The COSTS table of the kernel's module (kernels/*.py): every launched kernel needs one."""
-    module, name = _module_and_name(kernel)
+    module, name = kernel_module_and_name(kernel)
     costs = getattr(module, "COSTS", {})
     if name not in costs:
         raise KeyError(
@@ -133,7 +133,7 @@ def step_elements(kernel, named: dict) -> int:
     kernels) declares how many it walks in its module's WALKS table."""
     if "HAS_DROPOUT" not in named:
         return 0
-    module, name = _module_and_name(kernel)
+    module, name = kernel_module_and_name(kernel)
     walks = getattr(module, "WALKS", {}).get(name)
     if walks is not None:
         return walks(named)
@@ -146,7 +146,7 @@ def l2_bytes(kernel, named: dict, dram: int) -> int | None:
     block along the other dimension), from its module's REREADS table; None where the table has
     no entry (not modelled). The prediction takes this traffic as free: no L2 ceiling has been
     measured (`assumed_l2_rates`)."""
-    module, name = _module_and_name(kernel)
+    module, name = kernel_module_and_name(kernel)
     rereads = getattr(module, "REREADS", {}).get(name)
     return None if rereads is None else dram + rereads(named)
 

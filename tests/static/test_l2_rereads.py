@@ -14,7 +14,7 @@ import torch
 from triton.runtime import interpreter
 
 from fastpeft.kernels import adapter as adapter_kernels
-from fastpeft.static.costing import _module_and_name
+from fastpeft.static.costing import kernel_module_and_name
 from fastpeft.static.launches import named_args
 from fastpeft.triton_path import adapter, ia3, ia3_hybrid, launch, lora, lora_hybrid
 
@@ -58,7 +58,7 @@ def _check(found) -> list[str]:
     the kernels checked (every one launched: a kernel without an entry fails)."""
     checked = []
     for kernel, grid, args, kwargs in found:
-        module, name = _module_and_name(kernel)
+        module, name = kernel_module_and_name(kernel)
         assert name in getattr(module, "REREADS", {}), f"{module.__name__}: no REREADS for {name}"
         tensors = {id(v): v for v in args if isinstance(v, torch.Tensor)}.values()
         with _counting_loads() as counts:
